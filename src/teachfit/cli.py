@@ -1,0 +1,128 @@
+"""The `teachfit` command: a thin layer over the Python API, one subcommand per stage."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from teachfit.records import InputError
+
+app = typer.Typer(
+    help="Choose the teacher model that writes your synthetic instruction data, for your student "
+    "(Compatibility-Adjusted Reward, CAR = r / (1 + beta * L)).\n\n"
+    "Models are given as hf:<hub id or dir>, gguf:<file> or packaged:<name> (see `teachfit models`).",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+)
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def score(
+    inputs: List[Path] = typer.Argument(None, help="Response files (.jsonl/.json/.parquet) or run directories."),
+    data: List[Path] = typer.Option(None, "--data", help="More response files; may be repeated."),
+    student: str = typer.Option(..., help="The student (base model) whose loss measures compatibility."),
+    reference: Optional[str] = typer.Option(None, help="Reference LM for the -Ref metrics (GPT-2 in the paper)."),
+    reward_model: Optional[str] = typer.Option(None, help="Reward model: a sequence classifier or an instruct judge."),
+    reward_kind: str = typer.Option("auto", help="auto | classifier | judge (probability-weighted 1-9 rating)."),
+    out: Optional[Path] = typer.Option(None, help="Output .parquet (default: RUN/scores/scores.parquet or scores.parquet)."),
+    max_length: int = typer.Option(4096, help="Tokens per rendered pair; longer responses are truncated and counted."),
+    token_budget: int = typer.Option(16384, help="Tokens per batch (batch size x padded length)."),
+    max_batch_size: int = typer.Option(64, help="Most sequences in one batch."),
+    dtype: str = typer.Option("auto", help="auto | float32 | bfloat16 | float16 (auto: bf16 where the hardware has it)."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
+    cache_dir: Optional[Path] = typer.Option(None, help="Where per-pair results are cached (default: beside --out)."),
+    skip_invalid: bool = typer.Option(False, help="Skip and count bad rows instead of stopping at the first."),
+    trust_remote_code: bool = typer.Option(False, help="Allow model code from the hub (off unless you ask)."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Score every (instruction, response) pair: student loss/PPL/IFD, reference PPL/IFD, reward, length."""
+    from teachfit.score import ScoreOptions, score_files
+
+    sources = list(inputs or []) + list(data or [])
+    if not sources:
+        _fail("give response files or a run directory (positional or --data)")
+    if out is None:
+        run_dirs = [s for s in sources if s.is_dir()]
+        out = (run_dirs[0] / "scores" / "scores.parquet") if run_dirs else Path("scores.parquet")
+    options = ScoreOptions(max_length=max_length, token_budget=token_budget, max_batch_size=max_batch_size,
+                           dtype=dtype, device=device, skip_invalid=skip_invalid, trust_remote_code=trust_remote_code)
+    meta = score_files(sources, out, student, reference, reward_model, reward_kind, options, cache_dir,
+                       show_progress=progress)
+    counts = meta["counts"]
+    typer.echo(f"scored {counts['scored']} pairs ({counts['truncated']} truncated, {counts['skipped']} skipped) "
+               f"in {meta['seconds']:.1f}s -> {out}")
+
+
+@app.command()
+def rank(
+    scores: List[Path] = typer.Argument(..., help="Score files written by `teachfit score` (or run directories)."),
+    beta: float = typer.Option(3.0, help="Weight of compatibility in CAR = r / (1 + beta * L)."),
+    reward_transform: str = typer.Option("raw", help="raw | shift (min reward -> 0) | sigmoid; for negative rewards."),
+    bootstrap: int = typer.Option(1000, help="Bootstrap resamples for CAR's interval (0 to skip)."),
+    seed: int = typer.Option(0, help="Bootstrap seed."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    csv_out: Optional[Path] = typer.Option(None, "--csv", help="Also write the table as CSV here."),
+    json_out: Optional[Path] = typer.Option(None, "--json-out", help="Also write JSON here."),
+) -> None:
+    """Rank teachers for the student by CAR and every baseline metric, and recommend one."""
+    from teachfit.rank import markdown_table, rank_teachers
+    from teachfit.records import read_table, write_table
+
+    rows, metas = [], []
+    for path in scores:
+        path = path / "scores" / "scores.parquet" if path.is_dir() else path
+        file_rows, meta = read_table(path)
+        rows.extend(file_rows)
+        metas.append({"path": str(path), "scorers": meta.get("scorers")})
+    try:
+        ranking = rank_teachers(rows, beta=beta, reward_transform=reward_transform, n_bootstrap=bootstrap, seed=seed)
+    except ValueError as error:
+        _fail(str(error))
+    ranking.settings["scores"] = metas
+    if csv_out:
+        write_table(csv_out, ranking.rows, ranking.settings)
+    if json_out:
+        json_out.write_text(json.dumps(ranking.to_dict(), indent=2))
+    typer.echo(json.dumps(ranking.to_dict(), indent=2) if as_json else markdown_table(ranking))
+
+
+@app.command()
+def models(fetch: List[str] = typer.Option(None, help="Assemble and checksum these packaged models now.")) -> None:
+    """List the packaged offline models (packaged:<name>) and whether they are installed."""
+    from teachfit.models.packaged import PACKAGED, PackagedModelError, chunk_paths, resolve_packaged
+
+    for name, model in PACKAGED.items():
+        try:
+            chunk_paths(model)
+            state = "installed"
+        except PackagedModelError:
+            state = f"not installed ({model.install_hint()})"
+        typer.echo(f"packaged:{name:<30} {model.description} [{state}]")
+    for name in fetch or []:
+        typer.echo(f"{name}: {resolve_packaged(name)}")
+
+
+def main() -> None:
+    """Entry point: run the app, turning bad input into a one-line error and exit code 2."""
+    from teachfit.models import ModelSpecError
+    from teachfit.models.packaged import PackagedModelError
+
+    try:
+        app()
+    except (InputError, ModelSpecError, PackagedModelError) as error:
+        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+    except ImportError as error:
+        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        sys.exit(3)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""Batched forward passes over token sequences: the only place where batching lives.
+
+Sequences are sorted by length and packed into batches under a token budget (batch size x
+padded length), so padding stays small and memory stays bounded. The LM head is applied only
+at the positions that predict a response token, in chunks, and the log-softmax is taken in
+fp32: the batch x length x vocabulary logits tensor is never built (Gemma's 262k vocabulary
+would make it gigabytes).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+from teachfit.models import require
+from teachfit.template import EncodedPair
+
+# Logit elements (rows x vocabulary) computed at once by the LM head: 64M floats = 256 MB.
+HEAD_CHUNK_ELEMENTS = 64 * 1024 * 1024
+
+
+@dataclass
+class BatchPlan:
+    """Token budget per batch, and the most sequences in one batch."""
+
+    token_budget: int = 16384
+    max_batch_size: int = 64
+
+
+def plan_batches(lengths: Sequence[int], plan: BatchPlan) -> list[list[int]]:
+    """Indices grouped into batches: sorted by length (longest first) so that
+    batch size x longest length <= token_budget (a single over-long sequence gets its own batch)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for index in order:
+        longest = lengths[current[0]] if current else lengths[index]
+        if current and ((len(current) + 1) * longest > plan.token_budget or len(current) >= plan.max_batch_size):
+            batches.append(current)
+            current = []
+        current.append(index)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _pad(sequences: list[list[int]], pad_id: int, device: str) -> tuple[Any, Any]:
+    torch = require("torch", "hf")
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[row, : len(seq)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _pad_id(tokenizer: Any) -> int:
+    for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
+        if token_id is not None:
+            return int(token_id)
+    return 0
+
+
+def hidden_states(model: Any, ids: Any, mask: Any) -> Any:
+    """Final hidden states [batch, length, hidden] of a causal LM's backbone (no LM head)."""
+    backbone = model.base_model
+    return backbone(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+
+
+def head_logits(model: Any, hidden: Any) -> Any:
+    """The LM head on selected hidden states [rows, hidden] -> fp32 logits [rows, vocab],
+    with the final logit soft-capping of models that use it (Gemma 2)."""
+    torch = require("torch", "hf")
+    logits = model.get_output_embeddings()(hidden).float()
+    config = getattr(model.config, "get_text_config", lambda: model.config)()
+    cap = getattr(config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def _target_logprobs(model: Any, hidden: Any, targets: Any) -> Any:
+    """log p(target) for each row of hidden [rows, hidden], chunked over rows."""
+    torch = require("torch", "hf")
+    vocab = model.get_output_embeddings().weight.shape[0]
+    step = max(1, HEAD_CHUNK_ELEMENTS // vocab)
+    out = []
+    for start in range(0, hidden.shape[0], step):
+        logits = head_logits(model, hidden[start : start + step])
+        logprobs = torch.log_softmax(logits, dim=-1)
+        out.append(logprobs.gather(1, targets[start : start + step, None]).squeeze(1))
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def response_nll(
+    model: Any, tokenizer: Any, encoded: Sequence[EncodedPair], plan: BatchPlan,
+    device: str, on_batch: Callable[[int], None] | None = None,
+) -> list[tuple[float, int]]:
+    """(sum of -log p over response tokens in nats, number of response tokens) per sequence.
+
+    Token t is predicted from position t - 1, so the response tokens ids[s:] are scored from
+    hidden states at positions s-1 .. len-2.
+    """
+    torch = require("torch", "hf")
+    results: list[tuple[float, int]] = [(0.0, 0)] * len(encoded)
+    pad_id = _pad_id(tokenizer)
+    for batch in plan_batches([len(e.input_ids) for e in encoded], plan):
+        ids, mask = _pad([encoded[i].input_ids for i in batch], pad_id, device)
+        rows, cols, owners = [], [], []
+        for row, index in enumerate(batch):
+            e = encoded[index]
+            for position in range(max(e.response_start, 1) - 1, len(e.input_ids) - 1):
+                rows.append(row)
+                cols.append(position)
+                owners.append(index)
+        with torch.inference_mode():
+            hidden = hidden_states(model, ids, mask)
+            rows_t = torch.tensor(rows, dtype=torch.long, device=hidden.device)
+            cols_t = torch.tensor(cols, dtype=torch.long, device=hidden.device)
+            logprobs = _target_logprobs(model, hidden[rows_t, cols_t], ids[rows_t, cols_t + 1])
+        sums: dict[int, float] = {}
+        counts: dict[int, int] = {}
+        for owner, value in zip(owners, logprobs.double().cpu().tolist()):
+            sums[owner] = sums.get(owner, 0.0) - value
+            counts[owner] = counts.get(owner, 0) + 1
+        for index in batch:
+            results[index] = (sums.get(index, 0.0), counts.get(index, 0))
+        if on_batch:
+            on_batch(sum(len(encoded[i].input_ids) for i in batch))
+    return results
+
+
+def next_token_logprobs(
+    model: Any, tokenizer: Any, prompts: Sequence[list[int]], candidate_ids: Sequence[int],
+    plan: BatchPlan, device: str,
+) -> list[list[float]]:
+    """log p(candidate | prompt) for each prompt and each candidate token (fp32, full softmax)."""
+    torch = require("torch", "hf")
+    results: list[list[float]] = [[]] * len(prompts)
+    candidates = torch.tensor(list(candidate_ids), dtype=torch.long, device=device)
+    for batch in plan_batches([len(p) for p in prompts], plan):
+        ids, mask = _pad([prompts[i] for i in batch], _pad_id(tokenizer), device)
+        last = mask.sum(dim=1) - 1
+        with torch.inference_mode():
+            hidden = hidden_states(model, ids, mask)
+            rows = torch.arange(len(batch), device=hidden.device)
+            logprobs = torch.log_softmax(head_logits(model, hidden[rows, last]), dim=-1)
+        for row, index in enumerate(batch):
+            results[index] = logprobs[row, candidates].double().cpu().tolist()
+    return results
+
+
+def sequence_scores(model: Any, tokenizer: Any, sequences: Sequence[list[int]], plan: BatchPlan, device: str) -> list[float]:
+    """Scalar output of a sequence-classification reward model per sequence.
+
+    Batches only when the tokenizer has a real pad token (otherwise a pad equal to EOS would
+    hide the last token from the model's pooling).
+    """
+    torch = require("torch", "hf")
+    scores: list[float] = [0.0] * len(sequences)
+    batch_plan = plan if tokenizer.pad_token_id is not None else BatchPlan(plan.token_budget, 1)
+    for batch in plan_batches([len(s) for s in sequences], batch_plan):
+        ids, mask = _pad([sequences[i] for i in batch], _pad_id(tokenizer), device)
+        with torch.inference_mode():
+            output = model(input_ids=ids, attention_mask=mask)
+        values = getattr(output, "score", None)
+        values = output.logits[:, 0] if values is None else values.reshape(len(batch), -1)[:, 0]
+        for row, index in enumerate(batch):
+            scores[index] = float(values[row].float())
+    return scores
+
+
+def iter_chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    """Consecutive slices of at most `size` items."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,121 @@
+"""Pure metric functions of the paper: PPL, IFD, CAR, Spearman rho, bootstrap intervals.
+
+Nothing here imports torch: these functions take plain numbers or arrays, so they can be used
+(and tested against independent code) without any model installed.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Callable, Sequence
+
+import numpy as np
+
+REWARD_TRANSFORMS = ("raw", "shift", "sigmoid")
+
+
+def ppl(loss: float) -> float:
+    """Perplexity from a mean negative log-likelihood in nats per token (lower is better)."""
+    return math.exp(loss)
+
+
+def ifd(loss_conditional: float, loss_unconditional: float) -> float:
+    """Instruction-following difficulty, PPL(y|x) / PPL(y) (Superfiltering's ratio).
+
+    Below 1 the instruction helps predict the response; above 1 it does not.
+    """
+    return math.exp(loss_conditional - loss_unconditional)
+
+
+def ifd_loss_ratio(loss_conditional: float, loss_unconditional: float) -> float:
+    """Cherry-LLM's IFD: the ratio of losses loss(y|x) / loss(y) (not of perplexities)."""
+    if loss_unconditional == 0:
+        return math.inf if loss_conditional > 0 else 1.0
+    return loss_conditional / loss_unconditional
+
+
+def car(mean_reward: float, mean_loss: float, beta: float = 3.0) -> float:
+    """Compatibility-Adjusted Reward r / (1 + beta * L) of one dataset (higher is better).
+
+    mean_reward: the dataset's average reward; mean_loss: its average loss(y|x) on the
+    student in nats per token; beta >= 0 weighs compatibility.
+    """
+    if beta < 0:
+        raise ValueError(f"beta must be >= 0, got {beta}")
+    if mean_loss < 0:
+        raise ValueError(f"a mean loss in nats is never negative, got {mean_loss}")
+    return mean_reward / (1.0 + beta * mean_loss)
+
+
+def transform_rewards(rewards: np.ndarray, how: str, reference: np.ndarray | None = None) -> np.ndarray:
+    """Map raw rewards before CAR: `raw` keeps them, `shift` subtracts the minimum of
+    `reference` (all compared datasets' rewards; defaults to `rewards`) so that every reward is
+    >= 0, `sigmoid` squashes each into (0, 1)."""
+    rewards = np.asarray(rewards, dtype=float)
+    if how == "raw":
+        return rewards
+    if how == "shift":
+        ref = rewards if reference is None else np.asarray(reference, dtype=float)
+        return rewards - float(np.min(ref))
+    if how == "sigmoid":
+        return 1.0 / (1.0 + np.exp(-rewards))
+    raise ValueError(f"unknown reward transform {how!r}; choose one of {', '.join(REWARD_TRANSFORMS)}")
+
+
+def average_ranks(values: Sequence[float]) -> np.ndarray:
+    """Ranks 1..n of `values` in ascending order, ties sharing the average of their ranks."""
+    values = np.asarray(values, dtype=float)
+    order = np.argsort(values, kind="mergesort")
+    ranks = np.empty(len(values), dtype=float)
+    sorted_values = values[order]
+    start = 0
+    while start < len(values):
+        stop = start + 1
+        while stop < len(values) and sorted_values[stop] == sorted_values[start]:
+            stop += 1
+        ranks[order[start:stop]] = (start + 1 + stop) / 2.0  # mean of ranks start+1 .. stop
+        start = stop
+    return ranks
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman's rho: Pearson correlation of average ranks (ties allowed), in [-1, 1].
+
+    Without ties this equals 1 - 6 sum d^2 / (n (n^2 - 1)), the paper's equation (2).
+    Returns nan when either side is constant.
+    """
+    if len(a) != len(b):
+        raise ValueError(f"spearman needs equal lengths, got {len(a)} and {len(b)}")
+    if len(a) < 2:
+        raise ValueError("spearman needs at least 2 observations")
+    ra, rb = average_ranks(a), average_ranks(b)
+    da, db = ra - ra.mean(), rb - rb.mean()
+    denominator = math.sqrt(float(np.dot(da, da)) * float(np.dot(db, db)))
+    if denominator == 0:
+        warnings.warn("spearman: one ranking is constant; rho is undefined", RuntimeWarning, stacklevel=2)
+        return math.nan
+    return float(np.dot(da, db)) / denominator
+
+
+def spearman_from_rank_differences(d: Sequence[float]) -> float:
+    """The paper's equation (2), rho = 1 - 6 sum d^2 / (n (n^2 - 1)), for untied ranks."""
+    d = np.asarray(d, dtype=float)
+    n = len(d)
+    return 1.0 - 6.0 * float(np.sum(d * d)) / (n * (n * n - 1))
+
+
+def bootstrap_ci(
+    values: Sequence[float],
+    statistic: Callable[[np.ndarray], float] = np.mean,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of `statistic` over `values` resampled with replacement."""
+    values = np.asarray(values, dtype=float)
+    if len(values) == 0:
+        raise ValueError("bootstrap_ci needs at least one value")
+    rng = np.random.default_rng(seed)
+    replicates = np.array([statistic(values[rng.integers(0, len(values), len(values))]) for _ in range(n_resamples)])
+    alpha = (1.0 - confidence) / 2.0
+    return float(np.quantile(replicates, alpha)), float(np.quantile(replicates, 1.0 - alpha))

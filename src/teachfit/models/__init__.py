@@ -1,0 +1,110 @@
+"""Model specs (`prefix:name`) and the registry of backends that load them, one per role.
+
+  hf:<hub id or local dir>     transformers
+  gguf:<path>                  a GGUF file (dequantized into torch by transformers' gguf_file=)
+  packaged:<name>              an offline model shipped by a PyPI package (see packaged.py)
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from teachfit.models.packaged import PACKAGED, resolve_packaged
+
+PREFIXES = ("hf", "gguf", "packaged")
+
+
+class ModelSpecError(ValueError):
+    """A model spec that cannot be parsed or resolved."""
+
+
+def require(module: str, extra: str) -> Any:
+    """Import an optional dependency, or fail with the pip command that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise ImportError(
+            f"{module} is needed for this and is not installed: pip install 'teachfit[{extra}]'"
+            + (" (and a torch build of your choice)" if module == "torch" else "")
+        ) from error
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A parsed `prefix:name` model reference."""
+
+    prefix: str
+    name: str
+
+    @classmethod
+    def parse(cls, text: str) -> "ModelSpec":
+        """Parse `prefix:name`; a bare existing path or hub id means `hf:`, a bare *.gguf means `gguf:`."""
+        prefix, sep, name = text.partition(":")
+        if sep and prefix in PREFIXES:
+            spec = cls(prefix, name)
+        elif text.endswith(".gguf"):
+            spec = cls("gguf", text)
+        else:
+            spec = cls("hf", text)
+        if not spec.name:
+            raise ModelSpecError(f"empty model name in '{text}'")
+        if spec.prefix == "packaged" and spec.name not in PACKAGED:
+            raise ModelSpecError(f"unknown packaged model '{spec.name}'; known: {', '.join(sorted(PACKAGED))}")
+        if spec.prefix == "gguf" and not Path(spec.name).is_file():
+            raise ModelSpecError(f"GGUF file not found: {spec.name}")
+        return spec
+
+    def __str__(self) -> str:
+        return f"{self.prefix}:{self.name}"
+
+    def gguf_path(self) -> Path | None:
+        """The GGUF file behind a gguf:/packaged: spec (assembled if needed), else None."""
+        if self.prefix == "packaged":
+            return resolve_packaged(self.name)
+        if self.prefix == "gguf":
+            return Path(self.name)
+        return None
+
+    def fingerprint(self) -> str:
+        """A short stable identity of the weights: checksum for packaged models, path, size and
+        mtime for files, config and weight-file stats for local folders, the id otherwise."""
+        identity: dict[str, Any] = {"spec": str(self)}
+        if self.prefix == "packaged":
+            identity["sha256"] = PACKAGED[self.name].sha256
+        elif self.prefix == "gguf":
+            stat = Path(self.name).stat()
+            identity.update(path=str(Path(self.name).resolve()), size=stat.st_size, mtime_ns=stat.st_mtime_ns)
+        elif Path(self.name).is_dir():
+            folder = Path(self.name)
+            identity["files"] = sorted(
+                (p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file()
+            )
+        blob = json.dumps(identity, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+LOADERS: dict[str, dict[str, Callable[..., Any]]] = {}
+
+
+def register(role: str, prefix: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: register a loader for (role, prefix)."""
+
+    def wrap(loader: Callable[..., Any]) -> Callable[..., Any]:
+        LOADERS.setdefault(role, {})[prefix] = loader
+        return loader
+
+    return wrap
+
+
+def load(role: str, spec: str | ModelSpec, **options: Any) -> Any:
+    """Load a model for `role` ('causal_lm', 'reward') from its spec through the registry."""
+    spec = spec if isinstance(spec, ModelSpec) else ModelSpec.parse(spec)
+    importlib.import_module("teachfit.models.hf")  # registers the transformers loaders
+    loaders = LOADERS.get(role, {})
+    if spec.prefix not in loaders:
+        raise ModelSpecError(f"no '{role}' backend for prefix '{spec.prefix}:' (have {', '.join(loaders)})")
+    return loaders[spec.prefix](spec, **options)

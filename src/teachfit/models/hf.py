@@ -1,0 +1,125 @@
+"""transformers backend: causal LMs and reward models from hub ids, local folders and GGUF files.
+
+A GGUF file is dequantized into a dense torch model once and saved as safetensors under
+teachfit's cache, so later loads take seconds instead of a minute.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from teachfit.models import ModelSpec, register, require
+from teachfit.models.packaged import cache_dir
+
+
+@dataclass
+class LoadedModel:
+    """A torch model with its tokenizer and what identifies it."""
+
+    model: Any
+    tokenizer: Any
+    spec: ModelSpec
+    dtype: str
+    device: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        """What an output file records about this model."""
+        return {"spec": str(self.spec), "fingerprint": self.spec.fingerprint(), "dtype": self.dtype,
+                "device": self.device, "class": type(self.model).__name__, **self.info}
+
+
+def pick_device(device: str = "auto") -> str:
+    """'cuda' when a GPU is visible (for 'auto'), else 'cpu'; an explicit choice is kept."""
+    torch = require("torch", "hf")
+    if device != "auto":
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def pick_dtype(dtype: str, device: str) -> Any:
+    """torch dtype for 'auto' | 'float32' | 'bfloat16' | 'float16': bf16 on GPUs and on CPUs with
+    native bf16 (AVX512-BF16 or AMX), fp32 elsewhere."""
+    torch = require("torch", "hf")
+    if dtype != "auto":
+        return getattr(torch, dtype)
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    native_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or getattr(
+        torch.cpu, "_is_amx_tile_supported", lambda: False
+    )()
+    return torch.bfloat16 if native_bf16 else torch.float32
+
+
+def dense_copy_of_gguf(spec: ModelSpec, model_class: str = "AutoModelForCausalLM") -> Path:
+    """Folder of a dense safetensors copy of a GGUF model (made once, then reused)."""
+    transformers = require("transformers", "hf")
+    torch = require("torch", "hf")
+    from safetensors.torch import save_model
+
+    target = cache_dir() / "dequantized" / f"{spec.fingerprint()}-{model_class}"
+    if (target / "teachfit-done.json").exists():
+        return target
+    gguf = spec.gguf_path()
+    kwargs: dict[str, Any] = {"gguf_file": gguf.name}
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), **kwargs)
+    config_class = getattr(transformers, "GgufConfig", None)
+    if config_class is not None:
+        kwargs["quantization_config"] = config_class(dequantize=True)
+    model = getattr(transformers, model_class).from_pretrained(str(gguf.parent), dtype=torch.float32, **kwargs)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.save_pretrained(tmp)
+    save_model(model, str(tmp / "model.safetensors"))  # handles tied embeddings
+    tokenizer.save_pretrained(tmp)
+    (tmp / "teachfit-done.json").write_text(json.dumps({"source": str(spec), "gguf": str(gguf)}))
+    if target.exists():
+        import shutil
+
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+    return target
+
+
+def _source(spec: ModelSpec, model_class: str) -> str:
+    if spec.prefix in ("gguf", "packaged"):
+        return str(dense_copy_of_gguf(spec, model_class))
+    return spec.name
+
+
+def _load(spec: ModelSpec, model_class: str, dtype: str, device: str, trust_remote_code: bool) -> LoadedModel:
+    transformers = require("transformers", "hf")
+    device = pick_device(device)
+    torch_dtype = pick_dtype(dtype, device)
+    source = _source(spec, model_class)
+    # safetensors only: never unpickle weights from a path we did not write.
+    common = {"trust_remote_code": trust_remote_code}
+    tokenizer = transformers.AutoTokenizer.from_pretrained(source, **common)
+    model = getattr(transformers, model_class).from_pretrained(
+        source, dtype=torch_dtype, use_safetensors=True, **common
+    )
+    model.to(device).eval()
+    dtype_name = str(torch_dtype).removeprefix("torch.")
+    return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, dtype=dtype_name, device=device)
+
+
+@register("causal_lm", "hf")
+@register("causal_lm", "gguf")
+@register("causal_lm", "packaged")
+def load_causal_lm(spec: ModelSpec, dtype: str = "auto", device: str = "auto", trust_remote_code: bool = False) -> LoadedModel:
+    """A causal LM and its tokenizer, on `device`, in `dtype`, in eval mode."""
+    return _load(spec, "AutoModelForCausalLM", dtype, device, trust_remote_code)
+
+
+@register("sequence_classifier", "hf")
+def load_sequence_classifier(
+    spec: ModelSpec, dtype: str = "auto", device: str = "auto", trust_remote_code: bool = False
+) -> LoadedModel:
+    """A sequence-classification reward model (Skywork / ArmoRM style) and its tokenizer."""
+    return _load(spec, "AutoModelForSequenceClassification", dtype, device, trust_remote_code)

@@ -1,0 +1,145 @@
+"""Stage `rank`: per-pair scores -> one row per teacher, ranked by CAR and every baseline metric.
+
+CAR(D) = mean r / (1 + beta * L), L = mean loss(y|x) under the student (paper eq. 3). A paired
+bootstrap over pairs (resampling each teacher's pairs) gives CAR's 95% interval and how often the
+recommended teacher stays on top.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from teachfit import metrics
+
+# Direction of each metric when ranking teachers: +1 higher is better, -1 lower is better.
+# Reward, CAR and length follow the paper; perplexity ranks lower (more compatible) first; IFD
+# ranks higher (harder, "more to learn", as in Cherry-LLM's selection) first.
+METRIC_DIRECTIONS: dict[str, int] = {
+    "car": +1, "reward": +1, "length": +1,
+    "ppl_self": -1, "ifd_self": +1, "ifd_loss_ratio_self": +1, "loss_self": -1,
+    "ppl_ref": -1, "ifd_ref": +1, "ifd_loss_ratio_ref": +1, "loss_ref": -1,
+}
+AVERAGED = ("reward", "loss_self", "loss_self_uncond", "ppl_self", "ifd_self", "ifd_loss_ratio_self",
+            "loss_ref", "loss_ref_uncond", "ppl_ref", "ifd_ref", "ifd_loss_ratio_ref", "length", "n_response_tokens")
+
+
+@dataclass
+class Ranking:
+    """The per-teacher table, the recommendation and the settings that produced them."""
+
+    rows: list[dict[str, Any]]
+    recommended: str
+    top_share: float
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON output."""
+        return {"recommended": self.recommended, "top_share": self.top_share, "settings": self.settings,
+                "directions": METRIC_DIRECTIONS, "teachers": self.rows}
+
+
+def _column(rows: Sequence[dict[str, Any]], name: str) -> np.ndarray:
+    return np.array([float(r[name]) if r.get(name) is not None else math.nan for r in rows], dtype=float)
+
+
+def group_by_teacher(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Rows grouped by their `teacher` field, teachers in first-seen order."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(str(row["teacher"]), []).append(row)
+    return groups
+
+
+def _rewards(groups: dict[str, list[dict[str, Any]]], transform: str) -> dict[str, np.ndarray]:
+    raw = {t: _column(g, "reward") for t, g in groups.items()}
+    everything = np.concatenate(list(raw.values()))
+    if np.any(np.isnan(everything)):
+        raise ValueError("some pairs have no reward: score every teacher with the same --reward-model")
+    negative = [t for t, r in raw.items() if r.mean() < 0]
+    if negative and transform == "raw":
+        warnings.warn(
+            f"mean reward is negative for {', '.join(negative)}: CAR = r / (1 + beta L) then rewards higher loss; "
+            "consider --reward-transform shift or sigmoid", RuntimeWarning, stacklevel=3)
+    return {t: metrics.transform_rewards(r, transform, reference=everything) for t, r in raw.items()}
+
+
+def _bootstrap(rewards: dict[str, np.ndarray], losses: dict[str, np.ndarray], beta: float, n: int, seed: int
+               ) -> tuple[dict[str, tuple[float, float]], dict[str, float]]:
+    rng = np.random.default_rng(seed)
+    teachers = list(rewards)
+    draws = np.empty((n, len(teachers)))
+    for j, teacher in enumerate(teachers):
+        r, l = rewards[teacher], losses[teacher]
+        idx = rng.integers(0, len(r), size=(n, len(r)))
+        draws[:, j] = r[idx].mean(axis=1) / (1.0 + beta * l[idx].mean(axis=1))
+    intervals = {t: (float(np.quantile(draws[:, j], 0.025)), float(np.quantile(draws[:, j], 0.975)))
+                 for j, t in enumerate(teachers)}
+    winners = np.argmax(draws, axis=1)
+    shares = {t: float(np.mean(winners == j)) for j, t in enumerate(teachers)}
+    return intervals, shares
+
+
+def rank_teachers(
+    rows: Sequence[dict[str, Any]], beta: float = 3.0, reward_transform: str = "raw",
+    n_bootstrap: int = 1000, seed: int = 0,
+) -> Ranking:
+    """Aggregate per-pair score rows into a ranked per-teacher table and a recommendation."""
+    groups = group_by_teacher(rows)
+    if not groups:
+        raise ValueError("no scored pairs to rank")
+    if "reward" not in rows[0]:
+        raise ValueError("the scores have no 'reward' column: score with --reward-model to compute CAR")
+    rewards = _rewards(groups, reward_transform)
+    losses = {t: _column(g, "loss_self") for t, g in groups.items()}
+    table = []
+    for teacher, group in groups.items():
+        row: dict[str, Any] = {"teacher": teacher, "n_pairs": len(group)}
+        for name in AVERAGED:
+            if name in group[0]:
+                row[name] = float(np.nanmean(_column(group, name)))
+        row["reward_used"] = float(rewards[teacher].mean())
+        row["L"] = float(losses[teacher].mean())
+        row["car"] = metrics.car(row["reward_used"], row["L"], beta)
+        table.append(row)
+    intervals, shares = _bootstrap(rewards, losses, beta, n_bootstrap, seed) if n_bootstrap else ({}, {})
+    for row in table:
+        row["car_ci_low"], row["car_ci_high"] = intervals.get(row["teacher"], (math.nan, math.nan))
+        row["top_share"] = shares.get(row["teacher"], math.nan)
+    add_ranks(table)
+    table.sort(key=lambda r: r["rank_car"])
+    best = table[0]["teacher"]
+    settings = {"beta": beta, "reward_transform": reward_transform, "n_bootstrap": n_bootstrap, "seed": seed}
+    return Ranking(rows=table, recommended=best, top_share=table[0]["top_share"], settings=settings)
+
+
+def add_ranks(table: list[dict[str, Any]]) -> None:
+    """Add `rank_<metric>` (1 = best, ties averaged) for every metric with a known direction."""
+    for name, direction in METRIC_DIRECTIONS.items():
+        if all(name in row and not math.isnan(row[name]) for row in table):
+            values = [-direction * row[name] for row in table]
+            for row, rank in zip(table, metrics.average_ranks(values)):
+                row[f"rank_{name}"] = float(rank)
+
+
+def markdown_table(ranking: Ranking, columns: Sequence[str] | None = None) -> str:
+    """The ranking as a Markdown table for the terminal."""
+    columns = list(columns or ["teacher", "n_pairs", "car", "car_ci_low", "car_ci_high", "top_share", "reward",
+                               "L", "ppl_self", "ifd_self", "ppl_ref", "ifd_ref", "length"])
+    columns = [c for c in columns if any(c in r for r in ranking.rows)]
+
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return "nan" if math.isnan(value) else f"{value:.4g}"
+        return str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for row in ranking.rows:
+        lines.append("| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |")
+    lines.append("")
+    lines.append(f"Recommended teacher: {ranking.recommended} (highest CAR, beta={ranking.settings['beta']}; "
+                 f"on top in {ranking.top_share:.1%} of {ranking.settings['n_bootstrap']} bootstrap resamples)")
+    return "\n".join(lines)

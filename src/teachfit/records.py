@@ -1,0 +1,267 @@
+"""Plain records and their files: instruction-response pairs read from JSONL or Parquet.
+
+Accepted record formats (detected per record):
+  plain     {"id", "instruction", "response", "teacher"?}
+  alpaca    {"instruction", "input"?, "output"}            (input is appended to the instruction)
+  messages  {"messages": [{"role": "user", ...}, {"role": "assistant", ...}]}
+  sharegpt  {"conversations": [{"from": "human", ...}, {"from": "gpt", ...}]}
+A missing `id` becomes a hash of the instruction, so the same instruction answered by several
+teachers keeps one id; a missing `teacher` becomes the file's stem.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+RESPONSE_SUFFIXES = (".jsonl", ".json", ".parquet")
+
+
+class InputError(ValueError):
+    """A bad input record: says which file, which line or row, and what was wrong."""
+
+    def __init__(self, path: str | os.PathLike, line: int | None, reason: str):
+        self.path, self.line, self.reason = str(path), line, reason
+        where = f"{self.path}:{line}" if line is not None else self.path
+        super().__init__(f"{where}: {reason}")
+
+
+@dataclass
+class Pair:
+    """One instruction with one teacher's response."""
+
+    id: str
+    instruction: str
+    response: str
+    teacher: str
+    extra: dict[str, Any] = field(default_factory=dict)
+    source: str = ""  # "file:line" it was read from, for error messages
+
+    def to_dict(self) -> dict[str, Any]:
+        """The pair as a flat JSON-ready dict (extra fields merged in)."""
+        out = {k: v for k, v in asdict(self).items() if k not in ("extra", "source")}
+        out.update({k: v for k, v in self.extra.items() if k not in out})
+        return out
+
+
+@dataclass
+class ReadStats:
+    """What reading dropped, by reason (datatrove-style counters)."""
+
+    read: int = 0
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+
+    def skip(self, error: InputError) -> None:
+        """Record one skipped row."""
+        self.skipped.append({"path": error.path, "line": error.line, "reason": error.reason})
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Skipped rows counted by reason."""
+        counts: dict[str, int] = {}
+        for row in self.skipped:
+            key = "dropped_" + row["reason"].split(":")[0].replace(" ", "_")
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+
+def instruction_id(instruction: str) -> str:
+    """A stable id for an instruction text (first 16 hex digits of its sha256)."""
+    return hashlib.sha256(instruction.encode("utf-8")).hexdigest()[:16]
+
+
+def _turns(record: dict[str, Any], key: str, role_key: str, text_key: str) -> tuple[str, str]:
+    turns = record[key]
+    if not isinstance(turns, list):
+        raise ValueError(f"'{key}' must be a list of turns")
+    roles = {"human": "user", "gpt": "assistant", "user": "user", "assistant": "assistant"}
+    user = next((t.get(text_key) for t in turns if roles.get(t.get(role_key)) == "user"), None)
+    assistant = next((t.get(text_key) for t in turns if roles.get(t.get(role_key)) == "assistant"), None)
+    if user is None or assistant is None:
+        raise ValueError(f"missing field: '{key}' needs one user and one assistant turn")
+    return user, assistant
+
+
+def _instruction_response(record: dict[str, Any]) -> tuple[str, str]:
+    if "messages" in record:
+        return _turns(record, "messages", "role", "content")
+    if "conversations" in record:
+        return _turns(record, "conversations", "from", "value")
+    if "instruction" not in record:
+        raise ValueError("missing field: 'instruction' (or 'messages' / 'conversations')")
+    instruction = record["instruction"]
+    if record.get("input"):
+        instruction = f"{instruction}\n\n{record['input']}"
+    for key in ("response", "output"):
+        if key in record:
+            return instruction, record[key]
+    raise ValueError("missing field: 'response' (or 'output')")
+
+
+def pair_from_record(record: Any, default_teacher: str) -> Pair:
+    """Validate one raw record and turn it into a Pair; raises ValueError with the reason."""
+    if not isinstance(record, dict):
+        raise ValueError(f"not a JSON object: {type(record).__name__}")
+    instruction, response = _instruction_response(record)
+    if not isinstance(instruction, str) or not isinstance(response, str):
+        raise ValueError("wrong type: instruction and response must be strings")
+    if not instruction.strip():
+        raise ValueError("empty instruction")
+    if not response.strip():
+        raise ValueError("empty response")
+    teacher = record.get("teacher") or record.get("generator") or default_teacher
+    pair_id = record.get("id")
+    pair_id = str(pair_id) if pair_id not in (None, "") else instruction_id(instruction)
+    known = {"id", "instruction", "input", "output", "response", "teacher", "messages", "conversations"}
+    extra = {k: v for k, v in record.items() if k not in known}
+    return Pair(id=pair_id, instruction=instruction, response=response, teacher=str(teacher), extra=extra)
+
+
+def iter_raw_records(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
+    """Yield (line or row number from 1, raw record) from a JSONL, JSON-array or Parquet file.
+
+    Streams: JSONL line by line and Parquet batch by batch, so memory stays flat.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, None, "file not found")
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        row = 0
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+            for record in batch.to_pylist():
+                row += 1
+                yield row, record
+        return
+    if path.suffix == ".json":
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, list):
+            raise InputError(path, None, "a .json file must hold a list of records")
+        yield from enumerate(data, start=1)
+        return
+    if path.suffix != ".jsonl":
+        raise InputError(path, None, f"unknown format '{path.suffix}': use .jsonl, .json or .parquet")
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError as error:
+                yield number, InputError(path, number, f"malformed JSON: {error.msg} at column {error.colno}")
+
+
+def read_pairs(
+    paths: Iterable[str | os.PathLike], skip_invalid: bool = False, stats: ReadStats | None = None
+) -> Iterator[Pair]:
+    """Stream validated Pairs from files; a bad record raises InputError unless skip_invalid,
+    in which case it is recorded in `stats` and skipped."""
+    stats = stats if stats is not None else ReadStats()
+    for path in paths:
+        for number, record in iter_raw_records(path):
+            try:
+                if isinstance(record, InputError):
+                    raise record
+                try:
+                    pair = pair_from_record(record, default_teacher=Path(path).stem)
+                except ValueError as error:
+                    raise InputError(path, number, str(error)) from None
+            except InputError as error:
+                if not skip_invalid:
+                    raise
+                stats.skip(error)
+                continue
+            stats.read += 1
+            pair.source = f"{path}:{number}"
+            yield pair
+
+
+def expand_inputs(inputs: Iterable[str | os.PathLike], subdir: str = "responses") -> list[Path]:
+    """Files named directly, plus every response file inside a run directory's `subdir`."""
+    files: list[Path] = []
+    for item in inputs:
+        item = Path(item)
+        if item.is_dir():
+            folder = item / subdir if (item / subdir).is_dir() else item
+            found = sorted(p for p in folder.iterdir() if p.suffix in RESPONSE_SUFFIXES)
+            if not found:
+                raise InputError(item, None, f"no {'/'.join(RESPONSE_SUFFIXES)} files in {folder}")
+            files.extend(found)
+        elif not item.exists():
+            raise InputError(item, None, "file not found")
+        else:
+            files.append(item)
+    return files
+
+
+def write_jsonl(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> int:
+    """Write records as JSONL atomically (temp file then rename); returns how many."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    count = 0
+    with tmp.open("w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            count += 1
+    os.replace(tmp, path)
+    return count
+
+
+def write_table(path: str | os.PathLike, rows: list[dict[str, Any]], metadata: dict[str, Any]) -> None:
+    """Write rows to Parquet (metadata under the key `teachfit`), JSONL or CSV by suffix, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    if path.suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pylist(rows) if rows else pa.table({})
+        table = table.replace_schema_metadata({"teachfit": json.dumps(metadata)})
+        pq.write_table(table, tmp)
+    elif path.suffix == ".jsonl":
+        with tmp.open("w", encoding="utf-8") as handle:
+            for row in rows:
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        Path(str(path) + ".meta.json").write_text(json.dumps(metadata, indent=2))
+    elif path.suffix == ".csv":
+        import csv
+
+        with tmp.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else [])
+            writer.writeheader()
+            writer.writerows(rows)
+        Path(str(path) + ".meta.json").write_text(json.dumps(metadata, indent=2))
+    else:
+        raise InputError(path, None, f"unknown output format '{path.suffix}': use .parquet, .jsonl or .csv")
+    os.replace(tmp, path)
+
+
+def read_table(path: str | os.PathLike) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Read rows and teachfit metadata written by `write_table`."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, None, "file not found")
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        raw = (table.schema.metadata or {}).get(b"teachfit", b"{}")
+        return table.to_pylist(), json.loads(raw)
+    meta_path = Path(str(path) + ".meta.json")
+    metadata = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    if path.suffix == ".csv":
+        import csv
+
+        with path.open(encoding="utf-8") as handle:
+            return list(csv.DictReader(handle)), metadata
+    rows = [record for _, record in iter_raw_records(path)]
+    bad = [r for r in rows if isinstance(r, InputError)]
+    if bad:
+        raise bad[0]
+    return rows, metadata

@@ -1,0 +1,136 @@
+"""Rewards r(x, y): a sequence-classification reward model, or a generative judge's expected rating.
+
+The generative judge is asked for a rating from 1 to 9; its reward is the expectation of the
+rating under the model's next-token distribution restricted to the digit tokens "1".."9"
+(probability-weighted digits), so it is continuous and needs one forward pass per pair.
+"""
+from __future__ import annotations
+
+import math
+from importlib import resources
+from typing import Any, Sequence
+
+from teachfit.forward import BatchPlan, next_token_logprobs, sequence_scores
+from teachfit.records import Pair
+from teachfit.template import ensure_chat_template
+
+RATINGS = tuple(range(1, 10))
+
+
+def judge_prompt_template() -> str:
+    """The generative judge's rating prompt (a data file, so it can be read and changed)."""
+    return resources.files("teachfit").joinpath("data/prompts/reward_judge.txt").read_text(encoding="utf-8")
+
+
+def expected_rating(logprobs: Sequence[float], ratings: Sequence[int] = RATINGS) -> float:
+    """Expectation of the rating under the distribution renormalized over the rating tokens."""
+    top = max(logprobs)
+    weights = [math.exp(lp - top) for lp in logprobs]
+    return sum(w * r for w, r in zip(weights, ratings)) / sum(weights)
+
+
+def _clip_to_tokens(tokenizer: Any, text: str, max_tokens: int) -> str:
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return text if len(ids) <= max_tokens else tokenizer.decode(ids[:max_tokens]) + " [...]"
+
+
+class JudgeReward:
+    """Reward from an instruct model rating each response 1-9 (higher is better)."""
+
+    kind = "generative_judge"
+
+    def __init__(self, loaded: Any, plan: BatchPlan, max_length: int = 4096):
+        self.loaded, self.plan, self.max_length = loaded, plan, max_length
+        self.template_name = ensure_chat_template(loaded.tokenizer)
+        self.prompt = judge_prompt_template()
+        self.rating_ids = [self._single_token(str(r)) for r in RATINGS]
+
+    def _single_token(self, text: str) -> int:
+        ids = self.loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise ValueError(f"judge tokenizer splits the rating '{text}' into {len(ids)} tokens; use another judge")
+        return int(ids[0])
+
+    def key_material(self) -> dict[str, Any]:
+        """Everything a cached reward depends on."""
+        return {"kind": self.kind, "model": self.loaded.spec.fingerprint(), "dtype": self.loaded.dtype,
+                "prompt": self.prompt, "template": self.template_name, "max_length": self.max_length}
+
+    def describe(self) -> dict[str, Any]:
+        """What the output's metadata records."""
+        return {"kind": self.kind, "model": self.loaded.describe(), "template": self.template_name,
+                "ratings": list(RATINGS), "prompt_file": "teachfit/data/prompts/reward_judge.txt"}
+
+    def _prompt_ids(self, pair: Pair) -> list[int]:
+        tokenizer = self.loaded.tokenizer
+        budget = max(64, (self.max_length - 256) // 2)
+        text = self.prompt.format(
+            instruction=_clip_to_tokens(tokenizer, pair.instruction, budget),
+            response=_clip_to_tokens(tokenizer, pair.response, budget),
+        )
+        rendered = tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+        )
+        return list(tokenizer(rendered, add_special_tokens=False)["input_ids"])
+
+    def compute(self, pairs: Sequence[Pair]) -> list[dict[str, Any]]:
+        """{'reward': expected rating in [1, 9]} per pair."""
+        prompts = [self._prompt_ids(p) for p in pairs]
+        logprobs = next_token_logprobs(
+            self.loaded.model, self.loaded.tokenizer, prompts, self.rating_ids, self.plan, self.loaded.device
+        )
+        return [{"reward": expected_rating(lp), "reward_rating_mass": sum(math.exp(x) for x in lp)} for lp in logprobs]
+
+
+class SequenceClassifierReward:
+    """Reward from a sequence-classification reward model's scalar output (Skywork, ArmoRM)."""
+
+    kind = "sequence_classifier"
+
+    def __init__(self, loaded: Any, plan: BatchPlan, max_length: int = 4096):
+        self.loaded, self.plan, self.max_length = loaded, plan, max_length
+        self.template_name = ensure_chat_template(loaded.tokenizer)
+
+    def key_material(self) -> dict[str, Any]:
+        """Everything a cached reward depends on."""
+        return {"kind": self.kind, "model": self.loaded.spec.fingerprint(), "dtype": self.loaded.dtype,
+                "template": self.template_name, "max_length": self.max_length}
+
+    def describe(self) -> dict[str, Any]:
+        """What the output's metadata records."""
+        return {"kind": self.kind, "model": self.loaded.describe(), "template": self.template_name}
+
+    def compute(self, pairs: Sequence[Pair]) -> list[dict[str, Any]]:
+        """{'reward': the model's scalar} per pair (its scale is the model's own)."""
+        tokenizer = self.loaded.tokenizer
+        sequences = []
+        for pair in pairs:
+            messages = [{"role": "user", "content": pair.instruction}, {"role": "assistant", "content": pair.response}]
+            rendered = tokenizer.apply_chat_template(messages, tokenize=False)
+            sequences.append(list(tokenizer(rendered, add_special_tokens=False)["input_ids"])[: self.max_length])
+        scores = sequence_scores(self.loaded.model, tokenizer, sequences, self.plan, self.loaded.device)
+        return [{"reward": s} for s in scores]
+
+
+def load_reward(spec: str, kind: str, plan: BatchPlan, max_length: int, **load_options: Any) -> Any:
+    """A reward scorer: kind 'classifier' (sequence-classification RM), 'judge' (generative)
+    or 'auto' (a classifier when the model's config says so, else a judge)."""
+    from teachfit.models import ModelSpec, load
+
+    parsed = ModelSpec.parse(spec)
+    if kind == "auto":
+        kind = "classifier" if _is_classifier(parsed, load_options.get("trust_remote_code", False)) else "judge"
+    if kind == "classifier":
+        return SequenceClassifierReward(load("sequence_classifier", parsed, **load_options), plan, max_length)
+    if kind == "judge":
+        return JudgeReward(load("causal_lm", parsed, **load_options), plan, max_length)
+    raise ValueError(f"unknown reward kind {kind!r}: use auto, classifier or judge")
+
+
+def _is_classifier(spec: Any, trust_remote_code: bool) -> bool:
+    if spec.prefix != "hf":
+        return False
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(spec.name, trust_remote_code=trust_remote_code)
+    return any("SequenceClassification" in a or "RewardModel" in a for a in (config.architectures or []))

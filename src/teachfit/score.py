@@ -1,0 +1,259 @@
+"""Stage `score`: pairs -> one row of metrics per pair (DESIGN section 2).
+
+Columns: loss / PPL / IFD under the student (`_self`) and the reference model (`_ref`), the
+reward, the cl100k length, token counts and truncation. Pairs stream through in windows; each
+scorer's results are cached by content hash (pair, model, template, options), so an interrupted
+or repeated run computes only what is missing.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+from teachfit import metrics
+from teachfit.forward import BatchPlan, response_nll
+from teachfit.records import InputError, Pair
+from teachfit.store import ResultCache, content_hash
+from teachfit.template import encode_pair, encode_response_alone, ensure_chat_template
+from teachfit.tokens import token_length
+
+SCORING_VERSION = 1  # bump when a computation changes, so old cache entries are not reused
+
+
+@dataclass
+class ScoreOptions:
+    """How pairs are scored; every field is recorded in the output's metadata."""
+
+    max_length: int = 4096
+    token_budget: int = 16384
+    max_batch_size: int = 64
+    window: int = 512
+    dtype: str = "auto"
+    device: str = "auto"
+    skip_invalid: bool = False
+    trust_remote_code: bool = False
+
+    @property
+    def plan(self) -> BatchPlan:
+        """The batching plan these options describe."""
+        return BatchPlan(self.token_budget, self.max_batch_size)
+
+
+class LMScorer:
+    """loss(y|x), loss(y), PPL, IFD of each pair under one causal LM, columns suffixed `_<role>`."""
+
+    def __init__(self, loaded: Any, role: str, options: ScoreOptions):
+        self.loaded, self.role, self.options = loaded, role, options
+        self.template_name = ensure_chat_template(loaded.tokenizer)
+        self.tokens_done = 0
+
+    def key_material(self) -> dict[str, Any]:
+        """Everything a cached result depends on."""
+        return {"kind": "lm", "model": self.loaded.spec.fingerprint(), "dtype": self.loaded.dtype,
+                "template": self.loaded.tokenizer.chat_template, "max_length": self.options.max_length,
+                "version": SCORING_VERSION}
+
+    def describe(self) -> dict[str, Any]:
+        """What the output's metadata records."""
+        return {"role": self.role, "model": self.loaded.describe(), "template": self.template_name}
+
+    def compute(self, pairs: Sequence[Pair]) -> list[dict[str, Any]]:
+        """Per-pair losses (nats per response token) and the metrics derived from them."""
+        tokenizer, max_length = self.loaded.tokenizer, self.options.max_length
+        conditional, unconditional = [], []
+        for pair in pairs:
+            try:
+                conditional.append(encode_pair(tokenizer, pair.instruction, pair.response, max_length))
+            except ValueError as error:
+                raise InputError(pair.source or pair.id, None, f"{error} (pair {pair.id})") from None
+            unconditional.append(encode_response_alone(tokenizer, pair.response, max_length))
+        nll = response_nll(self.loaded.model, tokenizer, conditional + unconditional, self.options.plan,
+                           self.loaded.device, on_batch=self._count)
+        rows = []
+        for i, (cond, uncond) in enumerate(zip(conditional, unconditional)):
+            (sum_c, n_c), (sum_u, n_u) = nll[i], nll[len(pairs) + i]
+            rows.append(lm_metrics(sum_c / n_c, sum_u / n_u if n_u else math.nan, self.role)
+                        | {f"n_response_tokens{self._suffix}": n_c, f"truncated{self._suffix}": cond.truncated})
+        return rows
+
+    @property
+    def _suffix(self) -> str:
+        return "" if self.role == "self" else f"_{self.role}"
+
+    def _count(self, tokens: int) -> None:
+        self.tokens_done += tokens
+
+
+def lm_metrics(loss_conditional: float, loss_unconditional: float, role: str) -> dict[str, float]:
+    """loss, loss_uncond, ppl, ifd, ifd_loss_ratio for one pair, suffixed `_<role>`."""
+    has_uncond = not math.isnan(loss_unconditional)
+    return {
+        f"loss_{role}": loss_conditional,
+        f"loss_{role}_uncond": loss_unconditional,
+        f"ppl_{role}": metrics.ppl(loss_conditional),
+        f"ifd_{role}": metrics.ifd(loss_conditional, loss_unconditional) if has_uncond else math.nan,
+        f"ifd_loss_ratio_{role}": metrics.ifd_loss_ratio(loss_conditional, loss_unconditional) if has_uncond else math.nan,
+    }
+
+
+class LengthScorer:
+    """Response length in cl100k_base tokens (cheap; still cached like the others)."""
+
+    def key_material(self) -> dict[str, Any]:
+        """Everything a cached result depends on."""
+        return {"kind": "length", "encoding": "cl100k_base"}
+
+    def describe(self) -> dict[str, Any]:
+        """What the output's metadata records."""
+        return {"kind": "length", "encoding": "cl100k_base"}
+
+    def compute(self, pairs: Sequence[Pair]) -> list[dict[str, Any]]:
+        """{'length': tokens} per pair."""
+        return [{"length": token_length(p.response)} for p in pairs]
+
+
+def _windows(pairs: Iterable[Pair], size: int) -> Iterator[list[Pair]]:
+    window: list[Pair] = []
+    for pair in pairs:
+        window.append(pair)
+        if len(window) >= size:
+            yield window
+            window = []
+    if window:
+        yield window
+
+
+def _score_window(window: list[Pair], scorer: Any, cache: ResultCache, chunk: int, skip_invalid: bool,
+                  skipped: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
+    material = scorer.key_material()
+    keys = [content_hash(material, p.instruction, p.response) for p in window]
+    missing = [i for i, key in enumerate(keys) if key not in cache]
+    for start in range(0, len(missing), chunk):
+        todo = missing[start : start + chunk]
+        try:
+            values = scorer.compute([window[i] for i in todo])
+        except InputError:
+            if not skip_invalid:
+                raise
+            values = []
+            for i in todo:  # find the bad pair(s) one by one
+                try:
+                    values.append(scorer.compute([window[i]])[0])
+                except InputError as error:
+                    skipped.append({"id": window[i].id, "source": window[i].source, "reason": error.reason})
+                    values.append(None)
+        cache.put_many((keys[i], v) for i, v in zip(todo, values) if v is not None)
+    return [cache.get(key) for key in keys]
+
+
+def score_pairs(
+    pairs: Iterable[Pair], scorers: Sequence[Any], cache_root: str | Path, options: ScoreOptions,
+    progress: Any = None, skipped: list[dict[str, Any]] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Yield one metrics row per pair, in input order; results come from the cache when present
+    and are written to it as soon as they are computed."""
+    skipped = skipped if skipped is not None else []
+    caches = [ResultCache(Path(cache_root) / content_hash(s.key_material())[:16]) for s in scorers]
+    chunk = max(1, min(options.window, 64))
+    try:
+        for window in _windows(pairs, options.window):
+            per_scorer = [_score_window(window, s, c, chunk, options.skip_invalid, skipped)
+                          for s, c in zip(scorers, caches)]
+            for i, pair in enumerate(window):
+                parts = [results[i] for results in per_scorer]
+                if any(part is None for part in parts):
+                    continue
+                row: dict[str, Any] = {"id": pair.id, "teacher": pair.teacher}
+                for part in parts:
+                    row.update(part)
+                yield row
+            if progress is not None:
+                progress.update(len(window))
+    finally:
+        for cache in caches:
+            cache.close()
+
+
+def build_scorers(student: str, reference: str | None, reward_model: str | None, reward_kind: str,
+                  options: ScoreOptions) -> list[Any]:
+    """Load the models named by specs and return the scorers for them (length always included)."""
+    from teachfit.models import load
+    from teachfit.reward import load_reward
+
+    common = {"dtype": options.dtype, "device": options.device, "trust_remote_code": options.trust_remote_code}
+    scorers: list[Any] = [LMScorer(load("causal_lm", student, **common), "self", options)]
+    if reference:
+        scorers.append(LMScorer(load("causal_lm", reference, **common), "ref", options))
+    if reward_model:
+        scorers.append(load_reward(reward_model, reward_kind, options.plan, options.max_length, **common))
+    scorers.append(LengthScorer())
+    return scorers
+
+
+def count_rows(paths: Sequence[Path]) -> int:
+    """Rows in the input files (lines of JSONL, row counts of Parquet), for progress bars."""
+    total = 0
+    for path in paths:
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            total += pq.ParquetFile(path).metadata.num_rows
+        elif path.suffix == ".jsonl":
+            with path.open("rb") as handle:
+                total += sum(1 for line in handle if line.strip())
+    return total
+
+
+def score_files(
+    inputs: Sequence[str | Path], out: str | Path, student: str, reference: str | None = None,
+    reward_model: str | None = None, reward_kind: str = "auto", options: ScoreOptions | None = None,
+    cache_dir: str | Path | None = None, scorers: Sequence[Any] | None = None, show_progress: bool = True,
+) -> dict[str, Any]:
+    """Score every pair of the input files (or run directories) into one Parquet file at `out`.
+
+    Returns the metadata written with it: models, options, versions, counts and skipped rows.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from tqdm.auto import tqdm
+
+    from teachfit.records import ReadStats, expand_inputs, read_pairs
+    from teachfit.versions import versions
+
+    options = options or ScoreOptions()
+    out = Path(out)
+    paths = expand_inputs(inputs)
+    cache_dir = Path(cache_dir) if cache_dir else out.parent / ".teachfit_cache" / "scores"
+    started = time.perf_counter()
+    scorers = list(scorers) if scorers is not None else build_scorers(student, reference, reward_model, reward_kind, options)
+    stats, skipped = ReadStats(), []
+    pairs = read_pairs(paths, skip_invalid=options.skip_invalid, stats=stats)
+    tmp = out.with_name(out.name + ".tmp")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    writer, rows_written, truncated = None, 0, 0
+    with tqdm(total=count_rows(paths), unit="pair", desc="score", disable=not show_progress) as bar:
+        for batch in _windows(score_pairs(pairs, scorers, cache_dir, options, bar, skipped), options.window):
+            table = pa.Table.from_pylist(batch)
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, table.schema)
+            writer.write_table(table.cast(writer.schema))
+            rows_written += len(batch)
+            truncated += sum(bool(r.get("truncated")) for r in batch)
+    metadata = {
+        "stage": "score", "inputs": [str(p) for p in paths], "options": asdict(options),
+        "scorers": [s.describe() for s in scorers], "versions": versions(),
+        "counts": {"read": stats.read, "scored": rows_written, "truncated": truncated,
+                   "skipped": len(stats.skipped) + len(skipped), **stats.counts},
+        "skipped": stats.skipped + skipped, "seconds": round(time.perf_counter() - started, 3),
+    }
+    if writer is None:
+        raise InputError(paths[0] if paths else out, None, "no valid pairs to score")
+    writer.add_key_value_metadata({"teachfit": json.dumps(metadata)})
+    writer.close()
+    os.replace(tmp, out)
+    return metadata

@@ -1,0 +1,104 @@
+"""Tiny models built on the spot (random weights, a tokenizer trained here): no network, ever."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+
+CORPUS = [
+    "Write a short poem about the sea.", "The sea is wide and blue, and the waves come and go.",
+    "Explain recursion to a child.", "Recursion is when a function calls itself on a smaller problem.",
+    "What is 2 + 2?", "2 + 2 = 4. ### Instruction: ### Response: 0123456789",
+    "List three fruits: apple, banana, cherry.", "Give me advice on learning to code every day.",
+]
+
+
+def build_tokenizer(chat_template: str | None = None, bos: bool = True):
+    """A byte-level BPE tokenizer trained on CORPUS, wrapped for transformers."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<bos>", "<eos>"] + (["<|im_start|>", "<|im_end|>"] if chat_template else [])
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(CORPUS * 4, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>",
+                                   bos_token="<bos>" if bos else None)
+    if chat_template:
+        fast.chat_template = chat_template
+    return fast
+
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def build_model(folder, arch: str = "llama", chat_template: str | None = None, seed: int = 0, bos: bool = True):
+    """Save a tiny random causal LM (llama or gpt2) with its tokenizer to `folder`."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer(chat_template, bos=bos)
+    vocab = len(tokenizer)
+    if arch == "gpt2":
+        config = GPT2Config(vocab_size=vocab, n_positions=512, n_embd=32, n_layer=2, n_head=4,
+                            bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+        model = GPT2LMHeadModel(config)
+    else:
+        config = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                             pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+        model = LlamaForCausalLM(config)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory):
+    """A tiny llama without a chat template (gets teachfit's default)."""
+    return build_model(tmp_path_factory.mktemp("tiny_llama"), "llama", seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_chatml(tmp_path_factory):
+    """A tiny llama with a ChatML chat template."""
+    return build_model(tmp_path_factory.mktemp("tiny_chatml"), "llama", chat_template=CHATML, seed=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory):
+    """A tiny GPT-2 (BOS = EOS, no chat template), as a reference model."""
+    return build_model(tmp_path_factory.mktemp("tiny_gpt2"), "gpt2", seed=3, bos=False)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TEACHFIT_CACHE", str(tmp_path / "teachfit-cache"))
+
+
+def write_pairs(path, rows):
+    """Write JSONL test pairs."""
+    import json
+
+    with open(path, "w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write((row if isinstance(row, str) else json.dumps(row)) + "\n")
+    return path
+
+
+PAIRS = [
+    {"id": "a", "instruction": "Write a short poem about the sea.", "response": "The sea is wide and blue."},
+    {"id": "b", "instruction": "Explain recursion to a child.", "response": "A function calls itself on a smaller problem."},
+    {"id": "c", "instruction": "What is 2 + 2?", "response": "2 + 2 = 4."},
+    {"id": "d", "instruction": "List three fruits.", "response": "apple, banana, cherry"},
+]
