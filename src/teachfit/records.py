@@ -251,8 +251,8 @@ def read_table(path: str | os.PathLike) -> tuple[list[dict[str, Any]], dict[str,
         import pyarrow.parquet as pq
 
         table = pq.read_table(path)
-        raw = (table.schema.metadata or {}).get(b"teachfit", b"{}")
-        return table.to_pylist(), json.loads(raw)
+        raw = (table.schema.metadata or {}).get(b"teachfit") or (pq.read_metadata(path).metadata or {}).get(b"teachfit")
+        return table.to_pylist(), json.loads(raw or b"{}")
     meta_path = Path(str(path) + ".meta.json")
     metadata = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     if path.suffix == ".csv":

