@@ -30,7 +30,8 @@ def test_score_then_rank(tmp_path, tiny_llama, tiny_chatml):
     ranking = json.loads(result.stdout)
     assert {t["teacher"] for t in ranking["teachers"]} == {"alpha", "beta"}
     assert ranking["recommended"] == max(ranking["teachers"], key=lambda t: t["car"])["teacher"]
-    assert (tmp_path / "rank.csv").read_text().startswith("teacher,")
+    assert (tmp_path / "rank.csv").read_text().startswith("student,teacher,")
+    assert ranking["teachers"][0]["student"] == f"hf:{tiny_llama}"
 
 
 def test_errors_are_one_line_with_file_and_line(tmp_path, tiny_llama):

@@ -72,17 +72,21 @@ def rank(
     json_out: Optional[Path] = typer.Option(None, "--json-out", help="Also write JSON here."),
 ) -> None:
     """Rank teachers for the student by CAR and every baseline metric, and recommend one."""
-    from teachfit.rank import markdown_table, rank_teachers
+    from teachfit.rank import markdown_table, rank_teachers, student_of
     from teachfit.records import read_table, write_table
 
-    rows, metas = [], []
+    rows, metas, students = [], [], set()
     for path in scores:
         path = path / "scores" / "scores.parquet" if path.is_dir() else path
         file_rows, meta = read_table(path)
         rows.extend(file_rows)
         metas.append({"path": str(path), "scorers": meta.get("scorers")})
+        students.add(student_of(meta))
+    if len(students) > 1:
+        _fail(f"these score files were made with different students ({', '.join(map(str, students))}): rank each alone")
     try:
-        ranking = rank_teachers(rows, beta=beta, reward_transform=reward_transform, n_bootstrap=bootstrap, seed=seed)
+        ranking = rank_teachers(rows, beta=beta, reward_transform=reward_transform, n_bootstrap=bootstrap, seed=seed,
+                                student=students.pop())
     except ValueError as error:
         _fail(str(error))
     ranking.settings["scores"] = metas
@@ -147,6 +151,70 @@ def generate(
         speed = f", {s['tokens_per_second']} tok/s" if s.get("tokens_per_second") else ""
         typer.echo(f"{s['dataset']}: {s['generated']} new, {s['already_done']} already done, "
                    f"{s['errors']} errors{speed} -> {out / 'responses' / (s['dataset'] + '.jsonl')}")
+
+
+@app.command()
+def paper(
+    as_json: bool = typer.Option(False, "--json", help="Print everything as JSON."),
+    csv_dir: Optional[Path] = typer.Option(None, "--csv", help="Also write each table as CSV into this folder."),
+) -> None:
+    """The paper's own tables from its published numbers: AP per cell (Figure 2), the Larger
+    Models' Paradox (Finding 1), the same-family effect (Finding 2), size vs AP, Table 4 arithmetic."""
+    from teachfit import paper as published
+    from teachfit.records import write_table
+
+    sections = {
+        "ap_grid": published.ap_grid(), "paradox_pairs": published.paradox_pairs(),
+        "paradox_summary": published.paradox_summary(), "family_effect": published.family_effect(),
+        "own_family_advantage": published.own_family_advantage(),
+        "size_vs_ap": [{"student": s, "rho": r} for s, r in published.size_vs_ap().items()],
+        "table4_arithmetic": published.table4_arithmetic(), "reported_ap_checks": published.reported_ap_checks(),
+    }
+    if csv_dir:
+        for name, rows in sections.items():
+            write_table(csv_dir / f"{name}.csv", rows, {"source": "teachfit paper"})
+    if as_json:
+        typer.echo(json.dumps(sections, indent=2))
+        return
+    from teachfit.paper.text import render
+
+    typer.echo(render(sections))
+
+
+@app.command()
+def correlate(
+    run_dir: Optional[Path] = typer.Argument(None, help="Run directory with ranking.csv (and rankings/*.csv) and results.csv."),
+    metrics_files: List[Path] = typer.Option(None, "--metrics", help="Ranking CSV/JSON files from `teachfit rank`."),
+    truth: Optional[Path] = typer.Option(None, help="Measured results CSV: student, teacher, ap (or ae2_lc and ah_wr)."),
+    bootstrap: int = typer.Option(1000, help="Bootstrap resamples over teachers for rho's interval."),
+    fit_beta_flag: bool = typer.Option(False, "--fit-beta", help="Choose beta by leave-one-teacher-out."),
+    out: Optional[Path] = typer.Option(None, help="Write correlation.csv here (default: RUN/correlation.csv)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Spearman rho of each metric's teacher ranking against the measured AP ranking (paper Table 4)."""
+    from teachfit.correlate import beta_sweep, correlation_table, correlation_text, fit_beta, join, read_rankings, read_truth
+    from teachfit.records import write_table
+
+    files = list(metrics_files or [])
+    if run_dir is not None:
+        files += sorted(run_dir.glob("ranking.csv")) + sorted(run_dir.glob("rankings/*.csv"))
+        truth = truth or run_dir / "results.csv"
+        out = out or run_dir / "correlation.csv"
+    if not files or truth is None:
+        _fail("give a run directory, or --metrics files and --truth")
+    joined = join(read_rankings(files), read_truth(truth))
+    if not joined:
+        _fail(f"no (student, teacher) appears in both {', '.join(map(str, files))} and {truth}")
+    table = correlation_table(joined, bootstrap)
+    report = {"correlation": table, "beta_sweep": beta_sweep(joined)}
+    if fit_beta_flag:
+        report["fit_beta"] = fit_beta(joined)
+    if out:
+        write_table(out, table, {"metrics": [str(f) for f in files], "truth": str(truth)})
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    typer.echo(correlation_text(report))
 
 
 @app.command()

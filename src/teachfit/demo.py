@@ -66,7 +66,7 @@ def run_demo(run_dir: str | Path = "runs/demo", per_category: int = 2, max_new_t
     timings["score"] = round(time.perf_counter() - started, 1)
     started = time.perf_counter()
     rows, _ = read_table(scores_path)
-    ranking = rank_teachers(rows, beta=beta)
+    ranking = rank_teachers(rows, beta=beta, student=STUDENT)
     write_table(run_dir / "ranking.csv", ranking.rows, ranking.settings)
     (run_dir / "ranking.json").write_text(json.dumps(ranking.to_dict(), indent=2))
     timings["rank"] = round(time.perf_counter() - started, 1)

@@ -119,3 +119,8 @@ def bootstrap_ci(
     replicates = np.array([statistic(values[rng.integers(0, len(values), len(values))]) for _ in range(n_resamples)])
     alpha = (1.0 - confidence) / 2.0
     return float(np.quantile(replicates, alpha)), float(np.quantile(replicates, 1.0 - alpha))
+
+
+def average_performance(ae2_lc: float, ah_wr: float) -> float:
+    """AP = (AlpacaEval-2 LC + Arena-Hard WR) / 2, in the units given (the paper uses %)."""
+    return (ae2_lc + ah_wr) / 2.0

@@ -85,9 +85,10 @@ def _bootstrap(rewards: dict[str, np.ndarray], losses: dict[str, np.ndarray], be
 
 def rank_teachers(
     rows: Sequence[dict[str, Any]], beta: float = 3.0, reward_transform: str = "raw",
-    n_bootstrap: int = 1000, seed: int = 0,
+    n_bootstrap: int = 1000, seed: int = 0, student: str | None = None,
 ) -> Ranking:
-    """Aggregate per-pair score rows into a ranked per-teacher table and a recommendation."""
+    """Aggregate per-pair score rows into a ranked per-teacher table and a recommendation
+    (`student` labels the rows, so rankings of several students can be correlated together)."""
     groups = group_by_teacher(rows)
     if not groups:
         raise ValueError("no scored pairs to rank")
@@ -97,7 +98,7 @@ def rank_teachers(
     losses = {t: _column(g, "loss_self") for t, g in groups.items()}
     table = []
     for teacher, group in groups.items():
-        row: dict[str, Any] = {"teacher": teacher, "n_pairs": len(group)}
+        row: dict[str, Any] = {"student": student or "student", "teacher": teacher, "n_pairs": len(group)}
         for name in AVERAGED:
             if name in group[0]:
                 row[name] = float(np.nanmean(_column(group, name)))
@@ -112,8 +113,17 @@ def rank_teachers(
     add_ranks(table)
     table.sort(key=lambda r: r["rank_car"])
     best = table[0]["teacher"]
-    settings = {"beta": beta, "reward_transform": reward_transform, "n_bootstrap": n_bootstrap, "seed": seed}
+    settings = {"beta": beta, "reward_transform": reward_transform, "n_bootstrap": n_bootstrap, "seed": seed,
+                "student": student}
     return Ranking(rows=table, recommended=best, top_share=table[0]["top_share"], settings=settings)
+
+
+def student_of(metadata: dict[str, Any]) -> str | None:
+    """The student's spec recorded in a scores file's metadata."""
+    for scorer in metadata.get("scorers") or []:
+        if scorer.get("role") == "self":
+            return scorer["model"]["spec"]
+    return None
 
 
 def add_ranks(table: list[dict[str, Any]]) -> None:

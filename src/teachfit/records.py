@@ -244,6 +244,16 @@ def write_table(path: str | os.PathLike, rows: list[dict[str, Any]], metadata: d
     os.replace(tmp, path)
 
 
+def _cell(text: str) -> Any:
+    """A CSV cell back to a number or boolean where it is one."""
+    if text in ("True", "False"):
+        return text == "True"
+    try:
+        return float(text) if any(c in text for c in ".eEn") else int(text)
+    except ValueError:
+        return text
+
+
 def read_table(path: str | os.PathLike) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Read rows and teachfit metadata written by `write_table`."""
     path = Path(path)
@@ -261,7 +271,7 @@ def read_table(path: str | os.PathLike) -> tuple[list[dict[str, Any]], dict[str,
         import csv
 
         with path.open(encoding="utf-8") as handle:
-            return list(csv.DictReader(handle)), metadata
+            return [{k: _cell(v) for k, v in row.items()} for row in csv.DictReader(handle)], metadata
     rows = [record for _, record in iter_raw_records(path)]
     bad = [r for r in rows if isinstance(r, InputError)]
     if bad:

@@ -1,0 +1,181 @@
+"""Stage `correlate`: does a metric computed without fine-tuning predict the measured ranking?
+
+For every student, Spearman rho between each metric's teacher ranking and the measured AP
+ranking (paper Table 4), with a bootstrap interval over teachers; a sweep of CAR's beta; and
+beta chosen by leave-one-teacher-out with the spread of the choices.
+
+A metric's direction (rank.METRIC_DIRECTIONS) is applied first, so rho > 0 always means "this
+metric puts the better teachers first".
+"""
+from __future__ import annotations
+
+import math
+from statistics import mean, pstdev
+from typing import Any, Sequence
+
+import numpy as np
+
+from teachfit.metrics import car, spearman
+from teachfit.rank import METRIC_DIRECTIONS
+
+CORRELATED = ("car", "reward", "ppl_self", "ifd_self", "ppl_ref", "ifd_ref", "length", "size_b")
+DIRECTIONS = METRIC_DIRECTIONS | {"size_b": +1}
+BETA_GRID = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0)
+
+
+def join(metric_rows: Sequence[dict[str, Any]], truth_rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Per student, the teachers present in both tables: metric columns plus measured `ap`."""
+    truth = {(str(r["student"]), str(r["teacher"])): float(r["ap"]) for r in truth_rows}
+    joined: dict[str, list[dict[str, Any]]] = {}
+    for row in metric_rows:
+        key = (str(row["student"]), str(row["teacher"]))
+        if key in truth:
+            joined.setdefault(key[0], []).append({**row, "ap": truth[key]})
+    return joined
+
+
+def _values(rows: Sequence[dict[str, Any]], metric: str) -> list[float] | None:
+    try:
+        values = [DIRECTIONS[metric] * float(r[metric]) for r in rows]
+    except (KeyError, TypeError, ValueError):
+        return None
+    return None if any(math.isnan(v) for v in values) else values
+
+
+def rho_with_interval(values: Sequence[float], ap: Sequence[float], n_bootstrap: int = 1000, seed: int = 0
+                      ) -> tuple[float, float, float]:
+    """rho and its 95% percentile-bootstrap interval, resampling teachers with replacement."""
+    rho = spearman(values, ap)
+    rng = np.random.default_rng(seed)
+    values, ap = np.asarray(values), np.asarray(ap)
+    draws = []
+    for _ in range(n_bootstrap):
+        idx = rng.integers(0, len(values), len(values))
+        if np.ptp(values[idx]) > 0 and np.ptp(ap[idx]) > 0:
+            draws.append(spearman(values[idx], ap[idx]))
+    if not draws:
+        return rho, math.nan, math.nan
+    return rho, float(np.quantile(draws, 0.025)), float(np.quantile(draws, 0.975))
+
+
+def correlation_table(joined: dict[str, list[dict[str, Any]]], n_bootstrap: int = 1000) -> list[dict[str, Any]]:
+    """One row per (student, metric) with rho, its interval and the number of teachers; plus
+    an `Average` row per metric over the students (the paper's last row)."""
+    rows = []
+    for student, teachers in joined.items():
+        ap = [t["ap"] for t in teachers]
+        for metric in CORRELATED:
+            values = _values(teachers, metric)
+            if values is None or len(teachers) < 3:
+                continue
+            rho, low, high = rho_with_interval(values, ap, n_bootstrap)
+            rows.append({"student": student, "metric": metric, "rho": rho, "ci_low": low, "ci_high": high,
+                         "n_teachers": len(teachers)})
+    for metric in CORRELATED:
+        values = [r["rho"] for r in rows if r["metric"] == metric and not math.isnan(r["rho"])]
+        if values:
+            rows.append({"student": "Average", "metric": metric, "rho": mean(values), "ci_low": math.nan,
+                         "ci_high": math.nan, "n_teachers": len(values)})
+    return rows
+
+
+def _car_rho(teachers: Sequence[dict[str, Any]], beta: float) -> float:
+    values = [car(t["reward_used"], t["L"], beta) for t in teachers]
+    return spearman(values, [t["ap"] for t in teachers])
+
+
+def beta_sweep(joined: dict[str, list[dict[str, Any]]], grid: Sequence[float] = BETA_GRID) -> list[dict[str, Any]]:
+    """rho of CAR at each beta, per student and averaged (needs reward_used and L per teacher)."""
+    rows = []
+    for beta in grid:
+        per_student = {s: _car_rho(t, beta) for s, t in joined.items() if len(t) >= 3}
+        rows.append({"beta": beta, **{f"rho[{s}]": v for s, v in per_student.items()},
+                     "rho_mean": mean(per_student.values()) if per_student else math.nan})
+    return rows
+
+
+def _best_beta(joined: dict[str, list[dict[str, Any]]], grid: Sequence[float]) -> tuple[float, float]:
+    """(mean rho, beta) maximizing mean rho; ties (rho only sees ranks) go to the beta nearest
+    the paper's default of 3."""
+    scored = [(mean(_car_rho(r, b) for r in joined.values() if len(r) >= 3), b) for b in grid]
+    return max(scored, key=lambda item: (round(item[0], 12), -abs(item[1] - 3.0)))
+
+
+def fit_beta(joined: dict[str, list[dict[str, Any]]], grid: Sequence[float] = BETA_GRID) -> dict[str, Any]:
+    """Leave one teacher out: for each held-out teacher, the beta on the grid that maximizes the
+    mean rho over students on the remaining teachers; reports the choices and their spread.
+    Rank correlation cannot tell apart betas that order the teachers identically; such ties go
+    to the beta nearest 3."""
+    teachers = sorted({t["teacher"] for rows in joined.values() for t in rows})
+    choices = []
+    for held_out in teachers:
+        kept = {s: [t for t in rows if t["teacher"] != held_out] for s, rows in joined.items()}
+        choices.append(_best_beta(kept, grid)[1])
+    full = _best_beta(joined, grid)
+    return {"beta": full[1], "rho_mean_at_beta": full[0], "loo_choices": choices,
+            "loo_mean": mean(choices), "loo_std": pstdev(choices),
+            "loo_share_same_as_full": sum(c == full[1] for c in choices) / len(choices)}
+
+
+def read_rankings(paths: Sequence[Any]) -> list[dict[str, Any]]:
+    """Per-teacher metric rows from ranking CSV/JSON files written by `teachfit rank`."""
+    import json
+    from pathlib import Path
+
+    from teachfit.records import read_table
+
+    rows: list[dict[str, Any]] = []
+    for path in map(Path, paths):
+        if path.suffix == ".json":
+            data = json.loads(path.read_text())
+            rows.extend(data["teachers"] if isinstance(data, dict) else data)
+        else:
+            rows.extend(read_table(path)[0])
+    return rows
+
+
+def read_truth(path: Any) -> list[dict[str, Any]]:
+    """Measured results rows (student, teacher, ap); AP is computed from ae2_lc and ah_wr when absent."""
+    from teachfit.metrics import average_performance
+    from teachfit.records import InputError, read_table
+
+    rows = read_table(path)[0]
+    out = []
+    for number, row in enumerate(rows, start=2):
+        if row.get("ap") in (None, "") and row.get("ae2_lc") not in (None, "") and row.get("ah_wr") not in (None, ""):
+            row = {**row, "ap": average_performance(float(row["ae2_lc"]), float(row["ah_wr"]))}
+        if any(row.get(k) in (None, "") for k in ("student", "teacher", "ap")):
+            raise InputError(path, number, "needs columns student, teacher and ap (or ae2_lc and ah_wr)")
+        out.append(row)
+    return out
+
+
+def correlation_text(report: dict[str, Any]) -> str:
+    """A Table-4-style text table (students x metrics) with the average row, plus the beta sweep."""
+    table = report["correlation"]
+    students = list(dict.fromkeys(r["student"] for r in table))
+    metrics = [m for m in CORRELATED if any(r["metric"] == m for r in table)]
+    cell = {(r["student"], r["metric"]): r for r in table}
+    width = max(len(s) for s in students) + 2
+    lines = ["Spearman rho vs measured AP (95% bootstrap interval over teachers)",
+             " " * width + "".join(f"{m:>22}" for m in metrics)]
+    for student in students:
+        parts = []
+        for metric in metrics:
+            row = cell.get((student, metric))
+            if row is None:
+                parts.append(f"{'-':>22}")
+            elif math.isnan(row["ci_low"]):
+                parts.append(f"{row['rho']:>22.4f}")
+            else:
+                parts.append(f"{row['rho']:>7.4f} [{row['ci_low']:.2f},{row['ci_high']:.2f}]".rjust(22))
+        lines.append(f"{student:<{width}}" + "".join(parts))
+    lines.append("")
+    lines.append("CAR beta sweep (mean rho over students): " + ", ".join(
+        f"{r['beta']:g}: {r['rho_mean']:.3f}" for r in report["beta_sweep"]))
+    if "fit_beta" in report:
+        fit = report["fit_beta"]
+        lines.append(f"fitted beta = {fit['beta']:g} (mean rho {fit['rho_mean_at_beta']:.3f}); leave-one-teacher-out "
+                     f"choices mean {fit['loo_mean']:.2f} +- {fit['loo_std']:.2f}, same as the full fit in "
+                     f"{fit['loo_share_same_as_full']:.0%} of folds")
+    return "\n".join(lines)

@@ -1,0 +1,72 @@
+"""`teachfit correlate`: rho per metric against scipy, beta sweep and leave-one-teacher-out fit."""
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from teachfit.correlate import beta_sweep, correlation_table, fit_beta, join
+
+
+def synthetic(beta_true=2.0, students=("s1", "s2"), n=12, seed=0):
+    rng = np.random.default_rng(seed)
+    metric_rows, truth_rows = [], []
+    for student in students:
+        for i in range(n):
+            reward, loss = rng.uniform(4, 9), rng.uniform(0.3, 2.5)
+            metric_rows.append({"student": student, "teacher": f"t{i}", "reward_used": reward, "reward": reward, "L": loss,
+                                "car": reward / (1 + 3 * loss), "ppl_self": float(np.exp(loss)),
+                                "length": rng.uniform(100, 900), "size_b": float(i + 1)})
+            truth_rows.append({"student": student, "teacher": f"t{i}", "ap": reward / (1 + beta_true * loss)})
+    return metric_rows, truth_rows
+
+
+def test_rho_per_metric_matches_scipy_with_directions():
+    metric_rows, truth_rows = synthetic()
+    table = correlation_table(join(metric_rows, truth_rows), n_bootstrap=200)
+    for row in table:
+        if row["student"] == "Average":
+            continue
+        teachers = [m for m in metric_rows if m["student"] == row["student"]]
+        ap = [t["ap"] for t in truth_rows if t["student"] == row["student"]]
+        sign = -1 if row["metric"] == "ppl_self" else 1
+        expected = stats.spearmanr([sign * t[row["metric"]] for t in teachers], ap).statistic
+        assert row["rho"] == pytest.approx(expected)
+        assert row["ci_low"] <= row["rho"] + 1e-9 and row["rho"] - 1e-9 <= row["ci_high"]
+    average = next(r for r in table if r["student"] == "Average" and r["metric"] == "car")
+    assert average["rho"] == pytest.approx(np.mean([r["rho"] for r in table if r["metric"] == "car" and r["student"] != "Average"]))
+
+
+def test_beta_sweep_peaks_at_the_true_beta_and_fit_finds_it():
+    joined = join(*synthetic(beta_true=2.0))
+    sweep = {r["beta"]: r["rho_mean"] for r in beta_sweep(joined)}
+    assert sweep[2.0] == pytest.approx(1.0)
+    fit = fit_beta(joined)
+    assert sweep[fit["beta"]] == pytest.approx(1.0) and fit["rho_mean_at_beta"] == pytest.approx(1.0)
+    assert fit["beta"] == 3.0  # 2 and 3 order these teachers identically: ties go to the paper's 3
+    assert sweep[0.0] < 0.99  # reward alone misorders them
+    assert len(fit["loo_choices"]) == 12
+
+
+def test_cli_correlate_on_files(tmp_path):
+    metric_rows, truth_rows = synthetic()
+    for name, rows in (("ranking.csv", metric_rows), ("results.csv", truth_rows)):
+        with open(tmp_path / name, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    out = subprocess.run([sys.executable, "-m", "teachfit.cli", "correlate", str(tmp_path), "--fit-beta", "--json",
+                          "--bootstrap", "100"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["fit_beta"]["rho_mean_at_beta"] == pytest.approx(1.0)
+    assert (tmp_path / "correlation.csv").exists()
+    text = subprocess.run([sys.executable, "-m", "teachfit.cli", "correlate", str(tmp_path), "--bootstrap", "50"],
+                          capture_output=True, text=True).stdout
+    assert "Average" in text and "car" in text
+    bad = subprocess.run([sys.executable, "-m", "teachfit.cli", "correlate", "--metrics", str(tmp_path / "ranking.csv"),
+                          "--truth", str(tmp_path / "missing.csv")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "missing.csv: file not found" in bad.stderr
