@@ -154,6 +154,45 @@ def generate(
 
 
 @app.command()
+def train(
+    data: List[Path] = typer.Argument(..., help="Run directory or response files."),
+    student: str = typer.Option(..., help="Base model to fine-tune (hf:, gguf:, packaged: are all trainable)."),
+    out: Path = typer.Option(..., help="Checkpoint directory (model, tokenizer with chat template, logs)."),
+    teacher: Optional[str] = typer.Option(None, help="Train on this teacher's dataset only (its name in the run)."),
+    config: Optional[Path] = typer.Option(None, help="YAML file of training settings; flags override it."),
+    learning_rate: Optional[float] = typer.Option(None, help="Peak learning rate [paper: 2e-5]."),
+    epochs: Optional[float] = typer.Option(None, help="Epochs [paper: 2]."),
+    warmup_steps: Optional[int] = typer.Option(None, help="Warmup steps [paper: 100]."),
+    effective_batch_size: Optional[int] = typer.Option(None, help="Per-device batch x accumulation x devices [paper: 32]."),
+    per_device_batch_size: Optional[int] = typer.Option(None, help="Sequences per device per step [paper: 1]."),
+    max_length: Optional[int] = typer.Option(None, help="Max sequence length [paper: 4096]."),
+    max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimizer steps (-1: epochs decide)."),
+    lora: Optional[bool] = typer.Option(None, "--lora/--full", help="LoRA adapters (merged on save) or full fine-tuning."),
+    gradient_checkpointing: Optional[bool] = typer.Option(None, help="Trade compute for memory."),
+    save_steps: Optional[int] = typer.Option(None, help="Checkpoint every N steps (resume point)."),
+    progress: bool = typer.Option(True, help="Show the progress bar."),
+) -> None:
+    """Fine-tune (SFT) a student on a teacher's dataset with the paper's recipe; resumes when re-run.
+
+    Multi-GPU: `accelerate launch -m teachfit.cli train ...` or `torchrun --nproc-per-node N -m teachfit.cli train ...`
+    (the gradient accumulation is recomputed so the effective batch stays the same)."""
+    from teachfit.train import TrainConfig, train_student
+
+    overrides = {"learning_rate": learning_rate, "num_train_epochs": epochs, "warmup_steps": warmup_steps,
+                 "effective_batch_size": effective_batch_size, "per_device_batch_size": per_device_batch_size,
+                 "max_length": max_length, "max_steps": max_steps, "lora": lora,
+                 "gradient_checkpointing": gradient_checkpointing, "save_steps": save_steps}
+    try:
+        settings = TrainConfig.from_yaml(config, **overrides) if config else \
+            TrainConfig(**{k: v for k, v in overrides.items() if v is not None})
+        summary = train_student(data, student, out, settings, teacher, show_progress=progress)
+    except ValueError as error:
+        _fail(str(error))
+    typer.echo(f"trained {summary['global_step']} steps on {summary['counts']['pairs']} pairs in {summary['seconds']}s, "
+               f"train loss {summary['train_loss']:.4f} -> {out}")
+
+
+@app.command()
 def paper(
     as_json: bool = typer.Option(False, "--json", help="Print everything as JSON."),
     csv_dir: Optional[Path] = typer.Option(None, "--csv", help="Also write each table as CSV into this folder."),

@@ -1,0 +1,180 @@
+"""Stage `train`: SFT of a student on one teacher's dataset, TRL's SFTTrainer used as a library.
+
+Defaults are the paper's recipe (Table 5). Every pair is tokenized by teachfit itself with
+template.encode_pair, and the labels are -100 everywhere but on the response tokens of DESIGN
+section 2, so the loss training minimises is exactly the student loss that CAR uses.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+from teachfit.models import require
+
+
+@dataclass
+class TrainConfig:
+    """SFT settings; the defaults are the paper's Table 5 (effective batch 32 over any hardware)."""
+
+    learning_rate: float = 2e-5
+    num_train_epochs: float = 2.0
+    optimizer: str = "adamw_torch"
+    lr_scheduler_type: str = "cosine"
+    warmup_steps: int = 100
+    effective_batch_size: int = 32
+    per_device_batch_size: int = 1
+    max_length: int = 4096
+    max_steps: int = -1
+    lora: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    gradient_checkpointing: bool = False
+    bf16: str = "auto"  # auto: on GPUs with bf16; off on CPUs (fp32 master weights there)
+    seed: int = 42
+    logging_steps: int = 1
+    save_steps: int = 100
+    save_total_limit: int = 2
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
+        """Read settings from a YAML file; explicit overrides win; unknown keys are an error."""
+        import yaml
+
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"{path}: unknown training settings {sorted(unknown)}; known: {sorted(known)}")
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**data)
+
+    def gradient_accumulation(self, world_size: int) -> int:
+        """Steps to accumulate so that per-device batch x devices x steps = effective batch."""
+        per_step = self.per_device_batch_size * world_size
+        if self.effective_batch_size % per_step:
+            raise ValueError(f"effective batch {self.effective_batch_size} is not a multiple of "
+                             f"per-device batch {self.per_device_batch_size} x {world_size} devices")
+        return self.effective_batch_size // per_step
+
+
+def tokenize_for_training(pairs: Sequence[Any], tokenizer: Any, max_length: int) -> tuple[list[dict[str, list[int]]], dict[str, int]]:
+    """input_ids and labels (-100 off the response tokens of DESIGN section 2) for each pair;
+    pairs whose prompt alone exceeds max_length are dropped and counted."""
+    from teachfit.template import encode_pair
+
+    rows, counts = [], {"pairs": 0, "truncated": 0, "dropped_prompt_too_long": 0}
+    for pair in pairs:
+        try:
+            encoded = encode_pair(tokenizer, pair.instruction, pair.response, max_length)
+        except ValueError:
+            counts["dropped_prompt_too_long"] += 1
+            continue
+        labels = [-100] * encoded.response_start + encoded.input_ids[encoded.response_start:]
+        rows.append({"input_ids": encoded.input_ids, "labels": labels})
+        counts["pairs"] += 1
+        counts["truncated"] += encoded.truncated
+    return rows, counts
+
+
+def _log_callback(path: Path) -> Any:
+    transformers = require("transformers", "train")
+
+    class CsvLog(transformers.TrainerCallback):
+        """Appends each logged step (loss, learning rate, tokens/s) to a CSV file."""
+
+        def __init__(self) -> None:
+            self.started = time.perf_counter()
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+            if not logs or "loss" not in logs:
+                return
+            new = not path.exists()
+            with path.open("a", newline="") as handle:
+                writer = csv.writer(handle)
+                if new:
+                    writer.writerow(["step", "epoch", "loss", "learning_rate", "num_tokens", "seconds"])
+                writer.writerow([state.global_step, logs.get("epoch"), logs["loss"], logs.get("learning_rate"),
+                                 logs.get("num_tokens"), round(time.perf_counter() - self.started, 2)])
+
+    return CsvLog()
+
+
+def _last_checkpoint(out: Path) -> str | None:
+    checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return str(checkpoints[-1]) if checkpoints else None
+
+
+def build_trainer(pairs: Sequence[Any], loaded: Any, out: Path, config: TrainConfig, show_progress: bool = True,
+                  eval_pairs: Sequence[Any] = ()) -> tuple[Any, dict[str, Any]]:
+    """An SFTTrainer over teachfit-tokenized pairs (labels only on response tokens), and the
+    tokenization counts."""
+    torch = require("torch", "train")
+    trl = require("trl", "train")
+    datasets = require("datasets", "train")
+    from teachfit.template import ensure_chat_template
+
+    tokenizer = loaded.tokenizer
+    ensure_chat_template(tokenizer)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    rows, counts = tokenize_for_training(pairs, tokenizer, config.max_length)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = torch.cuda.is_available()
+    bf16 = cuda and torch.cuda.is_bf16_supported() if config.bf16 == "auto" else str(config.bf16).lower() == "true"
+    args = trl.SFTConfig(
+        output_dir=str(out), learning_rate=config.learning_rate, num_train_epochs=config.num_train_epochs,
+        max_steps=config.max_steps, optim=config.optimizer, lr_scheduler_type=config.lr_scheduler_type,
+        warmup_steps=config.warmup_steps, per_device_train_batch_size=config.per_device_batch_size,
+        per_device_eval_batch_size=1, gradient_accumulation_steps=config.gradient_accumulation(world_size),
+        max_length=config.max_length, gradient_checkpointing=config.gradient_checkpointing, bf16=bf16,
+        seed=config.seed, logging_steps=config.logging_steps, save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit, report_to=[], disable_tqdm=not show_progress, packing=False,
+    )
+    peft_config = None
+    if config.lora:
+        peft = require("peft", "train")
+        peft_config = peft.LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                                      target_modules="all-linear", task_type="CAUSAL_LM")
+    eval_rows = tokenize_for_training(eval_pairs, tokenizer, config.max_length)[0] if eval_pairs else None
+    trainer = trl.SFTTrainer(model=loaded.model, args=args, train_dataset=datasets.Dataset.from_list(rows),
+                             eval_dataset=datasets.Dataset.from_list(eval_rows) if eval_rows else None,
+                             processing_class=tokenizer, peft_config=peft_config,
+                             callbacks=[_log_callback(out / "train_log.csv")])
+    counts.update(world_size=world_size, bf16=bf16, gradient_accumulation_steps=args.gradient_accumulation_steps)
+    return trainer, counts
+
+
+def train_student(data: Sequence[str | Path], student: str, out: str | Path, config: TrainConfig | None = None,
+                  teacher: str | None = None, show_progress: bool = True) -> dict[str, Any]:
+    """Fine-tune `student` on the pairs of `data` (files or run dirs; `teacher` filters a run dir)
+    and save the model with its chat template to `out`. Resumes from out/checkpoint-* when present."""
+    from teachfit.models import load
+    from teachfit.records import expand_inputs, read_pairs
+    from teachfit.versions import versions
+
+    config = config or TrainConfig()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    pairs = [p for p in read_pairs(expand_inputs(data)) if teacher is None or p.teacher == teacher]
+    if not pairs:
+        raise ValueError(f"no pairs to train on in {', '.join(map(str, data))}" + (f" for teacher '{teacher}'" if teacher else ""))
+    loaded = load("causal_lm", student, dtype="float32")
+    trainer, counts = build_trainer(pairs, loaded, out, config, show_progress)
+    (out / "teachfit_train_config.json").write_text(json.dumps(asdict(config), indent=2))
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=_last_checkpoint(out))
+    seconds = time.perf_counter() - started
+    model = trainer.model.merge_and_unload() if config.lora else trainer.model
+    model.save_pretrained(out, safe_serialization=True)
+    loaded.tokenizer.save_pretrained(out)  # carries the chat template used in training
+    summary = {"student": student, "teacher": teacher, "data": [str(d) for d in data], "config": asdict(config),
+               "counts": counts, "train_loss": result.training_loss, "global_step": result.global_step,
+               "seconds": round(seconds, 1), "versions": versions()}
+    (out / "teachfit_train.json").write_text(json.dumps(summary, indent=2))
+    return summary
