@@ -193,6 +193,44 @@ def train(
 
 
 @app.command()
+def evaluate(
+    model: str = typer.Option(..., help="The model to evaluate: a checkpoint (hf:DIR) or any teacher spec."),
+    judge: str = typer.Option(..., help="Judge: openai:<model>@<url> (GPT-4-class or a local server) or gguf:/packaged:."),
+    out: Path = typer.Option(..., help="Output folder: answers/, judgments/, results.csv, scores-*.json."),
+    bench: str = typer.Option("offline", help="offline (shipped, 40 prompts) | alpaca_eval | arena_hard | FILE."),
+    baseline: Optional[str] = typer.Option(None, help="Baseline answers FILE, or a MODEL spec to generate them "
+                                           "(default: the bench's own outputs)."),
+    style: str = typer.Option("both", help="ae2 | ah | both (both gives AP)."),
+    max_new_tokens: int = typer.Option(512, help="Most tokens per answer (greedy decoding)."),
+    constraint: str = typer.Option("grammar", help="Constrain judge output: grammar (llama.cpp) | guided_choice (vLLM) | none."),
+    concurrency: int = typer.Option(4, help="Judge requests in flight (openai: judges)."),
+    student_name: Optional[str] = typer.Option(None, help="Label for results.csv (default: from the checkpoint)."),
+    teacher_name: Optional[str] = typer.Option(None, help="Label for results.csv (default: from the checkpoint)."),
+    seed: int = typer.Option(0, help="Seed of the AE2 position shuffle."),
+    dtype: str = typer.Option("auto", help="dtype for hf: models."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Judge a model against a baseline: AlpacaEval-2 WR and LC, Arena-Hard WR with a 95% interval, and AP."""
+    from teachfit.evaluate import labels_for, run_evaluation
+
+    if style not in ("ae2", "ah", "both"):
+        _fail("--style must be ae2, ah or both")
+    labels = labels_for(model)
+    labels.update({k: v for k, v in (("student", student_name), ("teacher", teacher_name)) if v})
+    report = run_evaluation(model, out, judge, bench, baseline, style, max_new_tokens, constraint, concurrency, seed,
+                            labels, {"dtype": dtype, "n_ctx": 4096}, progress)
+    r = report["results"]
+
+    def fmt(key: str) -> str:
+        return f"{r[key]:.2f}" if isinstance(r.get(key), float) else "-"
+
+    typer.echo(f"AE2 WR {fmt('ae2_wr')} (se {fmt('ae2_wr_se')})  LC {fmt('ae2_lc')} [{r.get('lc_formula', '-')}]  "
+               f"AH WR {fmt('ah_wr')} [{fmt('ah_ci_low')}, {fmt('ah_ci_high')}]  AP {fmt('ap')}  "
+               f"(unparsable: {r.get('unparsable_ae2', 0)} AE2, {r.get('unparsable_ah', 0)} AH; "
+               f"{r['seconds']}s) -> {out / 'results.csv'}")
+
+
+@app.command()
 def paper(
     as_json: bool = typer.Option(False, "--json", help="Print everything as JSON."),
     csv_dir: Optional[Path] = typer.Option(None, "--csv", help="Also write each table as CSV into this folder."),

@@ -124,3 +124,73 @@ def bootstrap_ci(
 def average_performance(ae2_lc: float, ah_wr: float) -> float:
     """AP = (AlpacaEval-2 LC + Arena-Hard WR) / 2, in the units given (the paper uses %)."""
     return (ae2_lc + ah_wr) / 2.0
+
+
+def win_rate(preferences: Sequence[float]) -> tuple[float, float]:
+    """AlpacaEval-style win rate and its standard error, in %: the mean preference for the model
+    over the baseline, where each preference is in [0, 1] (1 win, 0 loss, 0.5 tie, or a
+    judge's probability)."""
+    p = np.asarray(preferences, dtype=float)
+    if len(p) == 0:
+        raise ValueError("win_rate needs at least one preference")
+    se = float(np.std(p, ddof=1) / math.sqrt(len(p))) if len(p) > 1 else math.nan
+    return 100.0 * float(p.mean()), 100.0 * se
+
+
+def _logistic_fit(features: np.ndarray, targets: np.ndarray, l2: float = 1e-3, iterations: int = 100) -> np.ndarray:
+    """Weights of a logistic regression with soft targets in [0, 1] (Newton's method, light L2)."""
+    weights = np.zeros(features.shape[1])
+    for _ in range(iterations):
+        prob = 1.0 / (1.0 + np.exp(-features @ weights))
+        gradient = features.T @ (prob - targets) + l2 * weights
+        hessian = features.T @ (features * (prob * (1 - prob))[:, None]) + l2 * np.eye(len(weights))
+        step = np.linalg.solve(hessian, gradient)
+        weights -= step
+        if np.max(np.abs(step)) < 1e-10:
+            break
+    return weights
+
+
+def length_controlled_win_rate(
+    preferences: Sequence[float], model_lengths: Sequence[float], baseline_lengths: Sequence[float],
+    instruction_difficulty: Sequence[float] | None = None,
+) -> tuple[float, str]:
+    """AlpacaEval-2 length-controlled win rate (Dubois et al. 2024), in %, and the formula used.
+
+    Fits preference ~ sigmoid(gamma + theta * tanh(delta_len / std(delta_len)) [+ psi * difficulty_x])
+    and predicts it with the length difference set to zero, averaged over instructions. Without
+    instruction difficulties (AlpacaEval's per-instruction gamma_x, fitted on its leaderboard)
+    the instruction term is dropped: 'glm_without_instruction_term'.
+    """
+    p = np.asarray(preferences, dtype=float)
+    delta = np.asarray(model_lengths, dtype=float) - np.asarray(baseline_lengths, dtype=float)
+    std = float(np.std(delta))
+    length_term = np.tanh(delta / std) if std > 0 else np.zeros_like(delta)
+    columns = [np.ones_like(p), length_term]
+    formula = "glm_without_instruction_term"
+    if instruction_difficulty is not None:
+        columns.append(np.asarray(instruction_difficulty, dtype=float))
+        formula = "glm_with_instruction_term"
+    weights = _logistic_fit(np.stack(columns, axis=1), p)
+    logits = weights[0] + (weights[2] * columns[2] if len(weights) > 2 else 0.0)
+    return 100.0 * float(np.mean(1.0 / (1.0 + np.exp(-np.broadcast_to(logits, p.shape))))), formula
+
+
+def arena_hard_win_rate(scores: Sequence[Sequence[float]], weights: Sequence[Sequence[float]],
+                        n_resamples: int = 1000, seed: int = 0) -> tuple[float, float, float]:
+    """Arena-Hard-style win rate against the baseline, in %, with a 95% bootstrap interval over
+    questions. Each question has its games (both orders): the model's score per game (1 win,
+    0.5 tie, 0 loss) and its weight (3 for a strong verdict, else 1). With two players the
+    Bradley-Terry estimate Arena-Hard fits is exactly this weighted win fraction."""
+    s = [np.asarray(x, dtype=float) for x in scores]
+    w = [np.asarray(x, dtype=float) for x in weights]
+    if not s:
+        raise ValueError("arena_hard_win_rate needs at least one judged question")
+
+    def rate(indices: Sequence[int]) -> float:
+        total = sum(float(w[i].sum()) for i in indices)
+        return 100.0 * sum(float((s[i] * w[i]).sum()) for i in indices) / total if total else math.nan
+
+    rng = np.random.default_rng(seed)
+    draws = [rate(rng.integers(0, len(s), len(s))) for _ in range(n_resamples)]
+    return rate(range(len(s))), float(np.nanquantile(draws, 0.025)), float(np.nanquantile(draws, 0.975))

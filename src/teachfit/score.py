@@ -129,10 +129,12 @@ def _windows(pairs: Iterable[Pair], size: int) -> Iterator[list[Pair]]:
 
 
 def _score_window(window: list[Pair], scorer: Any, cache: ResultCache, chunk: int, skip_invalid: bool,
-                  skipped: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
+                  skipped: list[dict[str, Any]], progress: Any = None) -> list[dict[str, Any] | None]:
     material = scorer.key_material()
     keys = [content_hash(material, p.instruction, p.response) for p in window]
     missing = [i for i, key in enumerate(keys) if key not in cache]
+    if progress is not None:
+        progress.update(len(window) - len(missing))
     for start in range(0, len(missing), chunk):
         todo = missing[start : start + chunk]
         try:
@@ -148,6 +150,8 @@ def _score_window(window: list[Pair], scorer: Any, cache: ResultCache, chunk: in
                     skipped.append({"id": window[i].id, "source": window[i].source, "reason": error.reason})
                     values.append(None)
         cache.put_many((keys[i], v) for i, v in zip(todo, values) if v is not None)
+        if progress is not None:
+            progress.update(len(todo))
     return [cache.get(key) for key in keys]
 
 
@@ -156,13 +160,13 @@ def score_pairs(
     progress: Any = None, skipped: list[dict[str, Any]] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Yield one metrics row per pair, in input order; results come from the cache when present
-    and are written to it as soon as they are computed."""
+    and are written to it as soon as they are computed. `progress` counts (pair, scorer) steps."""
     skipped = skipped if skipped is not None else []
     caches = [ResultCache(Path(cache_root) / content_hash(s.key_material())[:16]) for s in scorers]
     chunk = max(1, min(options.window, 64))
     try:
         for window in _windows(pairs, options.window):
-            per_scorer = [_score_window(window, s, c, chunk, options.skip_invalid, skipped)
+            per_scorer = [_score_window(window, s, c, chunk, options.skip_invalid, skipped, progress)
                           for s, c in zip(scorers, caches)]
             for i, pair in enumerate(window):
                 parts = [results[i] for results in per_scorer]
@@ -172,8 +176,6 @@ def score_pairs(
                 for part in parts:
                     row.update(part)
                 yield row
-            if progress is not None:
-                progress.update(len(window))
     finally:
         for cache in caches:
             cache.close()
@@ -236,7 +238,8 @@ def score_files(
     tmp = out.with_name(out.name + ".tmp")
     out.parent.mkdir(parents=True, exist_ok=True)
     writer, rows_written, truncated = None, 0, 0
-    with tqdm(total=count_rows(paths), unit="pair", desc="score", disable=not show_progress) as bar:
+    with tqdm(total=count_rows(paths) * len(scorers), unit="step", desc=f"score ({len(scorers)} scorers x pairs)",
+              disable=not show_progress) as bar:
         for batch in _windows(score_pairs(pairs, scorers, cache_dir, options, bar, skipped), options.window):
             table = pa.Table.from_pylist(batch)
             if writer is None:
