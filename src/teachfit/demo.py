@@ -39,9 +39,16 @@ def pick_subset(instructions: list[Any], per_category: int) -> list[Any]:
     return chosen
 
 
+def stored_responses() -> list[Path]:
+    """The shipped demo datasets (generated once by `make demo`; each record keeps its settings)."""
+    folder = Path(str(resources.files("teachfit").joinpath("data/demo_responses")))
+    return sorted(folder.glob("*.jsonl"))
+
+
 def run_demo(run_dir: str | Path = "runs/demo", per_category: int = 2, max_new_tokens: int = 256,
-             beta: float = 3.0, show_progress: bool = True) -> dict[str, Any]:
-    """Run generate -> score -> rank on the packaged models; returns timings and the ranking."""
+             beta: float = 3.0, show_progress: bool = True, stored: bool = False) -> dict[str, Any]:
+    """Run generate -> score -> rank on the packaged models (or score the shipped responses when
+    `stored`); returns timings and the ranking."""
     from teachfit.forward import BatchPlan
     from teachfit.generate import generate, parse_teacher
     from teachfit.instructions import read_instructions
@@ -55,8 +62,16 @@ def run_demo(run_dir: str | Path = "runs/demo", per_category: int = 2, max_new_t
     instructions = pick_subset(read_instructions([demo_instructions_path()]), per_category)
     defaults = GenerationSettings(max_new_tokens=max_new_tokens)
     started = time.perf_counter()
-    summaries = generate(instructions, [parse_teacher(t, defaults) for t in TEACHERS], run_dir,
-                         {"n_ctx": 4096}, show_progress=show_progress)
+    if stored:
+        import shutil
+
+        (run_dir / "responses").mkdir(parents=True, exist_ok=True)
+        for path in stored_responses():
+            shutil.copyfile(path, run_dir / "responses" / path.name)
+        summaries = [{"dataset": p.stem, "stored": True} for p in stored_responses()]
+    else:
+        summaries = generate(instructions, [parse_teacher(t, defaults) for t in TEACHERS], run_dir,
+                             {"n_ctx": 4096}, show_progress=show_progress)
     timings["generate"] = round(time.perf_counter() - started, 1)
     started = time.perf_counter()
     scores_path = run_dir / "scores" / "scores.parquet"
@@ -81,8 +96,10 @@ def run_demo(run_dir: str | Path = "runs/demo", per_category: int = 2, max_new_t
 
 
 def main() -> None:
-    """`python -m teachfit.demo`: what `make demo` runs."""
-    run_demo()
+    """`python -m teachfit.demo [--stored]`: what `make demo` runs."""
+    import sys
+
+    run_demo(stored="--stored" in sys.argv[1:])
 
 
 if __name__ == "__main__":
