@@ -70,3 +70,11 @@ def test_cli_correlate_on_files(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "teachfit.cli", "correlate", "--metrics", str(tmp_path / "ranking.csv"),
                           "--truth", str(tmp_path / "missing.csv")], capture_output=True, text=True)
     assert bad.returncode == 2 and "missing.csv: file not found" in bad.stderr
+
+
+@pytest.mark.parametrize("name,size", [("Qwen2.5-7B-Instruct", 7.0), ("smollm2-135m-instruct", 0.135),
+                                       ("qwen2.5-coder-0.5b-instruct", 0.5), ("Llama-3.1-405B-Instruct", 405.0),
+                                       ("gpt-4", None), ("Phi-3-mini-128k-instruct", None)])
+def test_teacher_size_from_name(name, size):
+    from teachfit.correlate import size_from_name
+    assert size_from_name(name) == size

@@ -147,3 +147,22 @@ def test_llamacpp_teacher_with_a_packaged_gguf(tmp_path):
     records = [json.loads(l) for l in (tmp_path / "run" / "responses" / f"{request.name}.jsonl").open()]
     assert all(r["response"].strip() and 0 < r["completion_tokens"] <= 8 for r in records)
     assert records[0]["backend"]["backend"] == "llamacpp"
+
+
+def test_best_of_n_end_to_end_with_a_real_reward_model(tmp_path, tiny_chatml):
+    from teachfit.forward import BatchPlan
+    from teachfit.reward import load_reward
+
+    items = read_instructions([instructions_file(tmp_path, 3)])
+    request = parse_teacher(f"hf:{tiny_chatml}?temperature=1.0&n=3&select=best&name=best3",
+                            GenerationSettings(max_new_tokens=6))
+    summary = generate(items, [request], tmp_path / "run", {"dtype": "float32", "batch_size": 3},
+                       reward_loader=lambda: load_reward(f"hf:{tiny_chatml}", "judge", BatchPlan(), 512, dtype="float32"),
+                       show_progress=False)[0]
+    assert summary["generated"] == 9 and summary["selected"] == 3
+    samples = [json.loads(l) for l in (tmp_path / "run" / "samples" / "best3.jsonl").open()]
+    chosen = [json.loads(l) for l in (tmp_path / "run" / "responses" / "best3.jsonl").open()]
+    assert len(samples) == 9 and [c["id"] for c in chosen] == ["q0", "q1", "q2"]
+    for record in chosen:
+        assert record["selected_reward"] == max(record["candidate_rewards"]) and len(record["candidate_rewards"]) == 3
+        assert record["response"] in [s["response"] for s in samples if s["instruction_id"] == record["id"]]

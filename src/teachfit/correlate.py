@@ -23,14 +23,27 @@ DIRECTIONS = METRIC_DIRECTIONS | {"size_b": +1}
 BETA_GRID = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0)
 
 
+def size_from_name(name: str) -> float | None:
+    """Parameters in billions read from a model name ('Qwen2.5-7B-Instruct' -> 7, 'smollm2-135m' -> 0.135)."""
+    import re
+
+    found = re.findall(r"(?<![a-z0-9.])(\d+(?:\.\d+)?)([bm])(?![a-z])", name.lower())
+    if not found:
+        return None
+    number, unit = found[-1]
+    return float(number) * (1.0 if unit == "b" else 1e-3)
+
+
 def join(metric_rows: Sequence[dict[str, Any]], truth_rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Per student, the teachers present in both tables: metric columns plus measured `ap`."""
+    """Per student, the teachers present in both tables: metric columns plus measured `ap`
+    (and `size_b` read from the teacher's name when the table has no size)."""
     truth = {(str(r["student"]), str(r["teacher"])): float(r["ap"]) for r in truth_rows}
     joined: dict[str, list[dict[str, Any]]] = {}
     for row in metric_rows:
         key = (str(row["student"]), str(row["teacher"]))
         if key in truth:
-            joined.setdefault(key[0], []).append({**row, "ap": truth[key]})
+            size = row.get("size_b") if row.get("size_b") not in (None, "") else size_from_name(key[1])
+            joined.setdefault(key[0], []).append({**row, "ap": truth[key], "size_b": size})
     return joined
 
 
