@@ -14,8 +14,10 @@ from typing import Any, Callable, Iterator, Sequence
 from teachfit.models import require
 from teachfit.template import EncodedPair
 
-# Logit elements (rows x vocabulary) computed at once by the LM head: 64M floats = 256 MB.
-HEAD_CHUNK_ELEMENTS = 64 * 1024 * 1024
+# Logit elements (rows x vocabulary) computed at once by the LM head: 8M floats = 32 MB. Small
+# chunks keep the fp32 log-softmax in cache (measured here: 2950 rows/s at 160 rows of GPT-2's
+# vocabulary vs 2450 at 1335 rows).
+HEAD_CHUNK_ELEMENTS = 8 * 1024 * 1024
 
 
 @dataclass
@@ -61,8 +63,14 @@ def _pad_id(tokenizer: Any) -> int:
     return 0
 
 
-def hidden_states(model: Any, ids: Any, mask: Any) -> Any:
-    """Final hidden states [batch, length, hidden] of a causal LM's backbone (no LM head)."""
+def hidden_states(model: Any, ids: Any, mask: Any | None) -> Any:
+    """Final hidden states [batch, length, hidden] of a causal LM's backbone (no LM head).
+
+    Batches are right-padded, so under causal attention a real token never sees a pad token
+    (pads come after it) and positions are 0..n-1 as without padding: the mask can be left out
+    (`mask=None`), which lets SDPA take its fused causal path (measured here: 1400 vs 1010
+    tokens/s for a GPT-2-size model in bf16).
+    """
     backbone = model.base_model
     return backbone(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
 
@@ -114,7 +122,7 @@ def response_nll(
                 cols.append(position)
                 owners.append(index)
         with torch.inference_mode():
-            hidden = hidden_states(model, ids, mask)
+            hidden = hidden_states(model, ids, None)  # right padding + causal attention: see hidden_states
             rows_t = torch.tensor(rows, dtype=torch.long, device=hidden.device)
             cols_t = torch.tensor(cols, dtype=torch.long, device=hidden.device)
             logprobs = _target_logprobs(model, hidden[rows_t, cols_t], ids[rows_t, cols_t + 1])
@@ -142,7 +150,7 @@ def next_token_logprobs(
         ids, mask = _pad([prompts[i] for i in batch], _pad_id(tokenizer), device)
         last = mask.sum(dim=1) - 1
         with torch.inference_mode():
-            hidden = hidden_states(model, ids, mask)
+            hidden = hidden_states(model, ids, None)  # right padding + causal attention: see hidden_states
             rows = torch.arange(len(batch), device=hidden.device)
             logprobs = torch.log_softmax(head_logits(model, hidden[rows, last]), dim=-1)
         for row, index in enumerate(batch):
