@@ -81,3 +81,19 @@ def test_cli_evaluate(tmp_path, judge_server, tiny_chatml):
                           "--student-name", "s", "--teacher-name", "t"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "AE2 WR" in out.stdout and "AP" in out.stdout
+
+
+def test_local_gguf_judge_through_llama_cpp(tmp_path):
+    """The same judging with a local GGUF judge (no server): logprob preferences and grammar verdicts."""
+    prompts, baseline = bench_files(tmp_path, 2)
+    items, _ = load_bench(prompts)
+    from teachfit.evaluate import attach_baseline, judge_alpaca_eval
+    attach_baseline(items, baseline)
+    judge = load_judge("packaged:smollm2-135m-instruct", n_ctx=1024)
+    answers = {i.id: "Banana." for i in items}
+    ae2 = judge_alpaca_eval(items, answers, Judgments(judge, JudgeConfig.load("alpaca_eval"), tmp_path / "c"))
+    assert all(0.0 <= row["preference"] <= 1.0 for row in ae2)
+    ah = judge_arena_hard(items, answers, Judgments(judge, JudgeConfig.load("arena_hard"), tmp_path / "c"))
+    assert all(g["verdict"] in ("A>>B", "A>B", "A=B", "B>A", "B>>A") for row in ah for g in row["games"])
+    again = judge_arena_hard(items, answers, Judgments(judge, JudgeConfig.load("arena_hard"), tmp_path / "c"))
+    assert all(g["cached"] for row in again for g in row["games"])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+import typing
 from pathlib import Path
 from typing import List, Optional
 
@@ -16,6 +17,11 @@ app = typer.Typer(
     "Models are given as hf:<hub id or dir>, gguf:<file> or packaged:<name> (see `teachfit models`).",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
 )
+
+
+def _emit(data: object, as_json: bool, as_text: "typing.Callable[[], str]") -> None:
+    """Print `data` as JSON, or the text rendering (built only when needed)."""
+    typer.echo(json.dumps(data, indent=2) if as_json else as_text())
 
 
 def _fail(message: str) -> None:
@@ -94,7 +100,7 @@ def rank(
         write_table(csv_out, ranking.rows, ranking.settings)
     if json_out:
         json_out.write_text(json.dumps(ranking.to_dict(), indent=2))
-    typer.echo(json.dumps(ranking.to_dict(), indent=2) if as_json else markdown_table(ranking))
+    _emit(ranking.to_dict(), as_json, lambda: markdown_table(ranking))
 
 
 @app.command()
@@ -250,12 +256,9 @@ def paper(
     if csv_dir:
         for name, rows in sections.items():
             write_table(csv_dir / f"{name}.csv", rows, {"source": "teachfit paper"})
-    if as_json:
-        typer.echo(json.dumps(sections, indent=2))
-        return
     from teachfit.paper.text import render
 
-    typer.echo(render(sections))
+    _emit(sections, as_json, lambda: render(sections))
 
 
 @app.command()
@@ -288,10 +291,7 @@ def correlate(
         report["fit_beta"] = fit_beta(joined)
     if out:
         write_table(out, table, {"metrics": [str(f) for f in files], "truth": str(truth)})
-    if as_json:
-        typer.echo(json.dumps(report, indent=2))
-        return
-    typer.echo(correlation_text(report))
+    _emit(report, as_json, lambda: correlation_text(report))
 
 
 @app.command()
@@ -355,6 +355,9 @@ def main() -> None:
     except ImportError as error:
         typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
         sys.exit(3)
+    except OSError as error:  # e.g. a hub id that cannot be fetched offline, a full disk
+        typer.secho(f"error: {type(error).__name__}: {error}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -147,7 +147,7 @@ class LlamaCppJudge:
                                               logprobs=logprobs or None, top_logprobs=10 if logprobs else None)
         choice = out["choices"][0]
         content = (choice.get("logprobs") or {}).get("content") or []
-        top = {t["token"]: t["logprob"] for t in content[0].get("top_logprobs", [])} if content else {}
+        top = {t["token"]: float(t["logprob"]) for t in content[0].get("top_logprobs", [])} if content else {}
         return {"text": choice["message"].get("content") or "", "top_logprobs": top, "usage": out.get("usage") or {},
                 "seconds": round(time.perf_counter() - started, 3)}
 

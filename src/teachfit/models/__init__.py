@@ -61,6 +61,8 @@ class ModelSpec:
             raise ModelSpecError(f"unknown packaged model '{spec.name}'; known: {', '.join(sorted(PACKAGED))}")
         if spec.prefix == "gguf" and not Path(spec.name).is_file():
             raise ModelSpecError(f"GGUF file not found: {spec.name}")
+        if spec.prefix == "hf" and spec.name.startswith(("/", "./", "../", "~")) and not Path(spec.name).expanduser().exists():
+            raise ModelSpecError(f"local model folder not found: {spec.name}")
         return spec
 
     def __str__(self) -> str:
