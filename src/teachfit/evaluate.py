@@ -63,7 +63,9 @@ def load_bench(name_or_path: str) -> tuple[list[BenchItem], str]:
 
 
 def _from_hub(name: str) -> list[BenchItem]:
-    datasets = __import__("teachfit.models", fromlist=["require"]).require("datasets", "train")
+    from teachfit.models import require
+
+    datasets = require("datasets", "train")
     try:
         if name == "alpaca_eval":
             rows = datasets.load_dataset("tatsu-lab/alpaca_eval", "alpaca_eval_gpt4_baseline", split="eval")

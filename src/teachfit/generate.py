@@ -81,35 +81,33 @@ def _record_key(record: dict[str, Any]) -> tuple[str, int]:
     return str(record["instruction_id"]), int(record["sample"])
 
 
-def read_done(path: Path) -> dict[tuple[str, int], dict[str, Any]]:
-    """Finished answers already in a dataset file (the last per key; errors and torn lines skipped)."""
-    done: dict[tuple[str, int], dict[str, Any]] = {}
+def _latest(path: Path) -> dict[tuple[str, int], dict[str, Any]]:
+    """Per (instruction, sample): the last finished record in the file, else its last error
+    (torn lines from a kill are skipped)."""
+    latest: dict[tuple[str, int], dict[str, Any]] = {}
     if not path.exists():
-        return done
+        return latest
     with path.open(encoding="utf-8") as handle:
         for line in handle:
             try:
                 record = json.loads(line)
-                if not record.get("error"):
-                    done[_record_key(record)] = record
-            except (json.JSONDecodeError, KeyError, TypeError):
+                key = _record_key(record)
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
                 continue
-    return done
+            if not record.get("error") or key not in latest or latest[key].get("error"):
+                latest[key] = record
+    return latest
+
+
+def read_done(path: Path) -> dict[tuple[str, int], dict[str, Any]]:
+    """Finished answers already in a dataset file (the last per key; errors and torn lines skipped)."""
+    return {key: record for key, record in _latest(path).items() if not record.get("error")}
 
 
 def compact(path: Path, order: Sequence[Instruction], n: int) -> int:
     """Rewrite a dataset file with one record per (instruction, sample), in instruction order:
     the finished answer if any, else the last error. Returns the number of errors left."""
-    latest: dict[tuple[str, int], dict[str, Any]] = {}
-    with path.open(encoding="utf-8") as handle:
-        for line in handle:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            key = _record_key(record)
-            if not record.get("error") or key not in latest or latest[key].get("error"):
-                latest[key] = record
+    latest = _latest(path)
     rows = [latest[(i.id, k)] for i in order for k in range(n) if (i.id, k) in latest]
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
