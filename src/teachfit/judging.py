@@ -86,6 +86,16 @@ def preference_for_first(reply: dict[str, Any], choices: Sequence[str]) -> float
     return None
 
 
+def chat_reply(out: dict[str, Any], started: float) -> dict[str, Any]:
+    """A chat-completion response (OpenAI's shape, which llama.cpp shares) as a judge reply: text,
+    first-token top log-probabilities as plain floats, usage and seconds since `started`."""
+    choice = out["choices"][0]
+    content = (choice.get("logprobs") or {}).get("content") or []
+    top = {t["token"]: float(t["logprob"]) for t in content[0].get("top_logprobs", [])} if content else {}
+    return {"text": choice["message"].get("content") or "", "top_logprobs": top, "usage": out.get("usage") or {},
+            "seconds": round(time.perf_counter() - started, 3)}
+
+
 class OpenAIJudge:
     """A judge behind an OpenAI-compatible chat endpoint; constraint: 'grammar' (llama.cpp
     server), 'guided_choice' (vLLM) or 'none'."""
@@ -113,14 +123,7 @@ class OpenAIJudge:
         elif options and self.constraint == "guided_choice":
             body["guided_choice"] = list(options)
         started = time.perf_counter()
-        out = self.client.post(body)
-        choice = out["choices"][0]
-        top: dict[str, float] = {}
-        content = (choice.get("logprobs") or {}).get("content") or []
-        if content:
-            top = {t["token"]: t["logprob"] for t in content[0].get("top_logprobs", [])}
-        return {"text": choice["message"].get("content") or "", "top_logprobs": top, "usage": out.get("usage") or {},
-                "seconds": round(time.perf_counter() - started, 3)}
+        return chat_reply(self.client.post(body), started)
 
 
 class LlamaCppJudge:
@@ -145,11 +148,7 @@ class LlamaCppJudge:
         started = time.perf_counter()
         out = self.llm.create_chat_completion(messages, max_tokens=max_tokens, temperature=temperature, grammar=grammar,
                                               logprobs=logprobs or None, top_logprobs=10 if logprobs else None)
-        choice = out["choices"][0]
-        content = (choice.get("logprobs") or {}).get("content") or []
-        top = {t["token"]: float(t["logprob"]) for t in content[0].get("top_logprobs", [])} if content else {}
-        return {"text": choice["message"].get("content") or "", "top_logprobs": top, "usage": out.get("usage") or {},
-                "seconds": round(time.perf_counter() - started, 3)}
+        return chat_reply(out, started)
 
 
 def load_judge(spec: str, constraint: str = "grammar", **options: Any) -> Any:
