@@ -9,7 +9,7 @@ would make it gigabytes).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 from teachfit.models import require
 from teachfit.template import EncodedPair
@@ -177,8 +177,3 @@ def sequence_scores(model: Any, tokenizer: Any, sequences: Sequence[list[int]], 
             scores[index] = float(values[row].float())
     return scores
 
-
-def iter_chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    """Consecutive slices of at most `size` items."""
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
