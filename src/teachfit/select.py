@@ -1,0 +1,290 @@
+"""Stage `select`: stored per-pair scores -> one response per instruction, the data a student trains on.
+
+Every method works from the score rows alone (no model pass) and picks, per instruction, the
+candidate with the largest selection score (the smallest with `worst=True`):
+  car           every pair of the top-CAR teacher (rank.rank_teachers; the paper's choice)
+  car-instance  T(r) / (1 + beta * loss_self), T = rank's reward transform over all rewards
+  grape         -loss_self: the highest mean token log-probability under the student (GRAPE)
+  persyn        (1 - alpha) * q + alpha * l, q = reward, l = -loss_self, each min-max normalised over
+                the instruction's candidates (all equal -> 0.5) (PerSyn)
+  reward        the reward (best-of-N; worst-of-N with worst=True)
+  random        a seeded uniform draw per candidate (the baseline)
+Candidates of one instruction share its id; N samples of one teacher (`<instruction id>#s<k>`, as
+generate writes them) are grouped by their `instruction_id` field, or by the id without `#s<k>`.
+Ties go to the first teacher in name order (then the first pair id); a candidate without the
+scores a method needs is left out, and an instruction left with none is reported, not dropped
+silently. Pure: numpy only, no torch.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from teachfit import metrics
+
+METHODS = ("car", "car-instance", "grape", "persyn", "reward", "random")
+FORMATS = ("messages", "alpaca", "sharegpt")
+NEEDS = {"car": ("reward", "loss_self"), "car-instance": ("reward", "loss_self"), "grape": ("loss_self",),
+         "persyn": ("reward", "loss_self"), "reward": ("reward",), "random": ()}
+SUMMARY_COLUMNS = ("reward", "loss_self", "length")
+_SAMPLE_SUFFIX = re.compile(r"#s\d+$")
+
+
+@dataclass
+class Selection:
+    """The chosen rows (score rows plus `instruction_id`, `selection_score`, `candidates`) and a summary."""
+
+    rows: list[dict[str, Any]]
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def instruction_key(row: dict[str, Any]) -> str:
+    """The instruction a row answers: its `instruction_id`, else its id without a `#s<k>` sample suffix."""
+    value = row.get("instruction_id")
+    if value not in (None, ""):
+        return str(value)
+    return _SAMPLE_SUFFIX.sub("", str(row["id"]))
+
+
+def _value(row: dict[str, Any], name: str) -> float:
+    value = row.get(name)
+    try:
+        return float(value) if value is not None else math.nan
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _minmax(values: np.ndarray) -> np.ndarray:
+    low, high = float(values.min()), float(values.max())
+    return np.full(len(values), 0.5) if high == low else (values - low) / (high - low)
+
+
+def _scores(method: str, candidates: list[dict[str, Any]], beta: float, transform: Any, alpha: float,
+            rng: np.random.Generator, teacher_car: dict[str, float]) -> np.ndarray:
+    """The selection score of each candidate of one instruction (larger is better)."""
+    if method == "car":
+        return np.array([teacher_car.get(str(r["teacher"]), -math.inf) for r in candidates])
+    if method == "random":
+        return rng.random(len(candidates))
+    reward = np.array([_value(r, "reward") for r in candidates])
+    loss = np.array([_value(r, "loss_self") for r in candidates])
+    if method == "car-instance":
+        return transform(reward) / (1.0 + beta * loss)
+    if method == "grape":
+        return -loss
+    if method == "persyn":
+        return (1.0 - alpha) * _minmax(reward) + alpha * _minmax(-loss)
+    if method == "reward":
+        return reward
+    raise ValueError(f"unknown selection method {method!r}; choose one of {', '.join(METHODS)}")
+
+
+def _means(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"n_pairs": len(rows)}
+    for name in SUMMARY_COLUMNS:
+        values = [v for v in (_value(r, name) for r in rows) if not math.isnan(v)]
+        out[name] = float(np.mean(values)) if values else None
+    return out
+
+
+def select_pairs(rows: Sequence[dict[str, Any]], method: str, beta: float = 3.0, alpha: float = 0.4, seed: int = 0,
+                 reward_transform: str = "raw", worst: bool = False) -> Selection:
+    """One row per instruction chosen by `method` (see the module doc), with a summary: each
+    teacher's share of the selection, mean reward / loss_self / length of the selection beside each
+    single teacher's, and the instructions with no usable candidate (`missing`) or some
+    (`partial`)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown selection method {method!r}; choose one of {', '.join(METHODS)}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if worst and method == "random":
+        raise ValueError("worst=True has no meaning for random selection")
+    if not rows:
+        raise ValueError("no score rows to select from")
+    needs = NEEDS[method]
+    absent = [name for name in needs if not any(name in r for r in rows)]
+    if absent:
+        hint = " (score with --reward-model or --reward-column)" if "reward" in absent else ""
+        raise ValueError(f"method {method!r} needs the column(s) {absent}, which the scores lack{hint}")
+    usable = [r for r in rows if all(not math.isnan(_value(r, n)) for n in needs)]
+    if not usable:
+        raise ValueError(f"no score row has every column method {method!r} needs: {list(needs)}")
+
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(instruction_key(row), [])
+    for row in usable:
+        groups[instruction_key(row)].append(row)
+
+    teacher_car: dict[str, float] = {}
+    if method == "car":
+        from teachfit.rank import rank_teachers
+
+        ranking = rank_teachers(usable, beta=beta, reward_transform=reward_transform, n_bootstrap=0)
+        cars = {row["teacher"]: row["car"] for row in ranking.rows}
+        best = (min if worst else max)(cars.values())
+        chosen = sorted(t for t, c in cars.items() if c == best)[0]
+        teacher_car = {chosen: cars[chosen]}
+    everything = np.array([_value(r, "reward") for r in usable]) if "reward" in needs else np.zeros(0)
+
+    def transform(values: np.ndarray) -> np.ndarray:
+        return metrics.transform_rewards(values, reward_transform, reference=everything)
+
+    rng = np.random.default_rng(seed)
+    selected, missing, partial = [], [], []
+    counts = {key: 0 for key in groups}
+    for row in rows:
+        counts[instruction_key(row)] += 1
+    for key, candidates in groups.items():
+        candidates = sorted(candidates, key=lambda r: (str(r["teacher"]), str(r["id"])))
+        if method == "car":
+            candidates = [r for r in candidates if str(r["teacher"]) in teacher_car]
+        if not candidates:
+            missing.append(key)
+            continue
+        if len(candidates) < counts[key] and method != "car":
+            partial.append(key)
+        scores = _scores(method, candidates, beta, transform, alpha, rng, teacher_car)
+        signed = -scores if worst else scores
+        pick = 0
+        for i in range(1, len(candidates)):  # strict comparison: ties stay with the first in name order
+            if signed[i] > signed[pick]:
+                pick = i
+        selected.append(dict(candidates[pick], instruction_id=key, selection_score=float(scores[pick]),
+                             candidates=len(candidates)))
+
+    by_teacher: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_teacher.setdefault(str(row["teacher"]), []).append(row)
+    share = {t: sum(str(r["teacher"]) == t for r in selected) / len(selected) if selected else 0.0
+             for t in sorted(by_teacher)}
+    summary = {
+        "method": method, "settings": {"beta": beta, "alpha": alpha, "seed": seed, "reward_transform": reward_transform,
+                                       "worst": worst},
+        "n_instructions": len(groups), "n_selected": len(selected), "share": share,
+        "selection": _means(selected), "teachers": {t: _means(g) for t, g in sorted(by_teacher.items())},
+        "missing": missing, "partial": partial,
+    }
+    if method == "car":
+        summary["car_teacher"], summary["car"] = next(iter(teacher_car.items()))
+    return Selection(rows=selected, summary=summary)
+
+
+def attach_texts(selection: Selection | Sequence[dict[str, Any]], pairs: Iterable[Any]) -> list[dict[str, Any]]:
+    """The selected rows with `instruction` and `response` joined from Pairs (records.Pair) by
+    (teacher, id). A selected row whose pair is not among `pairs` is an error naming it."""
+    rows = selection.rows if isinstance(selection, Selection) else list(selection)
+    texts = {(p.teacher, p.id): p for p in pairs}
+    out, absent = [], []
+    for row in rows:
+        pair = texts.get((str(row["teacher"]), str(row["id"])))
+        if pair is None:
+            absent.append(f"{row['teacher']}/{row['id']}")
+            continue
+        out.append(dict(row, instruction=pair.instruction, response=pair.response))
+    if absent:
+        raise ValueError(f"no response text for {len(absent)} selected pair(s), e.g. {absent[:5]}: "
+                         "give the response files the scores were made from")
+    return out
+
+
+def format_row(row: dict[str, Any], fmt: str = "messages") -> dict[str, Any]:
+    """One selected row with text as a training record in `fmt`, plus its teacher, score and ids."""
+    x, y = row["instruction"], row["response"]
+    if fmt == "messages":
+        record: dict[str, Any] = {"messages": [{"role": "user", "content": x}, {"role": "assistant", "content": y}]}
+    elif fmt == "alpaca":
+        record = {"instruction": x, "input": "", "output": y}
+    elif fmt == "sharegpt":
+        record = {"conversations": [{"from": "human", "value": x}, {"from": "gpt", "value": y}]}
+    else:
+        raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    record.update(id=str(row["id"]), instruction_id=str(row["instruction_id"]), teacher=str(row["teacher"]),
+                  selection_score=float(row["selection_score"]))
+    return record
+
+
+def _clean(value: Any) -> Any:
+    """NaN -> None, recursively, so the summary is strict JSON."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
+
+
+def write_selection(selection: Selection, pairs: Iterable[Any] | None, out: str | Path,
+                    fmt: str = "messages") -> dict[str, Any]:
+    """Write the selection as training records to `out`: .jsonl or .parquet (summary in the
+    metadata: `<out>.meta.json` or the Parquet key `teachfit`), or a `datasets` save_to_disk folder
+    when `out` has no suffix (summary in `<out>/teachfit_selection.json`). `pairs` supplies the texts
+    (None when the rows already carry them); instructions among the pairs that have no score row at
+    all are added to the summary's `missing`. Returns the summary written."""
+    from teachfit.records import write_table
+
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    summary = dict(selection.summary, format=fmt)
+    if pairs is not None:
+        pairs = list(pairs)
+        rows = attach_texts(selection, pairs)
+        known = {instruction_key(r) for r in selection.rows} | set(summary.get("missing", []))
+        unscored = {instruction_key({"id": p.id, **p.extra}) for p in pairs} - known
+        summary["missing"] = list(summary.get("missing", [])) + sorted(unscored)
+    else:
+        rows = selection.rows
+    records = [format_row(r, fmt) for r in rows]
+    summary = _clean(summary)
+    out = Path(out)
+    if out.suffix in (".jsonl", ".parquet"):
+        write_table(out, records, summary)
+    elif out.suffix == "":
+        from teachfit.models import require
+
+        datasets = require("datasets", "train")
+        datasets.Dataset.from_list(records).save_to_disk(str(out))
+        (out / "teachfit_selection.json").write_text(json.dumps(summary, indent=2))
+    else:
+        raise ValueError(f"unknown output format '{out.suffix}': use .jsonl, .parquet or a folder (no suffix)")
+    return summary
+
+
+def load_scores(inputs: Sequence[str | Path]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Score rows and metadata of score files or run directories (RUN/scores/scores.parquet)."""
+    from teachfit.records import read_table
+
+    rows: list[dict[str, Any]] = []
+    metas: list[dict[str, Any]] = []
+    for item in inputs:
+        path = Path(item)
+        path = path / "scores" / "scores.parquet" if path.is_dir() else path
+        file_rows, meta = read_table(path)
+        rows.extend(file_rows)
+        metas.append(meta)
+    return rows, metas
+
+
+def select_files(scores: Sequence[str | Path], out: str | Path, method: str, fmt: str = "messages",
+                 responses: Sequence[str | Path] | None = None, beta: float = 3.0, alpha: float = 0.4, seed: int = 0,
+                 reward_transform: str = "raw", worst: bool = False) -> dict[str, Any]:
+    """`teachfit select`: read score files (or run dirs), select, join the texts from `responses`
+    (default: the input files recorded in the scores' metadata) and write to `out`. Returns the summary."""
+    from teachfit.records import expand_inputs, read_pairs
+
+    rows, metas = load_scores(scores)
+    selection = select_pairs(rows, method, beta=beta, alpha=alpha, seed=seed, reward_transform=reward_transform,
+                             worst=worst)
+    sources = list(responses) if responses else [p for m in metas for p in m.get("inputs", [])]
+    if not sources:
+        raise ValueError("the scores do not record their response files: give them (responses=...)")
+    summary = write_selection(selection, read_pairs(expand_inputs(sources)), out, fmt)
+    summary["scores"] = [str(s) for s in scores]
+    return summary
