@@ -18,7 +18,7 @@ import numpy as np
 from teachfit.metrics import car, spearman
 from teachfit.rank import METRIC_DIRECTIONS
 
-CORRELATED = ("car", "reward", "ppl_self", "ifd_self", "ppl_ref", "ifd_ref", "length", "size_b")
+CORRELATED = ("car", "reward", "ppl_self", "ifd_self", "rsr_self", "ppl_ref", "ifd_ref", "length", "size_b")
 DIRECTIONS = METRIC_DIRECTIONS | {"size_b": +1}
 BETA_GRID = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0)
 

@@ -18,6 +18,9 @@ from teachfit.template import EncodedPair
 # chunks keep the fp32 log-softmax in cache (measured here: 2950 rows/s at 160 rows of GPT-2's
 # vocabulary vs 2450 at 1335 rows).
 HEAD_CHUNK_ELEMENTS = 8 * 1024 * 1024
+# RSR's token rank (1 + vocabulary logits strictly above the target's) is clipped here
+# (arXiv 2601.14249), so one hopeless token cannot dominate a response's mean rank.
+RANK_CLIP = 100
 
 
 @dataclass
@@ -87,30 +90,44 @@ def head_logits(model: Any, hidden: Any) -> Any:
     return logits
 
 
-def _target_logprobs(model: Any, hidden: Any, targets: Any) -> Any:
-    """log p(target) for each row of hidden [rows, hidden], chunked over rows."""
+def _target_logprobs(model: Any, hidden: Any, targets: Any, ranks: bool = False) -> Any:
+    """log p(target) for each row of hidden [rows, hidden], chunked over rows; with `ranks`, the
+    pair (log p(target), clipped rank of the target) where rank = 1 + the number of vocabulary
+    logits strictly greater than the target's, at most RANK_CLIP. The rank is counted on the
+    logits (not the log-probs: subtracting the log-sum-exp could round two close values into a tie)
+    of the chunk already in hand, so it costs one comparison pass over the chunk and no memory
+    beyond a boolean chunk."""
     torch = require("torch", "hf")
     vocab = model.get_output_embeddings().weight.shape[0]
     step = max(1, HEAD_CHUNK_ELEMENTS // vocab)
-    out = []
+    out, out_ranks = [], []
     for start in range(0, hidden.shape[0], step):
         logits = head_logits(model, hidden[start : start + step])
+        chunk_targets = targets[start : start + step, None]
+        if ranks:
+            target_logits = logits.gather(1, chunk_targets)
+            out_ranks.append(((logits > target_logits).sum(dim=-1) + 1).clamp_(max=RANK_CLIP))
         logprobs = torch.log_softmax(logits, dim=-1)
-        out.append(logprobs.gather(1, targets[start : start + step, None]).squeeze(1))
-    return torch.cat(out) if out else torch.zeros(0)
+        out.append(logprobs.gather(1, chunk_targets).squeeze(1))
+    logprobs = torch.cat(out) if out else torch.zeros(0)
+    if not ranks:
+        return logprobs
+    return logprobs, torch.cat(out_ranks) if out_ranks else torch.zeros(0, dtype=torch.long)
 
 
 def response_nll(
     model: Any, tokenizer: Any, encoded: Sequence[EncodedPair], plan: BatchPlan,
-    device: str, on_batch: Callable[[int], None] | None = None,
-) -> list[tuple[float, int]]:
-    """(sum of -log p over response tokens in nats, number of response tokens) per sequence.
+    device: str, on_batch: Callable[[int], None] | None = None, ranks: bool = False,
+) -> list[tuple[float, int]] | list[tuple[float, int, int]]:
+    """(sum of -log p over response tokens in nats, number of response tokens) per sequence;
+    with `ranks`, (sum of -log p, number of tokens, sum of the tokens' clipped ranks), the ranks
+    of RSR (see _target_logprobs), from the same forward pass.
 
     Token t is predicted from position t - 1, so the response tokens ids[s:] are scored from
     hidden states at positions s-1 .. len-2.
     """
     torch = require("torch", "hf")
-    results: list[tuple[float, int]] = [(0.0, 0)] * len(encoded)
+    results: list[Any] = [(0.0, 0, 0) if ranks else (0.0, 0)] * len(encoded)
     pad_id = _pad_id(tokenizer)
     for batch in plan_batches([len(e.input_ids) for e in encoded], plan):
         ids, mask = _pad([encoded[i].input_ids for i in batch], pad_id, device)
@@ -125,14 +142,19 @@ def response_nll(
             hidden = hidden_states(model, ids, None)  # right padding + causal attention: see hidden_states
             rows_t = torch.tensor(rows, dtype=torch.long, device=hidden.device)
             cols_t = torch.tensor(cols, dtype=torch.long, device=hidden.device)
-            logprobs = _target_logprobs(model, hidden[rows_t, cols_t], ids[rows_t, cols_t + 1])
+            logprobs = _target_logprobs(model, hidden[rows_t, cols_t], ids[rows_t, cols_t + 1], ranks)
+        logprobs, token_ranks = logprobs if ranks else (logprobs, None)
         sums: dict[int, float] = {}
         counts: dict[int, int] = {}
         for owner, value in zip(owners, logprobs.double().cpu().tolist()):
             sums[owner] = sums.get(owner, 0.0) - value
             counts[owner] = counts.get(owner, 0) + 1
+        rank_sums: dict[int, int] = {}
+        if token_ranks is not None:
+            for owner, value in zip(owners, token_ranks.cpu().tolist()):
+                rank_sums[owner] = rank_sums.get(owner, 0) + value
         for index in batch:
-            results[index] = (sums.get(index, 0.0), counts.get(index, 0))
+            results[index] = (sums.get(index, 0.0), counts.get(index, 0)) + ((rank_sums.get(index, 0),) if ranks else ())
         if on_batch:
             on_batch(sum(len(encoded[i].input_ids) for i in batch))
     return results

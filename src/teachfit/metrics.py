@@ -47,6 +47,15 @@ def car(mean_reward: float, mean_loss: float, beta: float = 3.0) -> float:
     return mean_reward / (1.0 + beta * mean_loss)
 
 
+def rsr(mean_rank: float, mean_nll: float) -> float:
+    """Rank-Surprisal Ratio (arXiv 2601.14249): mean clipped token rank / mean NLL in nats (lower
+    is better). For one pair the means are over its response tokens; for a teacher, over its
+    pairs' per-pair means. A zero NLL (every token certain) gives inf."""
+    if mean_nll <= 0:
+        return math.inf
+    return mean_rank / mean_nll
+
+
 def transform_rewards(rewards: np.ndarray, how: str, reference: np.ndarray | None = None) -> np.ndarray:
     """Map raw rewards before CAR: `raw` keeps them, `shift` subtracts the minimum of
     `reference` (all compared datasets' rewards; defaults to `rewards`) so that every reward is

@@ -17,14 +17,17 @@ from teachfit import metrics
 
 # Direction of each metric when ranking teachers: +1 higher is better, -1 lower is better.
 # Reward, CAR and length follow the paper; perplexity ranks lower (more compatible) first; IFD
-# ranks higher (harder, "more to learn", as in Cherry-LLM's selection) first.
+# ranks higher (harder, "more to learn", as in Cherry-LLM's selection) first. RSR (Rank-Surprisal
+# Ratio, arXiv 2601.14249) ranks lower first.
 METRIC_DIRECTIONS: dict[str, int] = {
     "car": +1, "reward": +1, "length": +1,
     "ppl_self": -1, "ifd_self": +1, "ifd_loss_ratio_self": +1, "loss_self": -1,
     "ppl_ref": -1, "ifd_ref": +1, "ifd_loss_ratio_ref": +1, "loss_ref": -1,
+    "rsr_self": -1, "rsr_ref": -1,
 }
 AVERAGED = ("reward", "loss_self", "loss_self_uncond", "ppl_self", "ifd_self", "ifd_loss_ratio_self",
-            "loss_ref", "loss_ref_uncond", "ppl_ref", "ifd_ref", "ifd_loss_ratio_ref", "length", "n_response_tokens")
+            "loss_ref", "loss_ref_uncond", "ppl_ref", "ifd_ref", "ifd_loss_ratio_ref", "length", "n_response_tokens",
+            "mean_rank_self", "mean_rank_ref")
 
 
 @dataclass
@@ -102,6 +105,9 @@ def rank_teachers(
         for name in AVERAGED:
             if name in group[0]:
                 row[name] = float(np.nanmean(_column(group, name)))
+        for role in ("self", "ref"):  # a teacher's RSR: mean of per-pair mean ranks / mean of per-pair losses
+            if f"mean_rank_{role}" in row and f"loss_{role}" in row:
+                row[f"rsr_{role}"] = metrics.rsr(row[f"mean_rank_{role}"], row[f"loss_{role}"])
         row["reward_used"] = float(rewards[teacher].mean())
         row["L"] = float(losses[teacher].mean())
         row["car"] = metrics.car(row["reward_used"], row["L"], beta)

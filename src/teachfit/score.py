@@ -22,7 +22,7 @@ from teachfit.store import ResultCache, content_hash
 from teachfit.template import encode_pair, encode_response_alone, ensure_chat_template
 from teachfit.tokens import token_length
 
-SCORING_VERSION = 1  # bump when a computation changes, so old cache entries are not reused
+SCORING_VERSION = 2  # bump when a computation changes, so old cache entries are not reused (2: RSR columns)
 
 
 @dataclass
@@ -73,11 +73,11 @@ class LMScorer:
                 raise InputError(pair.source or pair.id, None, f"{error} (pair {pair.id})") from None
             unconditional.append(encode_response_alone(tokenizer, pair.response, max_length))
         nll = response_nll(self.loaded.model, tokenizer, conditional + unconditional, self.options.plan,
-                           self.loaded.device, on_batch=self._count)
+                           self.loaded.device, on_batch=self._count, ranks=True)
         rows = []
         for i, (cond, uncond) in enumerate(zip(conditional, unconditional)):
-            (sum_c, n_c), (sum_u, n_u) = nll[i], nll[len(pairs) + i]
-            rows.append(lm_metrics(sum_c / n_c, sum_u / n_u if n_u else math.nan, self.role)
+            (sum_c, n_c, ranks_c), (sum_u, n_u, _) = nll[i], nll[len(pairs) + i]
+            rows.append(lm_metrics(sum_c / n_c, sum_u / n_u if n_u else math.nan, self.role, ranks_c / n_c)
                         | {f"n_response_tokens{self._suffix}": n_c, f"truncated{self._suffix}": cond.truncated})
         return rows
 
@@ -89,16 +89,20 @@ class LMScorer:
         self.tokens_done += tokens
 
 
-def lm_metrics(loss_conditional: float, loss_unconditional: float, role: str) -> dict[str, float]:
-    """loss, loss_uncond, ppl, ifd, ifd_loss_ratio for one pair, suffixed `_<role>`."""
+def lm_metrics(loss_conditional: float, loss_unconditional: float, role: str,
+               mean_rank: float | None = None) -> dict[str, float]:
+    """loss, loss_uncond, ppl, ifd, ifd_loss_ratio for one pair, suffixed `_<role>`; with the
+    response tokens' mean clipped rank, also mean_rank and RSR = mean rank / loss(y|x)."""
     has_uncond = not math.isnan(loss_unconditional)
+    ranked = {} if mean_rank is None else {f"mean_rank_{role}": mean_rank,
+                                           f"rsr_{role}": metrics.rsr(mean_rank, loss_conditional)}
     return {
         f"loss_{role}": loss_conditional,
         f"loss_{role}_uncond": loss_unconditional,
         f"ppl_{role}": metrics.ppl(loss_conditional),
         f"ifd_{role}": metrics.ifd(loss_conditional, loss_unconditional) if has_uncond else math.nan,
         f"ifd_loss_ratio_{role}": metrics.ifd_loss_ratio(loss_conditional, loss_unconditional) if has_uncond else math.nan,
-    }
+    } | ranked
 
 
 class LengthScorer:
