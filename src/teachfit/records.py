@@ -5,6 +5,10 @@ Accepted record formats (detected per record):
   alpaca    {"instruction", "input"?, "output"}            (input is appended to the instruction)
   messages  {"messages": [{"role": "user", ...}, {"role": "assistant", ...}]}
   sharegpt  {"conversations": [{"from": "human", ...}, {"from": "gpt", ...}]}
+  zoo       {"uuid", "instruction", <generator>: {"content", <reward model>: float, ...}, ...}
+  ultrafeedback {"instruction", "completions": [{"model", "response", "overall_score", ...}]}
+(the last two hold several teachers' answers and give one Pair per generator). Inputs are files,
+run directories, folders of Parquet files, or `datasets` save_to_disk folders.
 A missing `id` becomes a hash of the instruction, so the same instruction answered by several
 teachers keeps one id; a missing `teacher` becomes the file's stem.
 """
@@ -130,6 +134,9 @@ def iter_raw_records(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
     path = Path(path)
     if not path.exists():
         raise InputError(path, None, "file not found")
+    if path.is_dir() and (path / "state.json").is_file():  # a `datasets` save_to_disk folder
+        yield from _saved_dataset_records(path)
+        return
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -158,13 +165,16 @@ def iter_raw_records(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
 
 
 def read_pairs(
-    paths: Iterable[str | os.PathLike], skip_invalid: bool = False, stats: ReadStats | None = None
+    paths: Iterable[str | os.PathLike], skip_invalid: bool = False, stats: ReadStats | None = None,
+    reward_column: str | None = None,
 ) -> Iterator[Pair]:
     """Stream validated Pairs from files; a bad record raises InputError unless skip_invalid,
-    in which case it is recorded in `stats` and skipped."""
+    in which case it is recorded in `stats` and skipped. Multi-teacher records (Generator-Zoo,
+    UltraFeedback) give one Pair per generator; `reward_column` copies that numeric field of each
+    record (or generator) into `pair.extra["reward"]`, and its absence is an error."""
     stats = stats if stats is not None else ReadStats()
     for path in paths:
-        for number, record in iter_raw_records(path):
+        for number, record in expand_records(iter_raw_records(path), path, reward_column):
             try:
                 if isinstance(record, InputError):
                     raise record
@@ -187,9 +197,12 @@ def expand_inputs(inputs: Iterable[str | os.PathLike], subdir: str = "responses"
     files: list[Path] = []
     for item in inputs:
         item = Path(item)
-        if item.is_dir():
+        if is_saved_dataset(item):
+            files.extend(saved_dataset_parts(item))
+        elif item.is_dir():
             folder = item / subdir if (item / subdir).is_dir() else item
             found = sorted(p for p in folder.iterdir() if p.suffix in RESPONSE_SUFFIXES)
+            found = found or sorted(folder.rglob("*.parquet"))  # a hub-style dataset folder (data/*.parquet)
             if not found:
                 raise InputError(item, None, f"no {'/'.join(RESPONSE_SUFFIXES)} files in {folder}")
             files.extend(found)
@@ -277,3 +290,102 @@ def read_table(path: str | os.PathLike) -> tuple[list[dict[str, Any]], dict[str,
     if bad:
         raise bad[0]
     return rows, metadata
+
+
+# --- Multi-teacher datasets: one record holds every generator's answer to one instruction ---
+# Generator-Zoo (Magpie-100K-Generator-Zoo, the paper's released data): `uuid`, `instruction`, and
+# one column per generator holding {content, <reward model name>: float, ...}.
+# UltraFeedback: `instruction`, `completions: [{model, response, overall_score, ...}]`.
+# Each expands into one plain record per generator (teacher = the generator's name, id = uuid or
+# the instruction's hash), with the generator's numeric fields kept for `reward_column`.
+_PLAIN_KEYS = ("response", "output", "messages", "conversations")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def expand_wide_record(record: Any) -> list[dict[str, Any]] | None:
+    """The plain records of a Generator-Zoo or UltraFeedback record, or None for any other record."""
+    if not isinstance(record, dict) or "instruction" not in record or any(k in record for k in _PLAIN_KEYS):
+        return None
+    instruction = record["instruction"]
+    base_id = next((str(record[k]) for k in ("uuid", "id") if record.get(k) not in (None, "")), None)
+    if base_id is None and isinstance(instruction, str):
+        base_id = instruction_id(instruction)
+    completions = record.get("completions")
+    if isinstance(completions, list) and completions and all(isinstance(c, dict) and "model" in c for c in completions):
+        answers = [(str(c["model"]), c.get("response"), c) for c in completions]
+        shared: dict[str, Any] = {}
+    else:
+        answers = [(str(k), v.get("content"), v) for k, v in record.items()
+                   if isinstance(v, dict) and isinstance(v.get("content"), str)]
+        if not answers:
+            return None
+        names = {k for k, _, _ in answers}
+        shared = {k: v for k, v in record.items() if k not in names and k not in ("uuid", "id", "instruction")
+                  and (v is None or isinstance(v, (str, int, float, bool)))}
+    out = []
+    for teacher, response, fields in answers:
+        if response is None:  # this generator did not answer this instruction
+            continue
+        numeric = {k: v for k, v in fields.items() if _is_number(v)}
+        out.append({**shared, **numeric, "id": base_id, "instruction": instruction, "response": response,
+                    "teacher": teacher})
+    return out
+
+
+def _with_reward(record: Any, reward_column: str | None) -> Any:
+    """`record` with record[reward_column] copied to `reward`; ValueError naming the columns that exist."""
+    if reward_column is None or not isinstance(record, dict):
+        return record
+    if reward_column not in record:
+        columns = sorted(k for k in record if k not in ("id", "instruction", "response", "teacher"))
+        raise ValueError(f"missing field: reward column '{reward_column}' (columns here: {', '.join(columns) or 'none'})")
+    value = record[reward_column]
+    if not _is_number(value) or value != value:
+        raise ValueError(f"wrong type: reward column '{reward_column}' holds {str(value)[:40]!r}, not a number")
+    return {**record, "reward": float(value)}
+
+
+def expand_records(records: Iterable[tuple[int, Any]], path: str | os.PathLike, reward_column: str | None = None
+                   ) -> Iterator[tuple[int, Any]]:
+    """(number, record) with multi-teacher records expanded (several records share a number) and
+    the reward column applied; a bad record comes out as an InputError, like a malformed line."""
+    for number, record in records:
+        if isinstance(record, InputError):
+            yield number, record
+            continue
+        try:
+            expanded = expand_wide_record(record)
+            for plain in expanded if expanded is not None else [record]:
+                yield number, _with_reward(plain, reward_column)
+        except ValueError as error:
+            yield number, InputError(path, number, str(error))
+
+
+# --- Hugging Face `datasets` folders (save_to_disk): Arrow stream files listed in state.json ---
+def is_saved_dataset(folder: Path) -> bool:
+    """Whether `folder` is a `datasets` save_to_disk folder (a Dataset or a DatasetDict)."""
+    return folder.is_dir() and ((folder / "state.json").is_file() or (folder / "dataset_dict.json").is_file())
+
+
+def saved_dataset_parts(folder: Path) -> list[Path]:
+    """The Dataset folders of a save_to_disk folder: itself, or each split of a DatasetDict."""
+    if (folder / "dataset_dict.json").is_file():
+        splits = json.loads((folder / "dataset_dict.json").read_text()).get("splits", [])
+        return [folder / split for split in splits]
+    return [folder]
+
+
+def _saved_dataset_records(folder: Path) -> Iterator[tuple[int, Any]]:
+    import pyarrow as pa
+
+    state = json.loads((folder / "state.json").read_text())
+    row = 0
+    for entry in state.get("_data_files", []):
+        with pa.memory_map(str(folder / entry["filename"])) as source:
+            for batch in pa.ipc.open_stream(source):
+                for record in batch.to_pylist():
+                    row += 1
+                    yield row, record

@@ -134,3 +134,53 @@ def _is_classifier(spec: Any, trust_remote_code: bool) -> bool:
 
     config = AutoConfig.from_pretrained(spec.name, trust_remote_code=trust_remote_code)
     return any("SequenceClassification" in a or "RewardModel" in a for a in (config.architectures or []))
+
+
+class FileRewardScorer:
+    """Reward taken from the input file (`read_pairs(..., reward_column=NAME)` puts the column's
+    value in `pair.extra["reward"]`), so no reward model runs: e.g. the Skywork scores that ship
+    with Magpie-100K-Generator-Zoo.
+
+    The score cache keys a result by (instruction, response) and this scorer's key material; the
+    material names the column and fingerprints the `sources` files (path, size, mtime), so a file
+    whose rewards changed is read again instead of served from the cache.
+    """
+
+    kind = "file_column"
+
+    def __init__(self, column: str, sources: Sequence[Any] = ()):
+        self.column = column
+        self.sources = [str(s) for s in sources]
+
+    def _fingerprint(self) -> list[Any]:
+        import os
+
+        out = []
+        for source in self.sources:
+            try:
+                stat = os.stat(source)
+                out.append([source, stat.st_size, stat.st_mtime_ns])
+            except OSError:
+                out.append([source, None, None])
+        return out
+
+    def key_material(self) -> dict[str, Any]:
+        """Everything a cached reward depends on: the column and the files it is read from."""
+        return {"kind": self.kind, "column": self.column, "sources": self._fingerprint()}
+
+    def describe(self) -> dict[str, Any]:
+        """What the output's metadata records."""
+        return {"kind": self.kind, "column": self.column, "sources": self.sources}
+
+    def compute(self, pairs: Sequence[Pair]) -> list[dict[str, Any]]:
+        """{'reward': the file's value} per pair; a pair read without the column is an error."""
+        from teachfit.records import InputError
+
+        rows = []
+        for pair in pairs:
+            value = pair.extra.get("reward")
+            if value is None:
+                raise InputError(pair.source or pair.id, None,
+                                 f"no reward from column '{self.column}' (read the pairs with reward_column='{self.column}')")
+            rows.append({"reward": float(value)})
+        return rows
