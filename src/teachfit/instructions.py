@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from teachfit.records import InputError, instruction_id, iter_raw_records
+from teachfit.records import InputError, has_lone_surrogate, instruction_id, iter_raw_records
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,8 @@ class Instruction:
 def _text(record: dict[str, Any]) -> Any:
     if "instruction" in record:
         text = record["instruction"]
-        return f"{text}\n\n{record['input']}" if record.get("input") else text
+        extra = record.get("input")
+        return f"{text}\n\n{extra}" if extra and isinstance(text, str) and isinstance(extra, str) else text
     if "prompt" in record:
         return record["prompt"]
     if "turns" in record and record["turns"]:
@@ -34,7 +35,10 @@ def _text(record: dict[str, Any]) -> Any:
         return turn.get("content") if isinstance(turn, dict) else turn
     for key, role_key, text_key in (("messages", "role", "content"), ("conversations", "from", "value")):
         if key in record:
-            return next((t.get(text_key) for t in record[key] if t.get(role_key) in ("user", "human")), None)
+            turns = record[key]
+            if not isinstance(turns, list) or not all(isinstance(t, dict) for t in turns):
+                raise ValueError(f"wrong type: '{key}' must be a list of objects with '{role_key}' and '{text_key}'")
+            return next((t.get(text_key) for t in turns if t.get(role_key) in ("user", "human")), None)
     raise ValueError("missing field: 'instruction' (or 'prompt', 'turns', 'messages')")
 
 
@@ -46,7 +50,9 @@ def read_instructions(paths: Sequence[str | os.PathLike], skip_invalid: bool = F
     seen_text: dict[str, str] = {}
     seen_id: dict[str, str] = {}
     for path in paths:
+        rows = 0
         for number, record in iter_raw_records(path):
+            rows += 1
             try:
                 found.append(_validate(path, number, record, seen_text, seen_id))
             except InputError as error:
@@ -54,6 +60,10 @@ def read_instructions(paths: Sequence[str | os.PathLike], skip_invalid: bool = F
                     raise
                 if skipped is not None:
                     skipped.append({"path": error.path, "line": error.line, "reason": error.reason})
+        if not rows:
+            raise InputError(path, None, f"no instructions in {path}")
+    if paths and not found:
+        raise InputError(paths[0], None, "no valid instructions (every one was skipped)")
     return found
 
 
@@ -66,8 +76,12 @@ def _validate(path: Any, number: int, record: Any, seen_text: dict[str, str], se
         text = _text(record)
     except ValueError as error:
         raise InputError(path, number, str(error)) from None
-    if not isinstance(text, str) or not text.strip():
+    if text is not None and not isinstance(text, str):
+        raise InputError(path, number, f"wrong type: the instruction is not a string ({type(text).__name__})")
+    if text is None or not text.strip():
         raise InputError(path, number, "empty instruction")
+    if has_lone_surrogate(text):
+        raise InputError(path, number, "invalid unicode (lone surrogate) in the instruction")
     where = f"{path}:{number}"
     if text in seen_text:
         raise InputError(path, number, f"duplicate instruction (first at {seen_text[text]})")

@@ -7,9 +7,12 @@ log-probabilities of the verdict tokens for preferences.
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
+import string
 import time
+import unicodedata
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -62,37 +65,133 @@ def grammar_for(options: Sequence[str]) -> str:
     return f"root ::= {quoted}"
 
 
-def parse_verdict(text: str, pattern: str) -> str | None:
-    """The last verdict label like 'A>B' in a judge's answer, or None when there is none."""
-    found = [m for m in re.findall(pattern, text or "") if m in VERDICT_MEANING]
-    if found:
-        return found[-1]
-    bare = re.findall(r"(A>>B|A>B|A=B|B>A|B>>A)", text or "")
-    return bare[-1] if bare else None
+def reply_text(value: Any) -> str:
+    """A judge's answer as text, NFKC-normalised (fullwidth ＞ and Ａ become > and A): strings,
+    bytes (UTF-8) and OpenAI content-part lists are accepted; anything else is empty."""
+    from teachfit.models.openai_api import content_text
+
+    if not isinstance(value, (str, bytes, bytearray, list)):
+        return ""
+    return unicodedata.normalize("NFKC", content_text(value) or "")
+
+
+BRACKETED = re.compile(r"\[\[([^\[\]\n]{1,20})\]\]")
+LIST_ITEM = re.compile(r"^\s*(?:\d+[.)]|[-*\u2022])\s+")
+
+
+def _squeeze(text: str) -> str:
+    """Whitespace inside [[ ... ]] removed ([[ A > B ]] -> [[A>B]]), other runs collapsed per line."""
+    text = BRACKETED.sub(lambda m: "[[" + re.sub(r"\s+", "", m.group(1)) + "]]", text)
+    return "\n".join(" ".join(line.split()) for line in text.splitlines())
+
+
+@functools.lru_cache(maxsize=16)
+def template_verdict_lines(prompt: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The lines of a judge prompt that hold a bracketed verdict: (its list of labels to choose
+    from, its other such lines: an example answer, an instruction naming the labels)."""
+    labels, others = [], []
+    for line in _squeeze(unicodedata.normalize("NFKC", prompt)).splitlines():
+        line = line.strip()
+        if BRACKETED.search(line):
+            (labels if LIST_ITEM.match(line) else others).append(line)
+    return tuple(labels), tuple(others)
+
+
+@functools.lru_cache(maxsize=1)
+def _shipped_verdict_prompt() -> str:
+    return resources.files("teachfit").joinpath("data/judges/arena_hard_prompt.txt").read_text(encoding="utf-8")
+
+
+# two or more labels in a row ("[[A>>B]], [[A>B]] or [[A=B]]"): a list of options, never an answer
+LABEL_RUN = re.compile(r"\[\[[^\[\]\n]{1,20}\]\](?:\s*(?:,|;|/|\||\bor\b|\band\b)\s*\[\[[^\[\]\n]{1,20}\]\])+")
+
+
+def strip_echoed_template(text: str, prompt: str | None = None) -> str:
+    """`text` without what a judge copied from its prompt (default: the shipped Arena-Hard one):
+    whole copied lines of the prompt that name a verdict (an example, an instruction), the
+    prompt's list of labels when two or more of them were copied (one label alone is the judge's
+    choice), any numbered list of two or more different labels and any run of labels
+    ("[[A>>B]], [[A>B]] or [[A=B]]")."""
+    labels, others = template_verdict_lines(prompt if prompt is not None else _shipped_verdict_prompt())
+    for line in others:
+        text = text.replace(line, " ")
+    if sum(label in text for label in set(labels)) >= 2:
+        for label in labels:
+            text = text.replace(label, " ")
+    text = LABEL_RUN.sub(" ", text)
+    lines = text.splitlines()
+    listed = {i for i, line in enumerate(lines) if LIST_ITEM.match(line) and BRACKETED.search(line)}
+    if len({BRACKETED.search(lines[i]).group(1) for i in listed}) >= 2:
+        lines = [line for i, line in enumerate(lines) if i not in listed]
+    return "\n".join(lines)
+
+
+def parse_verdict(text: Any, pattern: str = r"\[\[([AB<>=]+)\]\]", prompt: str | None = None) -> str | None:
+    """The judge's final verdict label like 'A>B', or None when it gave none.
+
+    Only a bracketed label counts ([[A>B]], spaces inside allowed, fullwidth signs normalised),
+    never a bare 'A>B' in prose; labels in a copy of the prompt's own text (`prompt`, default the
+    shipped Arena-Hard prompt) are ignored; the last remaining label is the answer."""
+    cleaned = strip_echoed_template(_squeeze(reply_text(text)), prompt)
+    found = [m for m in re.findall(pattern, cleaned) if isinstance(m, str) and m in VERDICT_MEANING]
+    return found[-1] if found else None
+
+
+def _choice_token(text: str) -> str:
+    return text.strip(string.whitespace + string.punctuation + "\u201c\u201d\u2018\u2019")
 
 
 def preference_for_first(reply: dict[str, Any], choices: Sequence[str]) -> float | None:
     """P(first choice) from the first token's log-probabilities, renormalized over the two
-    choices; else 1/0 from the answer text; None when neither says anything."""
-    top = reply.get("top_logprobs") or {}
+    choices; else 1/0 when the answer text is exactly one choice (spaces and punctuation around
+    it ignored: "A", " B.", "(A)"); None for anything else ("Answer: B", "As", "Both; A")."""
+    top = reply.get("top_logprobs") if isinstance(reply, dict) else None
     first, second = choices
-    p_first = sum(math.exp(lp) for tok, lp in top.items() if tok.strip() == first)
-    p_second = sum(math.exp(lp) for tok, lp in top.items() if tok.strip() == second)
+    p_first = p_second = 0.0
+    for token, logprob in (top.items() if isinstance(top, dict) else ()):
+        try:
+            p = math.exp(min(float(logprob), 0.0))  # a log-probability is <= 0; clamp garbage like 1000
+        except (TypeError, ValueError):
+            continue
+        token = _choice_token(reply_text(token))
+        if math.isnan(p):
+            continue
+        if token == first:
+            p_first += p
+        elif token == second:
+            p_second += p
     if p_first + p_second > 0:
         return p_first / (p_first + p_second)
-    text = (reply.get("text") or "").strip()
-    if text[:1] in (first, second):
-        return 1.0 if text[:1] == first else 0.0
+    answer = _choice_token(reply_text(reply.get("text") if isinstance(reply, dict) else None))
+    if answer in (first, second):
+        return 1.0 if answer == first else 0.0
     return None
 
 
-def chat_reply(out: dict[str, Any], started: float) -> dict[str, Any]:
+class JudgeReplyError(ValueError):
+    """A judge reply that is not a chat completion (no choices, no message)."""
+
+
+def chat_reply(out: Any, started: float) -> dict[str, Any]:
     """A chat-completion response (OpenAI's shape, which llama.cpp shares) as a judge reply: text,
-    first-token top log-probabilities as plain floats, usage and seconds since `started`."""
-    choice = out["choices"][0]
-    content = (choice.get("logprobs") or {}).get("content") or []
-    top = {t["token"]: float(t["logprob"]) for t in content[0].get("top_logprobs", [])} if content else {}
-    return {"text": choice["message"].get("content") or "", "top_logprobs": top, "usage": out.get("usage") or {},
+    first-token top log-probabilities as plain floats, usage and seconds since `started`.
+    A reply without choices[0].message raises JudgeReplyError."""
+    try:
+        choice = out["choices"][0]
+        message = choice["message"]
+        if not isinstance(message, dict):
+            raise TypeError(type(message).__name__)
+    except (KeyError, IndexError, TypeError) as error:
+        raise JudgeReplyError(f"judge reply without choices[0].message ({type(error).__name__}: {error})") from None
+    logprobs = choice.get("logprobs") if isinstance(choice.get("logprobs"), dict) else {}
+    content = logprobs.get("content") if isinstance(logprobs.get("content"), list) else []
+    first = content[0] if content and isinstance(content[0], dict) else {}
+    top = {}
+    for entry in first.get("top_logprobs") or []:
+        if isinstance(entry, dict) and isinstance(entry.get("token"), str) and isinstance(entry.get("logprob"), (int, float)):
+            top[entry["token"]] = float(entry["logprob"])
+    usage = out.get("usage") if isinstance(out.get("usage"), dict) else {}
+    return {"text": reply_text(message.get("content")), "top_logprobs": top, "usage": usage,
             "seconds": round(time.perf_counter() - started, 3)}
 
 
@@ -122,8 +221,10 @@ class OpenAIJudge:
             body["grammar"] = grammar_for(options)
         elif options and self.constraint == "guided_choice":
             body["guided_choice"] = list(options)
+        from teachfit.models.openai_api import first_message
+
         started = time.perf_counter()
-        return chat_reply(self.client.post(body), started)
+        return chat_reply(self.client.post(body, check=first_message), started)
 
 
 class LlamaCppJudge:
@@ -132,10 +233,13 @@ class LlamaCppJudge:
     def __init__(self, spec: ModelSpec, n_ctx: int = 4096, n_threads: int | None = None):
         import os
 
+        from teachfit.models.llamacpp import open_gguf
+
         llama_cpp = require("llama_cpp", "llamacpp")
         self._llama_cpp, self.spec = llama_cpp, spec
-        self.llm = llama_cpp.Llama(model_path=str(spec.gguf_path()), n_ctx=n_ctx, logits_all=True, verbose=False,
-                                   n_threads=n_threads or os.cpu_count())
+        self.llm = open_gguf(lambda: llama_cpp.Llama(model_path=str(spec.gguf_path()), n_ctx=n_ctx, logits_all=True,
+                                                     verbose=False, n_threads=n_threads or os.cpu_count()),
+                             spec.gguf_path())
 
     def identity(self) -> dict[str, Any]:
         """What a cached judgment depends on."""

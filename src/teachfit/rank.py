@@ -45,8 +45,54 @@ class Ranking:
                 "directions": METRIC_DIRECTIONS, "teachers": self.rows}
 
 
+def _number(row: dict[str, Any], name: str) -> float:
+    """row[name] as a float (NaN when missing); anything else than a number is a clear ValueError."""
+    value = row.get(name)
+    if value is None:
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"column '{name}' holds {str(value)[:40]!r}, not a number "
+                         f"(pair {row.get('id')!r} of teacher {row.get('teacher')!r})") from None
+
+
 def _column(rows: Sequence[dict[str, Any]], name: str) -> np.ndarray:
-    return np.array([float(r[name]) if r.get(name) is not None else math.nan for r in rows], dtype=float)
+    return np.array([_number(r, name) for r in rows], dtype=float)
+
+
+def _usable_rows(rows: Sequence[dict[str, Any]], beta: float) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """The rows CAR can use, after refusing what cannot be ranked (bad beta, missing columns or
+    values) and dropping pairs whose reward or loss is NaN or infinite (counted per teacher)."""
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta) or beta < 0:
+        raise ValueError(f"beta must be a finite number >= 0, got {beta}")
+    if not rows:
+        raise ValueError("no scored pairs to rank")
+    needs = {"teacher": "the scores have no 'teacher' column: were they written by `teachfit score`?",
+             "reward": "the scores have no 'reward' column: score with --reward-model to compute CAR",
+             "loss_self": "the scores have no 'loss_self' column: score with --student to compute the student's loss"}
+    for name, message in needs.items():
+        if not any(name in r for r in rows):
+            raise ValueError(message)
+        missing = [r for r in rows if r.get(name) is None or r.get(name) == ""]
+        if missing:
+            first = missing[0]
+            hint = " (score every teacher with the same --reward-model)" if name == "reward" else ""
+            raise ValueError(f"{len(missing)} of {len(rows)} pairs have no {name}{hint}: first pair "
+                             f"{first.get('id')!r} of teacher {first.get('teacher')!r}")
+    usable, dropped = [], {}
+    for row in rows:
+        if math.isfinite(_number(row, "reward")) and math.isfinite(_number(row, "loss_self")):
+            usable.append(row)
+        else:
+            dropped[str(row["teacher"])] = dropped.get(str(row["teacher"]), 0) + 1
+    if dropped:
+        lost = sorted(set(dropped) - {str(r["teacher"]) for r in usable})
+        if lost:
+            raise ValueError(f"every pair of teacher(s) {', '.join(lost)} has a NaN or infinite reward or loss_self")
+        warnings.warn(f"dropped {sum(dropped.values())} pairs with a NaN or infinite reward or loss_self "
+                      f"({', '.join(f'{t}: {n}' for t, n in dropped.items())})", RuntimeWarning, stacklevel=3)
+    return usable, dropped
 
 
 def group_by_teacher(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -92,11 +138,8 @@ def rank_teachers(
 ) -> Ranking:
     """Aggregate per-pair score rows into a ranked per-teacher table and a recommendation
     (`student` labels the rows, so rankings of several students can be correlated together)."""
+    rows, dropped = _usable_rows(rows, beta)
     groups = group_by_teacher(rows)
-    if not groups:
-        raise ValueError("no scored pairs to rank")
-    if "reward" not in rows[0]:
-        raise ValueError("the scores have no 'reward' column: score with --reward-model to compute CAR")
     rewards = _rewards(groups, reward_transform)
     losses = {t: _column(g, "loss_self") for t, g in groups.items()}
     table = []
@@ -111,6 +154,9 @@ def rank_teachers(
         row["reward_used"] = float(rewards[teacher].mean())
         row["L"] = float(losses[teacher].mean())
         row["car"] = metrics.car(row["reward_used"], row["L"], beta)
+        if not math.isfinite(row["car"]):
+            raise ValueError(f"CAR of teacher {teacher!r} is not finite (mean reward {row['reward_used']}, L {row['L']})")
+        row["n_dropped_nonfinite"] = dropped.get(teacher, 0)
         table.append(row)
     intervals, shares = _bootstrap(rewards, losses, beta, n_bootstrap, seed) if n_bootstrap else ({}, {})
     for row in table:
@@ -120,7 +166,7 @@ def rank_teachers(
     table.sort(key=lambda r: r["rank_car"])
     best = table[0]["teacher"]
     settings = {"beta": beta, "reward_transform": reward_transform, "n_bootstrap": n_bootstrap, "seed": seed,
-                "student": student}
+                "student": student, "dropped_nonfinite": sum(dropped.values())}
     return Ranking(rows=table, recommended=best, top_share=table[0]["top_share"], settings=settings)
 
 

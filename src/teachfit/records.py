@@ -67,7 +67,7 @@ class ReadStats:
         """Skipped rows counted by reason."""
         counts: dict[str, int] = {}
         for row in self.skipped:
-            key = "dropped_" + row["reason"].split(":")[0].replace(" ", "_")
+            key = "dropped_" + row["reason"].split(":")[0].split(" (")[0].replace(" ", "_")
             counts[key] = counts.get(key, 0) + 1
         return counts
 
@@ -77,13 +77,27 @@ def instruction_id(instruction: str) -> str:
     return hashlib.sha256(instruction.encode("utf-8")).hexdigest()[:16]
 
 
-def _turns(record: dict[str, Any], key: str, role_key: str, text_key: str) -> tuple[str, str]:
+def has_lone_surrogate(text: str) -> bool:
+    """Whether `text` holds a lone UTF-16 surrogate (JSON's "\\ud800"), which no UTF-8 file can store."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _turns(record: dict[str, Any], key: str, role_key: str, text_key: str) -> tuple[Any, Any]:
     turns = record[key]
     if not isinstance(turns, list):
-        raise ValueError(f"'{key}' must be a list of turns")
+        raise ValueError(f"wrong type: '{key}' must be a list of turns")
     roles = {"human": "user", "gpt": "assistant", "user": "user", "assistant": "assistant"}
-    user = next((t.get(text_key) for t in turns if roles.get(t.get(role_key)) == "user"), None)
-    assistant = next((t.get(text_key) for t in turns if roles.get(t.get(role_key)) == "assistant"), None)
+    for number, turn in enumerate(turns, start=1):
+        if not isinstance(turn, dict):
+            raise ValueError(f"wrong type: '{key}' turn {number} is a {type(turn).__name__}, not an object "
+                             f"with '{role_key}' and '{text_key}'")
+    found = [(roles.get(t.get(role_key)) if isinstance(t.get(role_key), str) else None, t.get(text_key)) for t in turns]
+    user = next((text for role, text in found if role == "user"), None)
+    assistant = next((text for role, text in found if role == "assistant"), None)
     if user is None or assistant is None:
         raise ValueError(f"missing field: '{key}' needs one user and one assistant turn")
     return user, assistant
@@ -98,6 +112,8 @@ def _instruction_response(record: dict[str, Any]) -> tuple[str, str]:
         raise ValueError("missing field: 'instruction' (or 'messages' / 'conversations')")
     instruction = record["instruction"]
     if record.get("input"):
+        if not isinstance(instruction, str) or not isinstance(record["input"], str):
+            raise ValueError("wrong type: instruction and input must be strings")
         instruction = f"{instruction}\n\n{record['input']}"
     for key in ("response", "output"):
         if key in record:
@@ -118,6 +134,9 @@ def pair_from_record(record: Any, default_teacher: str) -> Pair:
         raise ValueError("empty instruction")
     if not response.strip():
         raise ValueError("empty response")
+    for name, text in (("instruction", instruction), ("response", response)):
+        if has_lone_surrogate(text):
+            raise ValueError(f"invalid unicode (lone surrogate) in the {name}")
     teacher = record.get("teacher") or record.get("generator") or default_teacher
     pair_id = record.get("id")
     pair_id = str(pair_id) if pair_id not in (None, "") else instruction_id(instruction)
@@ -138,30 +157,61 @@ def iter_raw_records(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
         yield from _saved_dataset_records(path)
         return
     if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        row = 0
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
-            for record in batch.to_pylist():
-                row += 1
-                yield row, record
+        yield from _parquet_records(path)
         return
     if path.suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes().removeprefix(b"\xef\xbb\xbf")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            line_start = raw.rfind(b"\n", 0, error.start) + 1
+            raise InputError(path, raw.count(b"\n", 0, error.start) + 1,
+                             f"not UTF-8: {_bad_bytes(error, error.start - line_start + 1)}") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise InputError(path, error.lineno, f"malformed JSON: {error.msg} at column {error.colno}") from None
         if not isinstance(data, list):
             raise InputError(path, None, "a .json file must hold a list of records")
         yield from enumerate(data, start=1)
         return
     if path.suffix != ".jsonl":
         raise InputError(path, None, f"unknown format '{path.suffix}': use .jsonl, .json or .parquet")
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:  # bytes, decoded line by line: one bad line is one bad record
+        for number, raw_line in enumerate(handle, start=1):
+            if number == 1 and raw_line.startswith(b"\xef\xbb\xbf"):
+                raw_line = raw_line[3:]  # a UTF-8 byte order mark
+            try:
+                line = raw_line.decode("utf-8")
+            except UnicodeDecodeError as error:
+                yield number, InputError(path, number, f"not UTF-8: {_bad_bytes(error, error.start + 1)}")
+                continue
             if not line.strip():
                 continue
             try:
                 yield number, json.loads(line)
             except json.JSONDecodeError as error:
                 yield number, InputError(path, number, f"malformed JSON: {error.msg} at column {error.colno}")
+
+
+def _bad_bytes(error: UnicodeDecodeError, column: int) -> str:
+    return f"byte 0x{error.object[error.start]:02x} at column {column} (save the file as UTF-8)"
+
+
+def _parquet_records(path: Path) -> Iterator[tuple[int, Any]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    row = 0
+    try:
+        batches = pq.ParquetFile(path).iter_batches(batch_size=1024)
+        for batch in batches:
+            for record in batch.to_pylist():
+                row += 1
+                yield row, record
+    except (pa.ArrowException, OSError, ValueError) as error:
+        where = row + 1 if row else None
+        raise InputError(path, where, f"not a valid Parquet file ({str(error).splitlines()[0][:200]})") from None
 
 
 def read_pairs(
@@ -171,8 +221,13 @@ def read_pairs(
     """Stream validated Pairs from files; a bad record raises InputError unless skip_invalid,
     in which case it is recorded in `stats` and skipped. Multi-teacher records (Generator-Zoo,
     UltraFeedback) give one Pair per generator; `reward_column` copies that numeric field of each
-    record (or generator) into `pair.extra["reward"]`, and its absence is an error."""
+    record (or generator) into `pair.extra["reward"]`, and its absence is an error.
+
+    Within one teacher, a repeated id or a repeated (instruction, response) is a duplicate (the
+    same id under several teachers is the normal case: one instruction, several answers)."""
     stats = stats if stats is not None else ReadStats()
+    seen_ids: dict[tuple[str, str], str] = {}
+    seen_pairs: dict[tuple[str, bytes], str] = {}
     for path in paths:
         for number, record in expand_records(iter_raw_records(path), path, reward_column):
             try:
@@ -182,6 +237,19 @@ def read_pairs(
                     pair = pair_from_record(record, default_teacher=Path(path).stem)
                 except ValueError as error:
                     raise InputError(path, number, str(error)) from None
+                except (TypeError, AttributeError, KeyError) as error:  # a shape no check above foresaw
+                    raise InputError(path, number, f"invalid record ({type(error).__name__}: {error})") from None
+                where = f"{path}:{number}"
+                id_key = (pair.teacher, pair.id)
+                if id_key in seen_ids:
+                    raise InputError(path, number, f"duplicate id: '{pair.id}' of teacher '{pair.teacher}' "
+                                                   f"(first at {seen_ids[id_key]})")
+                digest = hashlib.sha256(json.dumps([pair.instruction, pair.response]).encode("utf-8")).digest()[:16]
+                pair_key = (pair.teacher, digest)
+                if pair_key in seen_pairs:
+                    raise InputError(path, number, f"duplicate pair: the same instruction and response of teacher "
+                                                   f"'{pair.teacher}' (first at {seen_pairs[pair_key]})")
+                seen_ids[id_key], seen_pairs[pair_key] = where, where
             except InputError as error:
                 if not skip_invalid:
                     raise
@@ -190,6 +258,30 @@ def read_pairs(
             stats.read += 1
             pair.source = f"{path}:{number}"
             yield pair
+
+
+def parquet_rows(path: Path) -> int:
+    """The row count in a Parquet file's footer; a file that is not Parquet is an InputError."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except (pa.ArrowException, OSError, ValueError) as error:
+        raise InputError(path, None, f"not a valid Parquet file ({str(error).splitlines()[0][:200]})") from None
+
+
+def count_records(paths: Iterable[str | os.PathLike]) -> int:
+    """Rows in input files (non-blank JSONL lines, Parquet row counts; 0 for other formats), for
+    progress bars; a file that is not valid Parquet is an InputError, like reading it."""
+    total = 0
+    for path in map(Path, paths):
+        if path.suffix == ".parquet" and path.is_file():
+            total += parquet_rows(path)
+        elif path.suffix == ".jsonl" and path.is_file():
+            with path.open("rb") as handle:
+                total += sum(1 for line in handle if line.strip())
+    return total
 
 
 def expand_inputs(inputs: Iterable[str | os.PathLike], subdir: str = "responses") -> list[Path]:
@@ -210,6 +302,9 @@ def expand_inputs(inputs: Iterable[str | os.PathLike], subdir: str = "responses"
             raise InputError(item, None, "file not found")
         else:
             files.append(item)
+    for path in files:  # a damaged Parquet file is reported now, before any model is loaded
+        if path.suffix == ".parquet":
+            parquet_rows(path)
     return files
 
 
@@ -273,11 +368,19 @@ def read_table(path: str | os.PathLike) -> tuple[list[dict[str, Any]], dict[str,
     if not path.exists():
         raise InputError(path, None, "file not found")
     if path.suffix == ".parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = pq.read_table(path)
-        raw = (table.schema.metadata or {}).get(b"teachfit") or (pq.read_metadata(path).metadata or {}).get(b"teachfit")
-        return table.to_pylist(), json.loads(raw or b"{}")
+        try:
+            table = pq.read_table(path)
+            raw = (table.schema.metadata or {}).get(b"teachfit") or (pq.read_metadata(path).metadata or {}).get(b"teachfit")
+        except (pa.ArrowException, OSError, ValueError) as error:
+            raise InputError(path, None, f"not a valid Parquet file ({str(error).splitlines()[0][:200]})") from None
+        try:
+            metadata = json.loads(raw or b"{}")
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise InputError(path, None, "its teachfit metadata is not valid JSON") from None
+        return table.to_pylist(), metadata if isinstance(metadata, dict) else {}
     meta_path = Path(str(path) + ".meta.json")
     metadata = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     if path.suffix == ".csv":

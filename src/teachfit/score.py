@@ -60,11 +60,18 @@ class LMScorer:
 
     def describe(self) -> dict[str, Any]:
         """What the output's metadata records."""
-        return {"role": self.role, "model": self.loaded.describe(), "template": self.template_name}
+        return {"role": self.role, "model": self.loaded.describe(), "template": self.template_name,
+                "effective_max_length": self.max_length}
+
+    @property
+    def max_length(self) -> int:
+        """--max-length, clamped to the model's positions (GPT-2: 1024) so long pairs are truncated, not fatal."""
+        limit = getattr(self.loaded, "max_positions", None)
+        return min(self.options.max_length, limit or self.options.max_length)
 
     def compute(self, pairs: Sequence[Pair]) -> list[dict[str, Any]]:
         """Per-pair losses (nats per response token) and the metrics derived from them."""
-        tokenizer, max_length = self.loaded.tokenizer, self.options.max_length
+        tokenizer, max_length = self.loaded.tokenizer, self.max_length
         conditional, unconditional = [], []
         for pair in pairs:
             try:

@@ -38,6 +38,18 @@ def require(module: str, extra: str) -> Any:
         ) from error
 
 
+GGUF_MAGIC = b"GGUF"
+
+
+def check_gguf_magic(path: Path) -> None:
+    """Refuse a file that does not start with the GGUF magic bytes, before any loader sees it."""
+    with open(path, "rb") as handle:
+        head = handle.read(len(GGUF_MAGIC))
+    if head != GGUF_MAGIC:
+        what = "an empty file" if not head else f"it starts with {head!r}, not {GGUF_MAGIC!r}"
+        raise ModelSpecError(f"{path}: not a valid GGUF file ({what})")
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """A parsed `prefix:name` model reference."""
@@ -53,6 +65,9 @@ class ModelSpec:
             spec = cls(prefix, name)
         elif text.endswith(".gguf"):
             spec = cls("gguf", text)
+        elif sep and "/" not in prefix and not Path(text).expanduser().exists():  # hub ids have no ':'
+            raise ModelSpecError(f"unknown model prefix '{prefix}:' in '{text}'; use one of "
+                                 f"{', '.join(p + ':' for p in PREFIXES)}")
         else:
             spec = cls("hf", text)
         if not spec.name:
@@ -61,6 +76,8 @@ class ModelSpec:
             raise ModelSpecError(f"unknown packaged model '{spec.name}'; known: {', '.join(sorted(PACKAGED))}")
         if spec.prefix == "gguf" and not Path(spec.name).is_file():
             raise ModelSpecError(f"GGUF file not found: {spec.name}")
+        if spec.prefix == "gguf":
+            check_gguf_magic(Path(spec.name))
         if spec.prefix == "hf" and spec.name.startswith(("/", "./", "../", "~")) and not Path(spec.name).expanduser().exists():
             raise ModelSpecError(f"local model folder not found: {spec.name}")
         return spec

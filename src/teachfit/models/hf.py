@@ -11,8 +11,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from teachfit.models import ModelSpec, register, require
+from teachfit.models import ModelSpec, ModelSpecError, register, require
 from teachfit.models.packaged import cache_dir
+
+
+def position_limit(model: Any) -> int | None:
+    """The most positions a model's config allows (max_position_embeddings, GPT-2's n_positions),
+    or None when the config names no limit. Learned position embeddings fail past it."""
+    config = getattr(model, "config", model)
+    if hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    for name in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
 
 
 @dataclass
@@ -26,10 +39,16 @@ class LoadedModel:
     device: str
     info: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def max_positions(self) -> int | None:
+        """The model's position limit (see `position_limit`); sequences must not be longer."""
+        return position_limit(self.model)
+
     def describe(self) -> dict[str, Any]:
         """What an output file records about this model."""
         return {"spec": str(self.spec), "fingerprint": self.spec.fingerprint(), "dtype": self.dtype,
-                "device": self.device, "class": type(self.model).__name__, **self.info}
+                "device": self.device, "class": type(self.model).__name__, "max_positions": self.max_positions,
+                **self.info}
 
 
 def pick_device(device: str = "auto") -> str:
@@ -98,12 +117,21 @@ def _load(spec: ModelSpec, model_class: str, dtype: str, device: str, trust_remo
     device = pick_device(device)
     torch_dtype = pick_dtype(dtype, device)
     source = _source(spec, model_class)
+    folder = Path(source).expanduser()
+    if folder.is_dir() and not (folder / "config.json").is_file():
+        raise ModelSpecError(f"{spec}: {folder} has no config.json, so it is not a transformers model folder")
     # safetensors only: never unpickle weights from a path we did not write.
     common = {"trust_remote_code": trust_remote_code}
-    tokenizer = transformers.AutoTokenizer.from_pretrained(source, **common)
-    model = getattr(transformers, model_class).from_pretrained(
-        source, dtype=torch_dtype, use_safetensors=True, **common
-    )
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(source, **common)
+        model = getattr(transformers, model_class).from_pretrained(
+            source, dtype=torch_dtype, use_safetensors=True, **common
+        )
+    except ValueError as error:
+        if "trust_remote_code" in str(error) and not trust_remote_code:
+            raise ModelSpecError(f"{spec}: this model needs its own code from the hub (auto_map in its config), "
+                                 "which teachfit does not run unless you pass --trust-remote-code") from None
+        raise
     model.to(device).eval()
     dtype_name = str(torch_dtype).removeprefix("torch.")
     return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, dtype=dtype_name, device=device)

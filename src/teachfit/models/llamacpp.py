@@ -9,8 +9,17 @@ import os
 import time
 from typing import Any, Sequence
 
-from teachfit.models import ModelSpec, register, require
+from teachfit.models import ModelSpec, ModelSpecError, check_gguf_magic, register, require
 from teachfit.models.base import Generation, GenerationSettings, Messages
+
+
+def open_gguf(opener: Any, path: Any) -> Any:
+    """opener() (a llama.cpp load of `path`), with a damaged file reported as a ModelSpecError."""
+    check_gguf_magic(path)
+    try:
+        return opener()
+    except (ValueError, RuntimeError) as error:  # llama.cpp: "Failed to load model from file: ..."
+        raise ModelSpecError(f"{path}: not a valid GGUF file ({str(error).splitlines()[0][:200]})") from None
 
 
 class LlamaCppTeacher:
@@ -21,8 +30,9 @@ class LlamaCppTeacher:
     def __init__(self, spec: ModelSpec, n_ctx: int = 4096, n_threads: int | None = None, n_gpu_layers: int = 0):
         llama_cpp = require("llama_cpp", "llamacpp")
         self.spec, self.path = spec, spec.gguf_path()
-        self.llm = llama_cpp.Llama(model_path=str(self.path), n_ctx=n_ctx, n_threads=n_threads or os.cpu_count(),
-                                   n_gpu_layers=n_gpu_layers, verbose=False, seed=0)
+        self.llm = open_gguf(lambda: llama_cpp.Llama(model_path=str(self.path), n_ctx=n_ctx, verbose=False, seed=0,
+                                                     n_threads=n_threads or os.cpu_count(), n_gpu_layers=n_gpu_layers),
+                             self.path)
 
     def describe(self) -> dict[str, Any]:
         """What a record says about the backend."""

@@ -1,12 +1,14 @@
 """Any OpenAI-compatible chat server (vLLM serve, llama.cpp server, SGLang, a hosted API).
 
 Spec: openai:<model>@<base_url>, e.g. openai:gpt-4o-mini@https://api.openai.com/v1. Requests run
-concurrently up to a bound; 429, 5xx, timeouts and refused connections are retried with
+concurrently up to a bound; 429, 5xx and every transport failure (timeouts, refused or reset
+connections, bodies cut short, replies that are not HTTP or not JSON) are retried with
 exponential backoff. The API key is read from an environment variable (OPENAI_API_KEY unless
-told otherwise) and is never logged, recorded or written.
+told otherwise) and is never logged, recorded or written: every error message is redacted.
 """
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import random
@@ -20,6 +22,51 @@ from teachfit.models import ModelSpec, ModelSpecError, register
 from teachfit.models.base import Generation, GenerationSettings, Messages
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+DEFAULT_TIMEOUT = 120.0  # seconds per socket operation (connect, each read)
+DEFAULT_MAX_RETRIES = 5
+REDACTED = "[REDACTED]"
+
+
+def redact(text: str, *secrets: str | None) -> str:
+    """`text` with every secret (an API key) replaced by [REDACTED]."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+def content_text(content: Any) -> str | None:
+    """A chat message's content as text: a string, bytes (UTF-8), or a list of content parts
+    (the text parts joined); None stays None."""
+    if content is None or isinstance(content, str):
+        return content
+    if isinstance(content, (bytes, bytearray)):
+        return bytes(content).decode("utf-8", "replace")
+    if isinstance(content, list):
+        parts = [p if isinstance(p, str) else p.get("text") for p in content
+                 if isinstance(p, str) or (isinstance(p, dict) and isinstance(p.get("text"), str))]
+        return "".join(parts)
+    return str(content)
+
+
+def first_message(out: Any) -> dict[str, Any]:
+    """The first choice of a chat-completion reply; a reply without one is a TransientError."""
+    try:
+        choice = out["choices"][0]
+        if isinstance(choice, dict) and isinstance(choice.get("message"), dict):
+            return choice
+    except (KeyError, IndexError, TypeError):
+        pass
+    keys = sorted(out)[:8] if isinstance(out, dict) else type(out).__name__
+    raise TransientError(f"reply without choices[0].message (got {keys})")
+
+
+def completion_choice(out: Any) -> dict[str, Any]:
+    """first_message(out), which must also have text: `content: null` is an error, not an empty answer."""
+    choice = first_message(out)
+    if content_text(choice["message"].get("content")) is None:
+        raise TransientError(f"reply with content null (finish_reason {choice.get('finish_reason')!r})")
+    return choice
 
 
 class TransientError(RuntimeError):
@@ -37,13 +84,22 @@ def parse_openai_spec(name: str) -> tuple[str, str]:
 class OpenAIClient:
     """Minimal chat-completions client with bounded concurrency and retries (stdlib only)."""
 
-    def __init__(self, spec: ModelSpec, concurrency: int = 8, max_retries: int = 6, timeout: float = 600.0,
-                 backoff: float = 1.0, max_backoff: float = 30.0, api_key_env: str = "OPENAI_API_KEY"):
+    def __init__(self, spec: ModelSpec, concurrency: int = 8, max_retries: int = DEFAULT_MAX_RETRIES,
+                 timeout: float = DEFAULT_TIMEOUT, backoff: float = 1.0, max_backoff: float = 30.0,
+                 api_key_env: str = "OPENAI_API_KEY"):
         self.spec = spec
         self.model, self.base_url = parse_openai_spec(spec.name)
-        self.concurrency, self.max_retries, self.timeout = concurrency, max_retries, timeout
+        if not (isinstance(max_retries, int) and max_retries >= 0):
+            raise ModelSpecError(f"max_retries must be an integer >= 0, got {max_retries!r}")
+        if not (isinstance(timeout, (int, float)) and 0 < timeout < float("inf")):
+            raise ModelSpecError(f"timeout must be a number of seconds > 0, got {timeout!r}")
+        self.concurrency, self.max_retries, self.timeout = concurrency, max_retries, float(timeout)
         self.backoff, self.max_backoff, self._api_key_env = backoff, max_backoff, api_key_env
         self.retries = 0  # how many retries this client made, for reports
+
+    def redact(self, text: str) -> str:
+        """`text` without the API key (whatever a server echoes back)."""
+        return redact(text, os.environ.get(self._api_key_env))
 
     def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
@@ -57,23 +113,38 @@ class OpenAIClient:
                                          headers=self._headers(), method="POST")
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                return json.loads(response.read())
+                raw = response.read()
         except urllib.error.HTTPError as error:
-            detail = error.read()[:300].decode("utf-8", "replace")
+            try:
+                detail = self.redact(error.read().decode("utf-8", "replace"))[:300]
+            except (http.client.HTTPException, OSError):
+                detail = "(body unreadable)"
             if error.code in RETRY_STATUS:
                 raise TransientError(f"HTTP {error.code}: {detail}") from None
             raise RuntimeError(f"HTTP {error.code}: {detail}") from None
-        except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as error:
-            raise TransientError(f"{type(error).__name__}: {getattr(error, 'reason', error)}") from None
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
+            # refused / reset connections, timeouts, bodies cut short (IncompleteRead), replies
+            # that are not HTTP (BadStatusLine, RemoteDisconnected): all worth another try
+            reason = getattr(error, "reason", None) or error
+            raise TransientError(self.redact(f"{type(error).__name__}: {reason!r}")[:300]) from None
+        try:
+            return json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            text = self.redact(raw.decode("utf-8", "replace"))[:200]
+            raise TransientError(f"reply is not JSON ({type(error).__name__}): {text!r}") from None
 
-    def post(self, body: dict[str, Any]) -> dict[str, Any]:
-        """POST a chat completion, retrying transient failures with jittered exponential backoff."""
+    def post(self, body: dict[str, Any], check: Any = None) -> dict[str, Any]:
+        """POST a chat completion, retrying transient failures with jittered exponential backoff;
+        `check(reply)` may raise TransientError to have a malformed reply retried too."""
         for attempt in range(self.max_retries + 1):
             try:
-                return self._post_once(body)
-            except TransientError:
+                out = self._post_once(body)
+                if check is not None:
+                    check(out)
+                return out
+            except TransientError as error:
                 if attempt == self.max_retries:
-                    raise
+                    raise TransientError(f"{self.redact(str(error))} (gave up after {attempt + 1} attempts)") from None
                 self.retries += 1
                 time.sleep(min(self.max_backoff, self.backoff * 2 ** attempt) * (0.5 + random.random() / 2))
         raise AssertionError("unreachable")
@@ -102,13 +173,14 @@ class OpenAITeacher(OpenAIClient):
                 "top_p": settings.top_p, "max_tokens": settings.max_new_tokens, "seed": seed}
         started = time.perf_counter()
         try:
-            out = self.post(body)
-            choice, usage = out["choices"][0], out.get("usage") or {}
-            return Generation(text=choice["message"].get("content") or "", finish_reason=choice.get("finish_reason", ""),
+            out = self.post(body, check=completion_choice)
+            choice, usage = completion_choice(out), out.get("usage") or {}
+            return Generation(text=content_text(choice["message"]["content"]) or "",
+                              finish_reason=choice.get("finish_reason") or "",
                               prompt_tokens=usage.get("prompt_tokens", 0), completion_tokens=usage.get("completion_tokens", 0),
                               seconds=time.perf_counter() - started)
-        except (RuntimeError, KeyError, IndexError, ValueError) as error:
-            return Generation(error=f"{type(error).__name__}: {error}", seconds=time.perf_counter() - started)
+        except (RuntimeError, KeyError, IndexError, ValueError, TypeError, AttributeError) as error:
+            return Generation(error=self.redact(f"{type(error).__name__}: {error}"), seconds=time.perf_counter() - started)
 
     def generate(self, conversations: Sequence[Messages], settings: GenerationSettings,
                  seeds: Sequence[int]) -> list[Generation]:

@@ -1,0 +1,102 @@
+"""A misbehaving OpenAI-compatible server on 127.0.0.1, in a thread, for fault tests.
+
+Each request takes the next mode from a script (then `default`): a good completion, or one of
+the faults a real network or server produces. The server stops itself after `lifetime` seconds
+even if a test forgets to, and every handler is bounded in time."""
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+def completion(content, logprobs=None, finish_reason="stop"):
+    choice = {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish_reason}
+    if logprobs is not None:
+        choice["logprobs"] = {"content": [{"token": "x", "logprob": 0.0,
+                                           "top_logprobs": [{"token": t, "logprob": lp} for t, lp in logprobs.items()]}]}
+    return {"id": "x", "object": "chat.completion", "choices": [choice],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 2}}
+
+
+class FakeServer:
+    """Modes: ok (or any dict/str reply set with `reply`), cut (body shorter than Content-Length),
+    cut_json (truncated JSON, consistent length), garbage (not HTTP at all), null (content: null),
+    nochoices (JSON without choices), hang (no answer for `hang_seconds`), echo401 / echo500 / echo200
+    (the request's Authorization header sent back in the body)."""
+
+    def __init__(self, reply="Hello there.", hang_seconds=1.5, lifetime=60.0):
+        self.script: list = []
+        self.default = "ok"
+        self.reply, self.hang_seconds = reply, hang_seconds
+        self.requests: list[dict] = []
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # quiet
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                with server.lock:
+                    mode = server.script.pop(0) if server.script else server.default
+                    server.requests.append({"mode": mode, "body": body, "auth": self.headers.get("Authorization")})
+                server.handle(self, mode)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.httpd.handle_error = lambda *args: None  # a client that gave up is not an error here
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+        self.watchdog = threading.Timer(lifetime, self.stop)
+        self.watchdog.daemon = True
+        self.watchdog.start()
+
+    def handle(self, h, mode):
+        if mode == "garbage":
+            h.wfile.write(b"SSH-2.0-OpenSSH_9.6 not http\r\n\r\n")
+            h.close_connection = True
+            return
+        if mode == "hang":
+            time.sleep(self.hang_seconds)  # the client times out first; bounded anyway
+            h.close_connection = True
+            return
+        status, payload = 200, None
+        if mode == "ok":
+            payload = self.reply if isinstance(self.reply, dict) else completion(self.reply)
+        elif mode == "null":
+            payload = completion(None, finish_reason="length")
+        elif mode == "nochoices":
+            payload = {"object": "chat.completion", "usage": {}}
+        elif mode.startswith("echo"):
+            status = int(mode[4:])
+            payload = {"error": {"message": f"bad request with headers Authorization: {h.headers.get('Authorization')}"}}
+        data = json.dumps(payload).encode() if payload is not None else b""
+        if mode == "cut_json":
+            data = json.dumps(completion("This answer is cut")).encode()[:40]
+        h.send_response(status)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(data) + (500 if mode == "cut" else 0)))
+        h.end_headers()
+        h.wfile.write(data)
+        if mode == "cut":
+            h.wfile.flush()
+            h.close_connection = True
+            try:
+                h.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def modes(self):
+        return [r["mode"] for r in self.requests]
+
+    def stop(self):
+        self.watchdog.cancel()
+        self.httpd.shutdown()
+        self.httpd.server_close()
