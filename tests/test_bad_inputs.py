@@ -287,3 +287,48 @@ def test_separate_processes_agree_with_the_in_process_driver(tmp_path, tiny_llam
     done = subprocess.run(CLI + ["rank", str(score_table(tmp_path / "g.parquet", rows_of("a", [1.0], [1.0]))),
                                  "--beta", "nan"], capture_output=True, text=True)
     assert done.returncode == 2 and "beta must be a finite number" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_damaged_gguf_with_the_right_magic_is_a_one_line_model_error(tmp_path):
+    from teachfit.models import ModelSpecError, load
+
+    damaged = tmp_path / "cut.gguf"
+    damaged.write_bytes(b"GGUF\x03\x00\x00\x00" + b"cut short here")
+    with pytest.raises(ModelSpecError, match=f"{damaged}: transformers cannot read this GGUF file"):
+        load("causal_lm", f"gguf:{damaged}")
+    pytest.importorskip("llama_cpp")
+    with pytest.raises(ModelSpecError, match=f"{damaged}: not a valid GGUF file"):
+        load("teacher", f"gguf:{damaged}")
+
+
+@pytest.mark.parametrize("record,reason", [
+    ({"instruction": 42}, "wrong type: the instruction is not a string (int)"),
+    ({"instruction": ["a", "b"]}, "wrong type: the instruction is not a string (list)"),
+    ({"prompt": {"text": "x"}}, "wrong type: the instruction is not a string (dict)"),
+    ({"instruction": "   "}, "empty instruction"),
+    ({"messages": ["hello"]}, "wrong type: 'messages' must be a list of objects with 'role' and 'content'"),
+    ('{"instruction": "half \\ud83d"}', "invalid unicode (lone surrogate) in the instruction"),
+])
+def test_instruction_errors_say_what_is_wrong(tmp_path, record, reason):
+    from teachfit.instructions import read_instructions
+    from teachfit.records import InputError
+
+    path = write_pairs(tmp_path / "i.jsonl", [{"instruction": "fine"}, record])
+    with pytest.raises(InputError) as caught:
+        read_instructions([path])
+    assert str(caught.value) == f"{path}:2: {reason}"
+
+
+def test_an_empty_instruction_file_says_so(tmp_path):
+    from teachfit.instructions import read_instructions
+    from teachfit.records import InputError
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n  \n")
+    with pytest.raises(InputError, match=f"^{empty}: no instructions in {empty}$"):
+        read_instructions([empty])
+    bad = write_pairs(tmp_path / "bad.jsonl", [{"instruction": ""}])
+    skipped = []
+    with pytest.raises(InputError, match="no valid instructions"):
+        read_instructions([bad], skip_invalid=True, skipped=skipped)
+    assert skipped and skipped[0]["reason"] == "empty instruction"

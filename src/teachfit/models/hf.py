@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,11 +85,15 @@ def dense_copy_of_gguf(spec: ModelSpec, model_class: str = "AutoModelForCausalLM
         return target
     gguf = spec.gguf_path()
     kwargs: dict[str, Any] = {"gguf_file": gguf.name}
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), **kwargs)
-    config_class = getattr(transformers, "GgufConfig", None)
-    if config_class is not None:
-        kwargs["quantization_config"] = config_class(dequantize=True)
-    model = getattr(transformers, model_class).from_pretrained(str(gguf.parent), dtype=torch.float32, **kwargs)
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), **kwargs)
+        config_class = getattr(transformers, "GgufConfig", None)
+        if config_class is not None:
+            kwargs["quantization_config"] = config_class(dequantize=True)
+        model = getattr(transformers, model_class).from_pretrained(str(gguf.parent), dtype=torch.float32, **kwargs)
+    except (ValueError, KeyError, IndexError, EOFError, OSError, struct.error) as error:  # damaged or unsupported
+        message = str(error).splitlines()[0][:200] if str(error) else ""
+        raise ModelSpecError(f"{gguf}: transformers cannot read this GGUF file ({type(error).__name__}: {message})") from None
     tmp = target.with_name(target.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
     config = model.config
