@@ -102,3 +102,19 @@ PAIRS = [
     {"id": "c", "instruction": "What is 2 + 2?", "response": "2 + 2 = 4."},
     {"id": "d", "instruction": "List three fruits.", "response": "apple, banana, cherry"},
 ]
+
+
+def synthetic(beta_true=2.0, students=("s1", "s2"), n=12, seed=0):
+    """Per-teacher metric rows and measured AP rows whose truth is CAR at `beta_true`."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    metric_rows, truth_rows = [], []
+    for student in students:
+        for i in range(n):
+            reward, loss = rng.uniform(4, 9), rng.uniform(0.3, 2.5)
+            metric_rows.append({"student": student, "teacher": f"t{i}", "reward_used": reward, "reward": reward, "L": loss,
+                                "car": reward / (1 + 3 * loss), "ppl_self": float(np.exp(loss)),
+                                "length": rng.uniform(100, 900), "size_b": float(i + 1)})
+            truth_rows.append({"student": student, "teacher": f"t{i}", "ap": reward / (1 + beta_true * loss)})
+    return metric_rows, truth_rows

@@ -21,7 +21,7 @@ def run(*args, **kwargs):
 def test_score_then_rank(tmp_path, tiny_llama, tiny_chatml):
     a = write_pairs(tmp_path / "alpha.jsonl", PAIRS)
     b = write_pairs(tmp_path / "beta.jsonl", [dict(p, response=p["response"] + " Thanks!") for p in PAIRS])
-    result = run("score", a, "--data", b, "--student", f"hf:{tiny_llama}", "--reward-model", f"hf:{tiny_chatml}",
+    result = run("score", a, b, "--student", f"hf:{tiny_llama}", "--reward-model", f"hf:{tiny_chatml}",
                  "--reward-kind", "judge", "--dtype", "float32", "--out", tmp_path / "s.parquet", "--no-progress")
     assert result.returncode == 0, result.stderr
     assert "scored 8 pairs" in result.stdout
@@ -52,8 +52,8 @@ def test_killed_run_resumes_and_scores_every_pair_once(tmp_path, tiny_llama):
     rows = [{"id": f"p{i}", "instruction": f"Question {i}: explain recursion.",
              "response": "A function calls itself on a smaller problem. " * 30} for i in range(1500)]
     data = write_pairs(tmp_path / "t.jsonl", rows)
-    out, cache = tmp_path / "s.parquet", tmp_path / "cache"
-    args = ["score", data, "--student", f"hf:{tiny_llama}", "--out", out, "--cache-dir", cache, "--no-progress",
+    out, cache = tmp_path / "s.parquet", tmp_path / ".teachfit_cache"  # beside --out (a run directory has RUN/.cache)
+    args = ["score", data, "--student", f"hf:{tiny_llama}", "--out", out, "--no-progress",
             "--dtype", "float32", "--token-budget", "2048"]
     process = subprocess.Popen(CLI + [str(a) for a in args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120

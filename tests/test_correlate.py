@@ -8,20 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from conftest import synthetic
 from teachfit.correlate import beta_sweep, correlation_table, fit_beta, join
-
-
-def synthetic(beta_true=2.0, students=("s1", "s2"), n=12, seed=0):
-    rng = np.random.default_rng(seed)
-    metric_rows, truth_rows = [], []
-    for student in students:
-        for i in range(n):
-            reward, loss = rng.uniform(4, 9), rng.uniform(0.3, 2.5)
-            metric_rows.append({"student": student, "teacher": f"t{i}", "reward_used": reward, "reward": reward, "L": loss,
-                                "car": reward / (1 + 3 * loss), "ppl_self": float(np.exp(loss)),
-                                "length": rng.uniform(100, 900), "size_b": float(i + 1)})
-            truth_rows.append({"student": student, "teacher": f"t{i}", "ap": reward / (1 + beta_true * loss)})
-    return metric_rows, truth_rows
 
 
 def test_rho_per_metric_matches_scipy_with_directions():

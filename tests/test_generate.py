@@ -1,11 +1,10 @@
-"""Generation: instructions, teacher specs, resume, best/worst-of-N, transformers and llama.cpp backends."""
+"""Generation: instructions, teacher specs, resume, N samples, transformers and llama.cpp backends."""
 import json
 
 import pytest
 
 from conftest import CHATML, write_pairs
-from teachfit.generate import (TeacherRequest, answer_all, dataset_name, generate, parse_teacher, read_done,
-                               select_by_reward)
+from teachfit.generate import TeacherRequest, answer_all, dataset_name, generate, parse_teacher, read_done
 from teachfit.instructions import read_instructions
 from teachfit.models.base import Generation, GenerationSettings
 from teachfit.records import InputError
@@ -35,15 +34,18 @@ def test_teacher_spec_settings_and_names():
     defaults = GenerationSettings(max_new_tokens=64)
     greedy = parse_teacher("packaged:smollm2-135m-instruct", defaults)
     sampled = parse_teacher("packaged:smollm2-135m-instruct?temperature=0.8&top_p=0.95", defaults)
-    best = parse_teacher("hf:org/Model-7B?n=5&temperature=0.8&select=best", defaults)
+    samples = parse_teacher("hf:org/Model-7B?n=5&temperature=0.8", defaults)
     assert greedy.name == "smollm2-135m-instruct" and greedy.settings.temperature == 0
     assert sampled.name == "smollm2-135m-instruct-t0.8-p0.95" and sampled.settings.max_new_tokens == 64
-    assert best.name == "Model-7B-t0.8-p1-best5" and best.settings.select == "best"
+    assert samples.name == "Model-7B-t0.8-p1-n5" and samples.settings.n == 5
     assert parse_teacher("openai:gpt-4o@http://127.0.0.1:8000/v1?name=g4", defaults).name == "g4"
     with pytest.raises(ValueError, match="unknown setting 'temp'"):
         parse_teacher("hf:x?temp=1", defaults)
-    with pytest.raises(ValueError, match="needs n >= 2"):
-        parse_teacher("hf:x?select=worst", defaults)
+    with pytest.raises(ValueError, match="unknown setting 'select'"):  # picking among samples is `teachfit select`
+        parse_teacher("hf:x?n=2&select=worst", defaults)
+    for name in ("../../x", "/tmp/v", "a/b", ".hidden"):  # a dataset name never leaves the run directory
+        with pytest.raises(ValueError, match="cannot be used as a dataset name"):
+            parse_teacher(f"hf:x?name={name}", defaults)
 
 
 class ScriptedTeacher:
@@ -90,34 +92,6 @@ def test_resume_retries_errors_and_answers_each_once(tmp_path):
     assert third.calls == 0
 
 
-class FixedReward:
-    """Reward = length of the response (so best/worst are known)."""
-
-    def key_material(self):
-        return {"kind": "fixed"}
-
-    def describe(self):
-        return {"kind": "fixed"}
-
-    def compute(self, pairs):
-        return [{"reward": float(len(p.response))} for p in pairs]
-
-
-def test_best_and_worst_of_n_pick_highest_and_lowest_reward(tmp_path):
-    samples = tmp_path / "samples.jsonl"
-    rows = [{"id": f"a#s{k}", "instruction_id": "a", "sample": k, "instruction": "A?", "response": "x" * (k + 1)}
-            for k in range(5)] + [{"id": f"b#s{k}", "instruction_id": "b", "sample": k, "instruction": "B?",
-                                   "response": "y" * (5 - k)} for k in range(5)]
-    write_pairs(samples, rows)
-    for select, expected in (("best", {"a": "xxxxx", "b": "yyyyy"}), ("worst", {"a": "x", "b": "y"})):
-        request = TeacherRequest("m", GenerationSettings(n=5, temperature=0.8, select=select), f"m-{select}")
-        out = tmp_path / f"{select}.jsonl"
-        select_by_reward(samples, out, request, FixedReward(), tmp_path / "cache")
-        chosen = {json.loads(l)["id"]: json.loads(l) for l in out.open()}
-        assert {k: v["response"] for k, v in chosen.items()} == expected
-        assert chosen["a"]["candidate_rewards"] == [1.0, 2.0, 3.0, 4.0, 5.0]
-
-
 def test_hf_teacher_generates_with_its_chat_template(tmp_path, tiny_chatml):
     items = read_instructions([instructions_file(tmp_path, 3)])
     requests = [parse_teacher(f"hf:{tiny_chatml}?name=tiny", GenerationSettings(max_new_tokens=5)),
@@ -131,8 +105,6 @@ def test_hf_teacher_generates_with_its_chat_template(tmp_path, tiny_chatml):
     teacher = load("teacher", f"hf:{tiny_chatml}", dtype="float32")
     again = teacher.generate([[{"role": "user", "content": "Question 0?"}]], GenerationSettings(max_new_tokens=5), [0])
     assert again[0].text == records[0]["response"]
-    manifest = json.loads((tmp_path / "run" / "generate.json").read_text())
-    assert set(manifest["datasets"]) == {"tiny", "tiny-sampled"}
 
 
 def test_llamacpp_teacher_with_a_packaged_gguf(tmp_path):
@@ -147,22 +119,3 @@ def test_llamacpp_teacher_with_a_packaged_gguf(tmp_path):
     records = [json.loads(l) for l in (tmp_path / "run" / "responses" / f"{request.name}.jsonl").open()]
     assert all(r["response"].strip() and 0 < r["completion_tokens"] <= 8 for r in records)
     assert records[0]["backend"]["backend"] == "llamacpp"
-
-
-def test_best_of_n_end_to_end_with_a_real_reward_model(tmp_path, tiny_chatml):
-    from teachfit.forward import BatchPlan
-    from teachfit.reward import load_reward
-
-    items = read_instructions([instructions_file(tmp_path, 3)])
-    request = parse_teacher(f"hf:{tiny_chatml}?temperature=1.0&n=3&select=best&name=best3",
-                            GenerationSettings(max_new_tokens=6))
-    summary = generate(items, [request], tmp_path / "run", {"dtype": "float32", "batch_size": 3},
-                       reward_loader=lambda: load_reward(f"hf:{tiny_chatml}", "judge", BatchPlan(), 512, dtype="float32"),
-                       show_progress=False)[0]
-    assert summary["generated"] == 9 and summary["selected"] == 3
-    samples = [json.loads(l) for l in (tmp_path / "run" / "samples" / "best3.jsonl").open()]
-    chosen = [json.loads(l) for l in (tmp_path / "run" / "responses" / "best3.jsonl").open()]
-    assert len(samples) == 9 and [c["id"] for c in chosen] == ["q0", "q1", "q2"]
-    for record in chosen:
-        assert record["selected_reward"] == max(record["candidate_rewards"]) and len(record["candidate_rewards"]) == 3
-        assert record["response"] in [s["response"] for s in samples if s["instruction_id"] == record["id"]]

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from test_correlate import synthetic
+from conftest import synthetic
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
@@ -24,6 +24,10 @@ def write_run(folder):
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
+    from teachfit.config import CorrelateConfig
+    from teachfit.stages import run_correlate
+
+    run_correlate(CorrelateConfig(run_dir=str(folder), bootstrap=50), None)
     return metric_rows
 
 

@@ -89,7 +89,7 @@ def test_cli_train_with_yaml_and_errors(tmp_path, tiny_llama):
     (tmp_path / "bad.yaml").write_text("learning_rat: 0.1\n")
     bad = subprocess.run([sys.executable, "-m", "teachfit.cli", "train", str(data), "--student", f"hf:{tiny_llama}",
                           "--out", str(tmp_path / "o2"), "--config", str(tmp_path / "bad.yaml")], capture_output=True, text=True)
-    assert bad.returncode == 2 and "unknown training settings ['learning_rat']" in bad.stderr
+    assert bad.returncode == 2 and "bad.yaml:1: unknown key 'learning_rat' (did you mean 'learning_rate'?)" in bad.stderr
     bad = subprocess.run([sys.executable, "-m", "teachfit.cli", "train", str(data), "--student", f"hf:{tiny_llama}",
                           "--out", str(tmp_path / "o3"), "--teacher", "nobody"], capture_output=True, text=True)
     assert bad.returncode == 2 and "for teacher 'nobody'" in bad.stderr

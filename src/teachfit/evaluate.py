@@ -258,49 +258,50 @@ def labels_for(model: str) -> dict[str, str]:
     return {"student": model, "teacher": ""}
 
 
-def run_evaluation(model: str, out: str | Path, judge: str, bench: str = OFFLINE_BENCH, baseline: str | None = None,
-                   style: str = "both", max_new_tokens: int = 512, constraint: str = "grammar", concurrency: int = 4,
-                   seed: int = 0, labels: dict[str, str] | None = None, load_options: dict[str, Any] | None = None,
-                   show_progress: bool = True) -> dict[str, Any]:
-    """Answer the benchmark with `model`, judge against the baseline, write judgments/, results.csv
-    (one row per student/teacher/model/bench) and scores.json under `out`; return the scores."""
+def run_evaluation(config: Any, out: str | Path, labels: dict[str, str] | None = None,
+                   results_csv: str | Path | None = None) -> dict[str, Any]:
+    """Answer the benchmark with `config.model` (an EvaluateConfig), judge it against the
+    baseline, write answers/, judgments/ and scores-<model>.json under `out` and one row
+    (student/teacher/model/bench) into `results_csv` (default: out/results.csv); return the scores."""
     from teachfit.generate import short_model_name
     from teachfit.judging import load_judge
     from teachfit.models import ModelSpec
     from teachfit.versions import versions
 
-    out, started, load_options = Path(out), time.perf_counter(), load_options or {}
-    items, bench_name = load_bench(bench)
-    if baseline and Path(baseline).exists():
-        attach_baseline(items, baseline)
-    elif baseline:
-        ModelSpec.parse(baseline)
-        path = out / "answers" / f"baseline-{short_model_name(baseline)}.jsonl"
-        found = answers_from(items, baseline, path, max_new_tokens, load_options, show_progress)
+    out, started = Path(out), time.perf_counter()
+    model, load_options = config.model, config.load_options() | {"n_ctx": config.n_ctx}
+    items, bench_name = load_bench(config.bench)
+    if config.baseline and Path(config.baseline).exists():
+        attach_baseline(items, config.baseline)
+    elif config.baseline:
+        ModelSpec.parse(config.baseline)
+        path = out / "answers" / f"baseline-{short_model_name(config.baseline)}.jsonl"
+        found = answers_from(items, config.baseline, path, config.max_new_tokens, load_options, config.progress)
         for item in items:
             item.baseline = found[item.id]
     if any(not i.baseline for i in items):
-        raise InputError(bench, None, "no baseline answers: pass --baseline FILE or --baseline MODEL")
-    answers = answers_from(items, model, out / "answers" / f"{short_model_name(model)}.jsonl", max_new_tokens,
-                           load_options, show_progress)
+        raise InputError(config.bench, None, "no baseline answers: pass --baseline FILE or --baseline MODEL")
+    answers = answers_from(items, model, out / "answers" / f"{short_model_name(model)}.jsonl", config.max_new_tokens,
+                           load_options, config.progress)
     timings = {"answer": elapsed(started)}
-    judge_model = load_judge(judge, constraint, concurrency=concurrency, n_ctx=load_options.get("n_ctx", 4096))
-    parallel = concurrency if ModelSpec.parse(judge).prefix == "openai" else 1
+    judge_model = load_judge(config.judge, config.constraint, **config.server_options())
+    parallel = config.concurrency if ModelSpec.parse(config.judge).prefix == "openai" else 1
     ae2, ah = [], []
     cache_dir = out / ".cache" / "judgments"
     judged = time.perf_counter()
-    if style in ("ae2", "both"):
-        ae2 = judge_alpaca_eval(items, answers, Judgments(judge_model, JudgeConfig.load("alpaca_eval"), cache_dir, parallel), seed)
+    if config.style in ("ae2", "both"):
+        judgments = Judgments(judge_model, JudgeConfig.load("alpaca_eval"), cache_dir, parallel)
+        ae2 = judge_alpaca_eval(items, answers, judgments, config.seed)
         dump_jsonl(out / "judgments" / f"{short_model_name(model)}-alpaca_eval.jsonl", ae2)
-    if style in ("ah", "both"):
+    if config.style in ("ah", "both"):
         ah = judge_arena_hard(items, answers, Judgments(judge_model, JudgeConfig.load("arena_hard"), cache_dir, parallel))
         dump_jsonl(out / "judgments" / f"{short_model_name(model)}-arena_hard.jsonl", ah)
     timings["judge"] = elapsed(judged)
     scores = summarize(ae2, ah)
-    row = {**(labels or labels_for(model)), "model": model, "bench": bench_name, "judge": judge, **scores,
+    row = {**(labels or labels_for(model)), "model": model, "bench": bench_name, "judge": config.judge, **scores,
            "n_prompts": len(items), "seconds": elapsed(started)}
-    write_results_row(out / "results.csv", row)
-    report = {"results": row, "timings_seconds": timings, "max_new_tokens": max_new_tokens, "seed": seed,
-              "constraint": constraint, "versions": versions()}
+    write_results_row(Path(results_csv) if results_csv else out / "results.csv", row)
+    report = {"results": row, "timings_seconds": timings, "max_new_tokens": config.max_new_tokens, "seed": config.seed,
+              "constraint": config.constraint, "versions": versions()}
     (out / f"scores-{short_model_name(model)}.json").write_text(json.dumps(report, indent=2))
     return report

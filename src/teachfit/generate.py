@@ -2,8 +2,9 @@
 
 Each dataset is RUN/responses/<name>.jsonl; every answer is appended and flushed as soon as it
 exists, so a killed run resumes where it stopped and ends with each (instruction, sample)
-answered exactly once. Best-/worst-of-N (paper Table 3) keeps all N samples in
-RUN/samples/<name>.jsonl and selects by a reward model.
+answered exactly once. With n > 1 samples per instruction every sample is kept (ids
+`<instruction>#s<k>`); picking one of them (best-/worst-of-N, paper Table 3) is the `select`
+stage's job, from the scores, so data flows one way.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from urllib.parse import parse_qsl
 from teachfit.instructions import Instruction
 from teachfit.models.base import GenerationSettings, user_messages
 
-SETTING_TYPES = {"temperature": float, "top_p": float, "max_new_tokens": int, "seed": int, "n": int, "select": str}
+SETTING_TYPES = {"temperature": float, "top_p": float, "max_new_tokens": int, "seed": int, "n": int}
 
 
 @dataclass(frozen=True)
@@ -39,40 +40,49 @@ def short_model_name(spec: str) -> str:
 
 
 def dataset_name(spec: str, settings: GenerationSettings) -> str:
-    """`<model>` for greedy decoding, with -t<T>-p<P> for sampling and -best<N>/-worst<N> for selection."""
+    """`<model>` for greedy decoding, with -t<T>-p<P> for sampling and -n<N> for N samples."""
     name = short_model_name(spec)
     if settings.temperature > 0:
         name += f"-t{settings.temperature:g}-p{settings.top_p:g}"
-    if settings.select:
-        name += f"-{settings.select}{settings.n}"
-    elif settings.n > 1:
+    if settings.n > 1:
         name += f"-n{settings.n}"
     return name
 
 
 def parse_teacher(text: str, defaults: GenerationSettings) -> TeacherRequest:
-    """Parse `SPEC[?key=value&...]`; keys: temperature, top_p, max_new_tokens, seed, n, select, name."""
+    """Parse `SPEC[?key=value&...]`; keys: temperature, top_p, max_new_tokens, seed, n, name.
+    The dataset name (given or derived) must be a safe file name (teachfit.run.safe_name)."""
+    from teachfit.run import safe_name
+
     spec, name, overrides = text, None, {}
     if "?" in text and "=" in text.rsplit("?", 1)[1]:
         spec, query = text.rsplit("?", 1)
-        for key, value in parse_qsl(query, strict_parsing=True):
+        try:
+            pairs = parse_qsl(query, strict_parsing=True)
+        except ValueError:
+            raise ValueError(f"teacher '{text}': settings must look like ?temperature=0.8&top_p=0.95") from None
+        for key, value in pairs:
             if key == "name":
                 name = value
             elif key in SETTING_TYPES:
-                overrides[key] = SETTING_TYPES[key](value)
+                try:
+                    overrides[key] = SETTING_TYPES[key](value)
+                except ValueError:
+                    raise ValueError(f"teacher '{text}': {key}={value!r} is not a {SETTING_TYPES[key].__name__}") from None
             else:
                 raise ValueError(f"teacher '{text}': unknown setting '{key}' (known: {', '.join(SETTING_TYPES)}, name)")
     settings = replace(defaults, **overrides)
     validate_settings(settings, text)
-    return TeacherRequest(spec=spec, settings=settings, name=name or dataset_name(spec, settings))
+    name = name or dataset_name(spec, settings)
+    try:
+        safe_name(name, "dataset name")
+    except ValueError as error:
+        raise ValueError(f"teacher '{text}': {error}") from None
+    return TeacherRequest(spec=spec, settings=settings, name=name)
 
 
 def validate_settings(settings: GenerationSettings, label: str) -> None:
     """Reject settings that cannot mean anything, naming the teacher."""
-    if settings.select not in (None, "best", "worst"):
-        raise ValueError(f"teacher '{label}': select must be best or worst")
-    if settings.select and settings.n < 2:
-        raise ValueError(f"teacher '{label}': select={settings.select} needs n >= 2 samples")
     if settings.temperature < 0 or not 0 < settings.top_p <= 1 or settings.max_new_tokens < 1 or settings.n < 1:
         raise ValueError(f"teacher '{label}': need temperature >= 0, 0 < top_p <= 1, max_new_tokens >= 1, n >= 1")
 
@@ -109,7 +119,7 @@ def compact(path: Path, order: Sequence[Instruction], n: int) -> int:
     the finished answer if any, else the last error. Returns the number of errors left."""
     latest = _latest(path)
     rows = [latest[(i.id, k)] for i in order for k in range(n) if (i.id, k) in latest]
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     os.replace(tmp, path)
     return sum(1 for r in rows if r.get("error"))
@@ -160,8 +170,7 @@ def answer_all(instructions: Sequence[Instruction], request: TeacherRequest, pat
                 generations = teacher.generate([user_messages(i.text) for i, _ in chunk], settings,
                                                [settings.sample_seed(i.id, k) for i, k in chunk])
                 for (instruction, sample), generation in zip(chunk, generations):
-                    record = _record(instruction, sample, request, backend, generation,
-                                     settings.n > 1 and not settings.select)
+                    record = _record(instruction, sample, request, backend, generation, settings.n > 1)
                     handle.write(json.dumps(record, ensure_ascii=False) + "\n")
                     stats["generated"] += generation.error is None
                     stats["completion_tokens"] += generation.completion_tokens
@@ -176,42 +185,15 @@ def answer_all(instructions: Sequence[Instruction], request: TeacherRequest, pat
     return stats
 
 
-def select_by_reward(samples_path: Path, out_path: Path, request: TeacherRequest, reward_scorer: Any,
-                     cache_root: Path) -> dict[str, Any]:
-    """Write one response per instruction: the highest- (best) or lowest-reward (worst) sample."""
-    from teachfit.records import Pair
-    from teachfit.score import ScoreOptions, score_pairs
+def generate(instructions: Sequence[Instruction], requests: Iterable[TeacherRequest], run_dir: Any,
+             load_options: dict[str, Any] | None = None, show_progress: bool = True,
+             executor: Any = None) -> list[dict[str, Any]]:
+    """Generate every requested dataset into the run directory (a RunDir or a path); returns one
+    summary per dataset. With an executor of several workers, each dataset's missing answers are
+    sharded over them (see generate_shard) and merged into the dataset file."""
+    from teachfit.run import RunDir
 
-    records = [json.loads(line) for line in samples_path.open(encoding="utf-8") if line.strip()]
-    records = [r for r in records if not r.get("error") and r["response"].strip()]
-    pairs = [Pair(f"{r['instruction_id']}#s{r['sample']}", r["instruction"], r["response"], request.name) for r in records]
-    rewards = [row["reward"] for row in score_pairs(pairs, [reward_scorer], cache_root, ScoreOptions(window=64))]
-    candidates: dict[str, list[tuple[float, dict[str, Any]]]] = {}
-    for record, reward in zip(records, rewards):
-        candidates.setdefault(record["instruction_id"], []).append((reward, record))
-    pick = max if request.settings.select == "best" else min
-    rows = []
-    for options in candidates.values():
-        reward, record = pick(options, key=lambda option: option[0])
-        rows.append(dict(record, id=record["instruction_id"], selected_reward=reward,
-                         candidate_rewards=[r for r, _ in options],
-                         selection={"select": request.settings.select, "n": request.settings.n,
-                                    "reward_model": reward_scorer.describe()}))
-    from teachfit.records import write_jsonl
-
-    write_jsonl(out_path, rows)
-    return {"dataset": request.name, "selected": len(rows)}
-
-
-def generate(instructions: Sequence[Instruction], requests: Iterable[TeacherRequest], run_dir: str | Path,
-             load_options: dict[str, Any] | None = None, reward_loader: Any = None,
-             show_progress: bool = True) -> list[dict[str, Any]]:
-    """Generate every requested dataset into `run_dir`; returns one summary per dataset and
-    records them (with settings and versions) in RUN/generate.json."""
-    from teachfit.models import load
-    from teachfit.versions import versions
-
-    run_dir = Path(run_dir)
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     load_options = load_options or {}
     requests = list(requests)
     names = [r.name for r in requests]
@@ -219,19 +201,61 @@ def generate(instructions: Sequence[Instruction], requests: Iterable[TeacherRequ
         raise ValueError(f"two teachers would write the same dataset name: {names}; add ?name=... to one")
     summaries = []
     for request in requests:
-        final = run_dir / "responses" / f"{request.name}.jsonl"
-        target = run_dir / "samples" / f"{request.name}.jsonl" if request.settings.select else final
-        stats = answer_all(instructions, request, target, lambda spec: load("teacher", spec, **load_options),
-                           show_progress)
-        if request.settings.select:
-            if reward_loader is None:
-                raise ValueError(f"teacher '{request.name}': select={request.settings.select} needs --reward-model")
-            stats |= select_by_reward(target, final, request, reward_loader(), run_dir / ".cache" / "rewards")
-        stats["settings"] = request.settings.to_dict()
-        stats["spec"] = request.spec
-        summaries.append(stats)
-    manifest = run_dir / "generate.json"
-    previous = json.loads(manifest.read_text()) if manifest.exists() else {}
-    datasets = previous.get("datasets", {}) | {s["dataset"]: s for s in summaries}
-    manifest.write_text(json.dumps({"datasets": datasets, "versions": versions()}, indent=2))
+        path = run.responses(request.name)
+        if executor is not None and executor.world_size > 1:
+            stats = _generate_sharded(instructions, request, path, run, load_options, executor)
+        else:
+            stats = answer_all(instructions, request, path, lambda spec: _load_teacher(spec, load_options), show_progress)
+        summaries.append(stats | {"settings": request.settings.to_dict(), "spec": request.spec})
     return summaries
+
+
+def _load_teacher(spec: str, load_options: dict[str, Any]) -> Any:
+    from teachfit.models import load
+
+    return load("teacher", spec, **load_options)
+
+
+def generate_shard(task: dict[str, Any]) -> dict[str, Any]:
+    """One executor worker: answer its share of the instructions into its own shard file, then
+    leave a completion marker (datatrove-style). Runs in a Ray worker; loads the teacher once."""
+    instructions, request = task["instructions"], task["request"]
+    stats = answer_all(instructions, request, Path(task["shard"]),
+                       lambda spec: _load_teacher(spec, task["load_options"]), show_progress=False)
+    Path(task["marker"]).parent.mkdir(parents=True, exist_ok=True)
+    Path(task["marker"]).write_text(json.dumps(stats))
+    return stats
+
+
+def _generate_sharded(instructions: Sequence[Instruction], request: TeacherRequest, path: Path, run: Any,
+                      load_options: dict[str, Any], executor: Any) -> dict[str, Any]:
+    """Shard the missing (instruction) answers over the executor's workers, then merge the shard
+    files into `path` (compaction keeps one record per (instruction, sample))."""
+    from teachfit.run import fingerprint
+
+    done = read_done(path)
+    todo = [i for i in instructions if any((i.id, k) not in done for k in range(request.settings.n))]
+    world = executor.world_size
+    key = fingerprint(request.spec, request.settings.to_dict(), [i.id for i in todo])
+    shard_dir = run.responses_dir / ".shards" / request.name
+    tasks = []
+    for rank in range(world):
+        marker = run.shard_marker(f"generate-{request.name}", key, rank, world)
+        share = todo[rank::world]
+        if share and not marker.exists():
+            tasks.append({"instructions": share, "request": request, "load_options": load_options,
+                          "shard": str(shard_dir / f"{key[:16]}-{rank:05d}.jsonl"), "marker": str(marker)})
+    executor.map(generate_shard, tasks)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _end_torn_line(path)
+    with path.open("a", encoding="utf-8") as handle:
+        for shard in sorted(shard_dir.glob(f"{key[:16]}-*.jsonl")):
+            for record in _latest(shard).values():
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    errors = compact(path, instructions, request.settings.n)
+    for shard in shard_dir.glob(f"{key[:16]}-*.jsonl"):
+        shard.unlink()
+    return {"dataset": request.name, "already_done": len(done), "generated": len(read_done(path)) - len(done),
+            "errors": errors, "shards": world}

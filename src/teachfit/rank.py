@@ -187,24 +187,48 @@ def add_ranks(table: list[dict[str, Any]]) -> None:
                 row[f"rank_{name}"] = float(rank)
 
 
-def markdown_table(ranking: Ranking, columns: Sequence[str] | None = None) -> str:
-    """The ranking as a Markdown table for the terminal."""
-    columns = list(columns or ["teacher", "n_pairs", "car", "car_ci_low", "car_ci_high", "top_share", "reward",
-                               "L", "ppl_self", "ifd_self", "ppl_ref", "ifd_ref", "length"])
-    columns = [c for c in columns if any(c in r for r in ranking.rows)]
+# The terminal table's columns: (header, format of one row) — the README shows the same shape.
+TABLE_COLUMNS = (
+    ("teacher", lambda r: str(r["teacher"])),
+    ("CAR [95% CI]", lambda r: f"{r['car']:.3f}" + (f" [{r['car_ci_low']:.3f}, {r['car_ci_high']:.3f}]"
+                                                    if _finite(r.get("car_ci_low")) else "")),
+    ("on top", lambda r: f"{r['top_share']:.0%}" if _finite(r.get("top_share")) else "-"),
+    ("reward", lambda r: f"{r['reward']:.2f}"), ("L (nats)", lambda r: f"{r['L']:.3f}"),
+    ("PPL-Self", lambda r: f"{r['ppl_self']:.2f}"), ("IFD-Self", lambda r: f"{r['ifd_self']:.3f}"),
+    ("RSR-Self", lambda r: f"{r['rsr_self']:.2f}"), ("PPL-Ref", lambda r: f"{r['ppl_ref']:.2f}"),
+    ("IFD-Ref", lambda r: f"{r['ifd_ref']:.3f}"), ("length", lambda r: f"{r['length']:.0f}"),
+)
 
-    def cell(value: Any) -> str:
-        if isinstance(value, float):
-            return "nan" if math.isnan(value) else f"{value:.4g}"
-        return str(value)
 
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    for row in ranking.rows:
-        lines.append("| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |")
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def ranking_text(data: dict[str, Any]) -> str:
+    """A ranking (Ranking.to_dict()) as a Markdown table and the recommendation, for the terminal."""
+    rows = data["teachers"]
+    columns = [(name, show) for name, show in TABLE_COLUMNS if all(_can_show(show, r) for r in rows)]
+    lines = ["| " + " | ".join(name for name, _ in columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(show(row) for _, show in columns) + " |" for row in rows]
+    settings = data["settings"]
     lines.append("")
-    lines.append(f"Recommended teacher: {ranking.recommended} (highest CAR, beta={ranking.settings['beta']}; "
-                 f"on top in {ranking.top_share:.1%} of {ranking.settings['n_bootstrap']} bootstrap resamples)")
+    lines.append(f"Recommended teacher: {data['recommended']} for {settings.get('student')} (highest CAR, "
+                 f"beta={settings['beta']:g}; on top in {data['top_share']:.0%} of {settings['n_bootstrap']} "
+                 "bootstrap resamples)")
     return "\n".join(lines)
+
+
+def _can_show(show: Any, row: dict[str, Any]) -> bool:
+    try:
+        show(row)
+        return True
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+def markdown_table(ranking: Ranking) -> str:
+    """The ranking as a Markdown table for the terminal (see ranking_text)."""
+    return ranking_text(ranking.to_dict())
 
 
 def pairs_needed(

@@ -128,17 +128,25 @@ def build_report(run_dir: str | Path | None, out: str | Path, include_paper: boo
                         + _table_html(ranking, columns) + "{car_ranking}")
         sections.append("<h2>Settings</h2><pre>" + html.escape(json.dumps(settings, indent=2)) + "</pre>")
     if run and (run / "results.csv").exists() and (run / "ranking.csv").exists():
-        from teachfit.correlate import correlation_table, join, read_rankings, read_truth
+        from teachfit.correlate import join, read_rankings, read_truth
 
-        joined = join(read_rankings([run / "ranking.csv", *sorted(run.glob("rankings/*.csv"))]), read_truth(run / "results.csv"))
+        if not (run / "correlation.csv").exists():
+            raise FileNotFoundError(f"{run / 'correlation.csv'} is missing: run `teachfit correlate {run}` first")
+        joined = join(read_rankings([run / "ranking.csv"]), read_truth(run / "results.csv"))
         rows = [r for teachers in joined.values() for r in teachers]
-        table = [r for r in correlation_table(joined, 200) if r["student"] == "Average"]
+        table = read_table(run / "correlation.csv")[0]
+        students = {r["student"] for r in table}
+        table = [r for r in table if r["student"] == ("Average" if len(students) > 1 else next(iter(students), None))]
+        defined = [r for r in table if isinstance(r["rho"], float) and math.isfinite(r["rho"])]
         numbers["correlation"] = table
         images["car_vs_ap"] = car_vs_ap(rows)
-        images["rho_run"] = rho_bars([r["metric"] for r in table], [r["rho"] for r in table], "rho per metric (this run)")
+        if defined:
+            images["rho_run"] = rho_bars([r["metric"] for r in defined], [r["rho"] for r in defined],
+                                         "rho per metric (this run)")
         images["ap_run"] = ap_bars(rows, "Measured AP per teacher (this run)")
-        sections.append("<h2>Prediction vs measurement</h2>{car_vs_ap}{rho_run}{ap_run}"
-                        + _table_html(table, ["metric", "rho", "n_teachers"]))
+        note = "" if defined else "<p>Every rho is undefined: the measured AP (or each metric) is the same for all teachers.</p>"
+        sections.append("<h2>Prediction vs measurement</h2>{car_vs_ap}" + ("{rho_run}" if defined else note)
+                        + "{ap_run}" + _table_html(table, ["metric", "rho", "n_teachers"]))
     if include_paper:
         from teachfit import paper
 

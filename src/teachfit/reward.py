@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 from teachfit.forward import BatchPlan, next_token_logprobs, sequence_scores
 from teachfit.records import Pair
-from teachfit.template import ensure_chat_template
+from teachfit.template import DEFAULT_TEMPLATE_NAME, ensure_chat_template
 
 RATINGS = tuple(range(1, 10))
 
@@ -53,8 +53,7 @@ class JudgeReward:
 
     def key_material(self) -> dict[str, Any]:
         """Everything a cached reward depends on."""
-        return {"kind": self.kind, "model": self.loaded.spec.fingerprint(), "dtype": self.loaded.dtype,
-                "prompt": self.prompt, "template": self.template_name, "max_length": self.max_length}
+        return reward_key_material(self.kind, self.loaded.spec.fingerprint(), self.loaded.dtype, self.max_length)
 
     def describe(self) -> dict[str, Any]:
         """What the output's metadata records."""
@@ -93,8 +92,7 @@ class SequenceClassifierReward:
 
     def key_material(self) -> dict[str, Any]:
         """Everything a cached reward depends on."""
-        return {"kind": self.kind, "model": self.loaded.spec.fingerprint(), "dtype": self.loaded.dtype,
-                "template": self.template_name, "max_length": self.max_length}
+        return reward_key_material(self.kind, self.loaded.spec.fingerprint(), self.loaded.dtype, self.max_length)
 
     def describe(self) -> dict[str, Any]:
         """What the output's metadata records."""
@@ -112,19 +110,52 @@ class SequenceClassifierReward:
         return [{"reward": s} for s in scores]
 
 
+def reward_key_material(kind: str, fingerprint: str, dtype: str, max_length: int) -> dict[str, Any]:
+    """Everything a cached reward depends on, known before the model loads (the judge's prompt
+    file is part of it; a local folder's fingerprint covers its tokenizer and template)."""
+    material = {"kind": kind, "model": fingerprint, "dtype": dtype, "template": DEFAULT_TEMPLATE_NAME,
+                "max_length": max_length}
+    if kind == JudgeReward.kind:
+        material["prompt"] = judge_prompt_template()
+    return material
+
+
+def resolve_kind(parsed: Any, kind: str, trust_remote_code: bool = False) -> str:
+    """'classifier' or 'judge' for `kind` ('auto': a classifier when the model's config says so)."""
+    if kind == "auto":
+        kind = "classifier" if _is_classifier(parsed, trust_remote_code) else "judge"
+    if kind not in ("classifier", "judge"):
+        raise ValueError(f"unknown reward kind {kind!r}: use auto, classifier or judge")
+    return kind
+
+
+def deferred_reward(spec: str, kind: str, options: Any) -> Any:
+    """A reward scorer (teachfit.score.DeferredScorer) whose model loads only when a pair needs it;
+    `options` is a ScoreConfig."""
+    from teachfit.models import ModelSpec
+    from teachfit.models.hf import pick_device, pick_dtype
+    from teachfit.score import DeferredScorer
+
+    parsed = ModelSpec.parse(spec)
+    kind = resolve_kind(parsed, kind, options.trust_remote_code)
+    dtype = str(pick_dtype(options.dtype, pick_device(options.device))).removeprefix("torch.")
+    scorer_kind = SequenceClassifierReward.kind if kind == "classifier" else JudgeReward.kind
+    material = reward_key_material(scorer_kind, parsed.fingerprint(), dtype, options.max_length)
+    description = {"kind": scorer_kind, "model": {"spec": str(parsed), "fingerprint": parsed.fingerprint(), "dtype": dtype}}
+    return DeferredScorer(material, description, lambda: load_reward(
+        spec, kind, options.plan, options.max_length, **options.load_options()))
+
+
 def load_reward(spec: str, kind: str, plan: BatchPlan, max_length: int, **load_options: Any) -> Any:
     """A reward scorer: kind 'classifier' (sequence-classification RM), 'judge' (generative)
     or 'auto' (a classifier when the model's config says so, else a judge)."""
     from teachfit.models import ModelSpec, load
 
     parsed = ModelSpec.parse(spec)
-    if kind == "auto":
-        kind = "classifier" if _is_classifier(parsed, load_options.get("trust_remote_code", False)) else "judge"
+    kind = resolve_kind(parsed, kind, load_options.get("trust_remote_code", False))
     if kind == "classifier":
         return SequenceClassifierReward(load("sequence_classifier", parsed, **load_options), plan, max_length)
-    if kind == "judge":
-        return JudgeReward(load("causal_lm", parsed, **load_options), plan, max_length)
-    raise ValueError(f"unknown reward kind {kind!r}: use auto, classifier or judge")
+    return JudgeReward(load("causal_lm", parsed, **load_options), plan, max_length)
 
 
 def _is_classifier(spec: Any, trust_remote_code: bool) -> bool:

@@ -11,37 +11,31 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from teachfit import metrics
 from teachfit.forward import BatchPlan, response_nll
 from teachfit.records import InputError, Pair
 from teachfit.store import ResultCache, content_hash
-from teachfit.template import encode_pair, encode_response_alone, ensure_chat_template
+from teachfit.config import ScoreConfig
+from teachfit.template import DEFAULT_TEMPLATE_NAME, encode_pair, encode_response_alone, ensure_chat_template
 from teachfit.tokens import token_length
 
 SCORING_VERSION = 2  # bump when a computation changes, so old cache entries are not reused (2: RSR columns)
 
 
-@dataclass
-class ScoreOptions:
-    """How pairs are scored; every field is recorded in the output's metadata."""
+# The options of scoring are the stage's config (one declaration: teachfit.config.ScoreConfig).
+ScoreOptions = ScoreConfig
 
-    max_length: int = 4096
-    token_budget: int = 16384
-    max_batch_size: int = 64
-    window: int = 512
-    dtype: str = "auto"
-    device: str = "auto"
-    skip_invalid: bool = False
-    trust_remote_code: bool = False
 
-    @property
-    def plan(self) -> BatchPlan:
-        """The batching plan these options describe."""
-        return BatchPlan(self.token_budget, self.max_batch_size)
+def lm_key_material(fingerprint: str, dtype: str, max_length: int) -> dict[str, Any]:
+    """Everything a cached LM result depends on, known before the model loads: the weights'
+    fingerprint (a local folder's includes its tokenizer files, hence its chat template), the
+    dtype the model runs in, teachfit's default template and the length limit."""
+    return {"kind": "lm", "model": fingerprint, "dtype": dtype, "template": DEFAULT_TEMPLATE_NAME,
+            "max_length": max_length, "version": SCORING_VERSION}
 
 
 class LMScorer:
@@ -54,9 +48,7 @@ class LMScorer:
 
     def key_material(self) -> dict[str, Any]:
         """Everything a cached result depends on."""
-        return {"kind": "lm", "model": self.loaded.spec.fingerprint(), "dtype": self.loaded.dtype,
-                "template": self.loaded.tokenizer.chat_template, "max_length": self.options.max_length,
-                "version": SCORING_VERSION}
+        return lm_key_material(self.loaded.spec.fingerprint(), self.loaded.dtype, self.options.max_length)
 
     def describe(self) -> dict[str, Any]:
         """What the output's metadata records."""
@@ -174,7 +166,7 @@ def score_pairs(
     and are written to it as soon as they are computed. `progress` counts (pair, scorer) steps."""
     skipped = skipped if skipped is not None else []
     caches = [ResultCache(Path(cache_root) / content_hash(s.key_material())[:16]) for s in scorers]
-    chunk = max(1, min(options.window, 64))
+    chunk = max(1, min(options.window, 16))  # small enough that the progress bar moves every few seconds
     try:
         for window in _windows(pairs, options.window):
             per_scorer = [_score_window(window, s, c, chunk, options.skip_invalid, skipped, progress)
@@ -192,18 +184,53 @@ def score_pairs(
             cache.close()
 
 
-def build_scorers(student: str, reference: str | None, reward_model: str | None, reward_kind: str,
-                  options: ScoreOptions) -> list[Any]:
-    """Load the models named by specs and return the scorers for them (length always included)."""
-    from teachfit.models import load
-    from teachfit.reward import load_reward
+class DeferredScorer:
+    """A scorer whose model loads on first use. Its cache key is known from the spec alone, so a
+    run whose results are all cached (or computed by other workers) never loads the model."""
 
-    common = {"dtype": options.dtype, "device": options.device, "trust_remote_code": options.trust_remote_code}
-    scorers: list[Any] = [LMScorer(load("causal_lm", student, **common), "self", options)]
+    def __init__(self, material: dict[str, Any], description: dict[str, Any], build: Callable[[], Any]):
+        self._material, self._description, self._build, self._scorer = material, description, build, None
+
+    def key_material(self) -> dict[str, Any]:
+        """Everything a cached result depends on (computed without loading the model)."""
+        return self._material
+
+    def describe(self) -> dict[str, Any]:
+        """The loaded scorer's description, or what the spec says when nothing was loaded."""
+        return self._scorer.describe() if self._scorer is not None else self._description
+
+    def compute(self, pairs: Sequence[Pair]) -> list[dict[str, Any]]:
+        """Load the model (once), then compute."""
+        if self._scorer is None:
+            self._scorer = self._build()
+        return self._scorer.compute(pairs)
+
+
+def _deferred_lm(spec: str, role: str, options: ScoreConfig) -> DeferredScorer:
+    from teachfit.models import ModelSpec, load
+    from teachfit.models.hf import pick_device, pick_dtype
+
+    parsed = ModelSpec.parse(spec)
+    dtype = str(pick_dtype(options.dtype, pick_device(options.device))).removeprefix("torch.")
+    material = lm_key_material(parsed.fingerprint(), dtype, options.max_length)
+    description = {"role": role, "model": {"spec": str(parsed), "fingerprint": parsed.fingerprint(), "dtype": dtype}}
+    return DeferredScorer(material, description,
+                          lambda: LMScorer(load("causal_lm", parsed, **options.load_options()), role, options))
+
+
+def build_scorers(student: str, reference: str | None, reward_model: str | None, reward_kind: str,
+                  options: ScoreConfig, reward_column: str | None = None, sources: Sequence[Any] = ()) -> list[Any]:
+    """The scorers named by specs (length always included); models load only when a pair needs
+    them. With `reward_column` the reward comes from the input files instead of a model."""
+    from teachfit.reward import FileRewardScorer, deferred_reward
+
+    scorers: list[Any] = [_deferred_lm(student, "self", options)]
     if reference:
-        scorers.append(LMScorer(load("causal_lm", reference, **common), "ref", options))
+        scorers.append(_deferred_lm(reference, "ref", options))
     if reward_model:
-        scorers.append(load_reward(reward_model, reward_kind, options.plan, options.max_length, **common))
+        scorers.append(deferred_reward(reward_model, reward_kind, options))
+    elif reward_column:
+        scorers.append(FileRewardScorer(reward_column, sources))
     scorers.append(LengthScorer())
     return scorers
 
@@ -226,6 +253,7 @@ def score_files(
     inputs: Sequence[str | Path], out: str | Path, student: str, reference: str | None = None,
     reward_model: str | None = None, reward_kind: str = "auto", options: ScoreOptions | None = None,
     cache_dir: str | Path | None = None, scorers: Sequence[Any] | None = None, show_progress: bool = True,
+    reward_column: str | None = None,
 ) -> dict[str, Any]:
     """Score every pair of the input files (or run directories) into one Parquet file at `out`.
 
@@ -243,21 +271,28 @@ def score_files(
     paths = expand_inputs(inputs)
     cache_dir = Path(cache_dir) if cache_dir else out.parent / ".teachfit_cache" / "scores"
     started = time.perf_counter()
-    scorers = list(scorers) if scorers is not None else build_scorers(student, reference, reward_model, reward_kind, options)
+    scorers = list(scorers) if scorers is not None else build_scorers(student, reference, reward_model, reward_kind,
+                                                                      options, reward_column, paths)
     stats, skipped = ReadStats(), []
-    pairs = read_pairs(paths, skip_invalid=options.skip_invalid, stats=stats)
-    tmp = out.with_name(out.name + ".tmp")
+    pairs = read_pairs(paths, skip_invalid=options.skip_invalid, stats=stats, reward_column=reward_column)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # one per process: two runs never share it
     out.parent.mkdir(parents=True, exist_ok=True)
     writer, rows_written, truncated = None, 0, 0
-    with tqdm(total=count_rows(paths) * len(scorers), unit="step", desc=f"score ({len(scorers)} scorers x pairs)",
-              disable=not show_progress) as bar:
-        for batch in _windows(score_pairs(pairs, scorers, cache_dir, options, bar, skipped), options.window):
-            table = pa.Table.from_pylist(batch)
-            if writer is None:
-                writer = pq.ParquetWriter(tmp, table.schema)
-            writer.write_table(table.cast(writer.schema))
-            rows_written += len(batch)
-            truncated += sum(bool(r.get("truncated")) for r in batch)
+    try:
+        with tqdm(total=count_rows(paths) * len(scorers), unit="step", desc=f"score ({len(scorers)} scorers x pairs)",
+                  disable=not show_progress) as bar:
+            for batch in _windows(score_pairs(pairs, scorers, cache_dir, options, bar, skipped), options.window):
+                table = pa.Table.from_pylist(batch)
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, table.schema)
+                writer.write_table(table.cast(writer.schema))
+                rows_written += len(batch)
+                truncated += sum(bool(r.get("truncated")) for r in batch)
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
     metadata = {
         "stage": "score", "inputs": [str(p) for p in paths], "options": asdict(options),
         "scorers": [s.describe() for s in scorers], "versions": versions(),

@@ -10,57 +10,12 @@ import csv
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
+from teachfit.config import TrainConfig
 from teachfit.models import require
-
-
-@dataclass
-class TrainConfig:
-    """SFT settings; the defaults are the paper's Table 5 (effective batch 32 over any hardware)."""
-
-    learning_rate: float = 2e-5
-    num_train_epochs: float = 2.0
-    optimizer: str = "adamw_torch"
-    lr_scheduler_type: str = "cosine"
-    warmup_steps: int = 100
-    effective_batch_size: int = 32
-    per_device_batch_size: int = 1
-    max_length: int = 4096
-    max_steps: int = -1
-    lora: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    gradient_checkpointing: bool = False
-    bf16: str = "auto"  # auto: on GPUs with bf16; off on CPUs (fp32 master weights there)
-    seed: int = 42
-    logging_steps: int = 1
-    save_steps: int = 100
-    save_total_limit: int = 2
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
-        """Read settings from a YAML file; explicit overrides win; unknown keys are an error."""
-        import yaml
-
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"{path}: unknown training settings {sorted(unknown)}; known: {sorted(known)}")
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**data)
-
-    def gradient_accumulation(self, world_size: int) -> int:
-        """Steps to accumulate so that per-device batch x devices x steps = effective batch."""
-        per_step = self.per_device_batch_size * world_size
-        if self.effective_batch_size % per_step:
-            raise ValueError(f"effective batch {self.effective_batch_size} is not a multiple of "
-                             f"per-device batch {self.per_device_batch_size} x {world_size} devices")
-        return self.effective_batch_size // per_step
 
 
 def tokenize_for_training(pairs: Sequence[Any], tokenizer: Any, max_length: int) -> tuple[list[dict[str, list[int]]], dict[str, int]]:
@@ -151,9 +106,9 @@ def build_trainer(pairs: Sequence[Any], loaded: Any, out: Path, config: TrainCon
 
 
 def train_student(data: Sequence[str | Path], student: str, out: str | Path, config: TrainConfig | None = None,
-                  teacher: str | None = None, show_progress: bool = True) -> dict[str, Any]:
-    """Fine-tune `student` on the pairs of `data` (files or run dirs; `teacher` filters a run dir)
-    and save the model with its chat template to `out`. Resumes from out/checkpoint-* when present."""
+                  teacher: str | Sequence[str] | None = None, show_progress: bool = True) -> dict[str, Any]:
+    """Fine-tune `student` on the pairs of `data` (files or run dirs; `teacher` keeps only those
+    datasets) and save the model with its chat template to `out`. Resumes from out/checkpoint-*."""
     from teachfit.models import load
     from teachfit.records import expand_inputs, read_pairs
     from teachfit.versions import versions
@@ -161,9 +116,10 @@ def train_student(data: Sequence[str | Path], student: str, out: str | Path, con
     config = config or TrainConfig()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    pairs = [p for p in read_pairs(expand_inputs(data)) if teacher is None or p.teacher == teacher]
+    keep = {teacher} if isinstance(teacher, str) else set(teacher or ())
+    pairs = [p for p in read_pairs(expand_inputs(data)) if not keep or p.teacher in keep]
     if not pairs:
-        raise ValueError(f"no pairs to train on in {', '.join(map(str, data))}" + (f" for teacher '{teacher}'" if teacher else ""))
+        raise ValueError(f"no pairs to train on in {', '.join(map(str, data))}" + (f" for teacher '{', '.join(sorted(keep))}'" if keep else ""))
     loaded = load("causal_lm", student, dtype="float32")
     trainer, counts = build_trainer(pairs, loaded, out, config, show_progress)
     (out / "teachfit_train_config.json").write_text(json.dumps(asdict(config), indent=2))
@@ -173,7 +129,8 @@ def train_student(data: Sequence[str | Path], student: str, out: str | Path, con
     model = trainer.model.merge_and_unload() if config.lora else trainer.model
     model.save_pretrained(out, safe_serialization=True)
     loaded.tokenizer.save_pretrained(out)  # carries the chat template used in training
-    summary = {"student": student, "teacher": teacher, "data": [str(d) for d in data], "config": asdict(config),
+    label = ",".join(sorted(keep)) if keep else Path(data[0]).stem if len(data) == 1 and Path(data[0]).is_file() else None
+    summary = {"student": student, "teacher": label, "data": [str(d) for d in data], "config": asdict(config),
                "counts": counts, "train_loss": result.training_loss, "global_step": result.global_step,
                "seconds": round(seconds, 1), "versions": versions()}
     (out / "teachfit_train.json").write_text(json.dumps(summary, indent=2))

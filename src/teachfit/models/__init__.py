@@ -124,9 +124,13 @@ def register(role: str, prefix: str) -> Callable[[Callable[..., Any]], Callable[
     return wrap
 
 
+LOAD_COUNTS: dict[str, int] = {}  # models loaded in this process, by role (a resumed run loads none)
+
+
 def load(role: str, spec: str | ModelSpec, **options: Any) -> Any:
-    """Load a model for `role` ('causal_lm', 'sequence_classifier', 'teacher') through the registry."""
+    """Load a model for `role` ('causal_lm', 'sequence_classifier', 'teacher', 'judge') through the registry."""
     spec = spec if isinstance(spec, ModelSpec) else ModelSpec.parse(spec)
+    LOAD_COUNTS[role] = LOAD_COUNTS.get(role, 0) + 1
     for module in BACKEND_MODULES:
         importlib.import_module(module)
     loaders = LOADERS.get(role, {})

@@ -17,7 +17,6 @@ class GenerationSettings:
     max_new_tokens: int = 1024
     seed: int = 0
     n: int = 1
-    select: Optional[str] = None  # None | "best" | "worst" (by reward model, over n samples)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for records (Magpie's gen_response_configs)."""

@@ -1,0 +1,271 @@
+"""One dataclass per stage: the single declaration of every option.
+
+The CLI flags (`teachfit <stage> --help`), the sections of an experiment file and the Python API
+all come from these classes: a field is an option, its metadata carries the help text, the
+allowed choices and whether it is a positional argument. Options that several stages share
+(dtype, device, trust_remote_code, progress, server timeouts) are declared once, in mixins.
+
+Why hand-written and not a library: typer (already the CLI) builds flags from a function
+signature, so `cli.stage_command` makes that signature from a dataclass in ~40 lines; and the
+experiment file must be checked with the YAML line of every key, which the flag libraries we
+looked at (tyro, jsonargparse, simple-parsing) and pydantic do not report for YAML input.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, List, Optional
+
+
+def option(default: Any = MISSING, help: str = "", choices: tuple[str, ...] | None = None,
+           positional: bool = False, flag: str | None = None) -> Any:
+    """A config field with its help text (and allowed values, positional-ness, a flag name)."""
+    metadata = {"help": help, "choices": choices, "positional": positional, "flag": flag}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+class ConfigValueError(ValueError):
+    """A config value that cannot mean anything; `key` names the field."""
+
+    def __init__(self, key: str, message: str):
+        self.key = key
+        super().__init__(f"{key}: {message}")
+
+
+def check_choices(config: Any) -> None:
+    """Raise ConfigValueError for a field whose value is not one of its declared choices."""
+    for f in fields(config):
+        choices = f.metadata.get("choices")
+        value = getattr(config, f.name)
+        if choices and value is not None and value not in choices:
+            raise ConfigValueError(f.name, f"'{value}' is not one of {', '.join(choices)}")
+
+
+def check_positive(config: Any, *names: str) -> None:
+    """Raise ConfigValueError unless each named number is finite and > 0 (None allowed)."""
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ConfigValueError(name, f"must be a number > 0, got {value!r}")
+
+
+@dataclass(kw_only=True)
+class CommonOptions:
+    """Options every stage that loads models takes."""
+
+    dtype: str = option("auto", "auto | float32 | bfloat16 | float16 (auto: bf16 where the hardware has it).",
+                        choices=("auto", "float32", "bfloat16", "float16"))
+    device: str = option("auto", "auto | cpu | cuda | cuda:N.")
+    trust_remote_code: bool = option(False, "Allow model code from the hub (off unless you ask).")
+    progress: bool = option(True, "Show progress bars.")
+
+    def load_options(self) -> dict[str, Any]:
+        """Keyword options for teachfit.models.load."""
+        return {"dtype": self.dtype, "device": self.device, "trust_remote_code": self.trust_remote_code}
+
+
+@dataclass(kw_only=True)
+class ServerOptions:
+    """How teachfit talks to OpenAI-compatible servers (openai:<model>@<url>)."""
+
+    concurrency: int = option(8, "Requests in flight for openai: models.")
+    timeout: float = option(120.0, "Seconds to wait for one server reply before retrying.")
+    max_retries: int = option(5, "Retries of a failed request (429, 5xx, timeouts, broken replies).")
+    n_ctx: int = option(4096, "Context size of GGUF models run by llama.cpp.")
+
+    def server_options(self) -> dict[str, Any]:
+        """Keyword options for teachers and judges behind a server or llama.cpp."""
+        return {"concurrency": self.concurrency, "timeout": self.timeout, "max_retries": self.max_retries,
+                "n_ctx": self.n_ctx}
+
+
+@dataclass(kw_only=True)
+class GenerateConfig(CommonOptions, ServerOptions):
+    """Stage `generate`: instructions x teachers -> RUN/responses/<dataset>.jsonl."""
+
+    instructions: List[str] = option([], "Instruction files (.jsonl/.json/.parquet); may be repeated.")
+    teacher: List[str] = option([], "Teacher spec, repeatable; per-teacher settings as "
+                                    "SPEC?temperature=0.8&top_p=0.95&n=5&name=NAME.")
+    temperature: float = option(0.0, "Default temperature (0 = greedy, the paper's default).")
+    top_p: float = option(1.0, "Default nucleus sampling top-p.")
+    max_new_tokens: int = option(1024, "Most tokens per response.")
+    seed: int = option(0, "Base seed; each (instruction, sample) gets its own seed from it.")
+    n: int = option(1, "Samples per instruction (pick among them later with `teachfit select --by reward`).")
+    limit: Optional[int] = option(None, "Use only the first N instructions.")
+    per_category: Optional[int] = option(None, "Use only the first N instructions of each category.")
+    skip_invalid: bool = option(False, "Skip and report bad instructions instead of stopping.")
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        check_positive(self, "max_new_tokens", "n", "limit", "per_category", "concurrency", "timeout")
+
+
+@dataclass(kw_only=True)
+class ScoreConfig(CommonOptions):
+    """Stage `score`: every (instruction, response) pair -> RUN/scores/<student>.parquet."""
+
+    inputs: List[str] = option([], "Response files (.jsonl/.json/.parquet) or run directories.", positional=True)
+    student: List[str] = option([], "The student (base model) whose loss measures compatibility; repeat for several.")
+    reference: Optional[str] = option(None, "Reference LM for the -Ref metrics (GPT-2 in the paper).")
+    reward_model: Optional[str] = option(None, "Reward model: a sequence classifier or an instruct judge.")
+    reward_kind: str = option("auto", "auto | classifier | judge (probability-weighted 1-9 rating).",
+                              choices=("auto", "classifier", "judge"))
+    reward_column: Optional[str] = option(None, "Take each pair's reward from this field of the input files.")
+    max_length: int = option(4096, "Tokens per rendered pair; longer responses are truncated and counted.")
+    token_budget: int = option(16384, "Tokens per batch (batch size x padded length).")
+    max_batch_size: int = option(64, "Most sequences in one batch.")
+    window: int = option(512, "Pairs read, scored and cached per step (memory stays flat).")
+    out: Optional[str] = option(None, "Output .parquet for one student (default: RUN/scores/<student>.parquet).")
+    skip_invalid: bool = option(False, "Skip and count bad rows instead of stopping at the first.")
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        check_positive(self, "max_length", "token_budget", "max_batch_size", "window")
+        if self.reward_model and self.reward_column:
+            raise ConfigValueError("reward_column", "give reward_model or reward_column, not both")
+
+    @property
+    def plan(self) -> Any:
+        """The batching plan (teachfit.forward.BatchPlan) these options describe."""
+        from teachfit.forward import BatchPlan
+
+        return BatchPlan(self.token_budget, self.max_batch_size)
+
+
+@dataclass(kw_only=True)
+class RankConfig:
+    """Stage `rank`: scores -> RUN/ranking.csv and ranking.json (one table per student)."""
+
+    scores: List[str] = option([], "Score files written by `teachfit score`, or run directories.", positional=True)
+    beta: float = option(3.0, "Weight of compatibility in CAR = r / (1 + beta * L).")
+    reward_transform: str = option("raw", "raw | shift (min reward -> 0) | sigmoid; for negative rewards.",
+                                   choices=("raw", "shift", "sigmoid"))
+    bootstrap: int = option(1000, "Bootstrap resamples for CAR's interval (0 to skip).")
+    seed: int = option(0, "Bootstrap seed.")
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        if not (isinstance(self.beta, (int, float)) and math.isfinite(self.beta) and self.beta >= 0):
+            raise ConfigValueError("beta", f"must be a finite number >= 0, got {self.beta!r}")
+        if self.bootstrap < 0:
+            raise ConfigValueError("bootstrap", "must be >= 0")
+
+
+SELECT_METHODS = ("car", "car-instance", "grape", "persyn", "reward", "random")
+
+
+@dataclass(kw_only=True)
+class SelectConfig:
+    """Stage `select`: scores -> one response per instruction, the training set (RUN/selections/)."""
+
+    inputs: List[str] = option([], "A run directory, or score files.", positional=True)
+    by: str = option("car-instance", "car | car-instance | grape | persyn | reward | random.", choices=SELECT_METHODS)
+    teacher: Optional[str] = option(None, "Choose only among this dataset's responses (best-/worst-of-N of one teacher).")
+    worst: bool = option(False, "Pick the lowest score instead of the highest (worst-of-N).")
+    beta: float = option(3.0, "CAR's beta (car, car-instance).")
+    alpha: float = option(0.4, "PerSyn's weight of the student likelihood against the reward.")
+    reward_transform: str = option("raw", "raw | shift | sigmoid (car-instance).", choices=("raw", "shift", "sigmoid"))
+    seed: int = option(0, "Seed of the random baseline.")
+    name: Optional[str] = option(None, "Name of the selection (default: from the method and teacher).")
+    out: Optional[str] = option(None, "Also write the selection here (.jsonl, .parquet, or a folder for datasets).")
+    format: str = option("messages", "messages | alpaca | sharegpt.", choices=("messages", "alpaca", "sharegpt"))
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        if not 0 <= self.alpha <= 1:
+            raise ConfigValueError("alpha", "must be between 0 and 1")
+
+
+@dataclass(kw_only=True)
+class TrainConfig(CommonOptions):
+    """Stage `train`: SFT of a student on a dataset; the defaults are the paper's Table 5."""
+
+    data: List[str] = option([], "Run directory or response files.", positional=True)
+    student: Optional[str] = option(None, "Base model to fine-tune (hf:, gguf:, packaged: are all trainable).")
+    out: Optional[str] = option(None, "Checkpoint directory (model, tokenizer with chat template, logs).")
+    teacher: List[str] = option([], "Train on these datasets only (names in the run); repeatable.")
+    learning_rate: float = option(2e-5, "Peak learning rate [paper: 2e-5].")
+    num_train_epochs: float = option(2.0, "Epochs [paper: 2].")
+    optimizer: str = option("adamw_torch", "Optimizer name (transformers).")
+    lr_scheduler_type: str = option("cosine", "Learning-rate schedule (transformers).")
+    warmup_steps: int = option(100, "Warmup steps [paper: 100].")
+    effective_batch_size: int = option(32, "Per-device batch x accumulation x devices [paper: 32].")
+    per_device_batch_size: int = option(1, "Sequences per device per step [paper: 1].")
+    max_length: int = option(4096, "Max sequence length [paper: 4096].")
+    max_steps: int = option(-1, "Stop after this many optimizer steps (-1: epochs decide).")
+    lora: bool = option(False, "LoRA adapters (merged on save) instead of full fine-tuning.")
+    lora_r: int = option(16, "LoRA rank.")
+    lora_alpha: int = option(32, "LoRA alpha.")
+    lora_dropout: float = option(0.05, "LoRA dropout.")
+    gradient_checkpointing: bool = option(False, "Trade compute for memory.")
+    bf16: str = option("auto", "auto (on GPUs with bf16) | true | false.", choices=("auto", "true", "false"))
+    seed: int = option(42, "Training seed.")
+    logging_steps: int = option(1, "Log every N steps (train_log.csv).")
+    save_steps: int = option(100, "Checkpoint every N steps (resume point).")
+    save_total_limit: int = option(2, "Checkpoints kept.")
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        check_positive(self, "learning_rate", "num_train_epochs", "effective_batch_size", "per_device_batch_size",
+                       "max_length", "save_steps")
+
+    def gradient_accumulation(self, world_size: int) -> int:
+        """Steps to accumulate so that per-device batch x devices x steps = effective batch."""
+        per_step = self.per_device_batch_size * world_size
+        if self.effective_batch_size % per_step:
+            raise ConfigValueError("effective_batch_size", f"{self.effective_batch_size} is not a multiple of "
+                                   f"per-device batch {self.per_device_batch_size} x {world_size} devices")
+        return self.effective_batch_size // per_step
+
+
+@dataclass(kw_only=True)
+class EvaluateConfig(CommonOptions, ServerOptions):
+    """Stage `evaluate`: a model's answers judged against a baseline (AE2 WR/LC, AH WR, AP)."""
+
+    model: Optional[str] = option(None, "The model to evaluate: a checkpoint (hf:DIR) or any teacher spec "
+                                        "(in an experiment: every trained checkpoint).")
+    judge: Optional[str] = option(None, "Judge: openai:<model>@<url> or gguf:/packaged: (llama.cpp).")
+    out: Optional[str] = option(None, "Output folder (default: RUN/evaluations).")
+    bench: str = option("offline", "offline (shipped, 40 prompts) | alpaca_eval | arena_hard | FILE.")
+    baseline: Optional[str] = option(None, "Baseline answers FILE, or a MODEL spec to generate them.")
+    style: str = option("both", "ae2 | ah | both (both gives AP).", choices=("ae2", "ah", "both"))
+    max_new_tokens: int = option(512, "Most tokens per answer (greedy decoding).")
+    constraint: str = option("grammar", "Constrain judge output: grammar (llama.cpp) | guided_choice (vLLM) | none.",
+                             choices=("grammar", "guided_choice", "none"))
+    student_name: Optional[str] = option(None, "Label for results.csv (default: from the checkpoint).")
+    teacher_name: Optional[str] = option(None, "Label for results.csv (default: from the checkpoint).")
+    seed: int = option(0, "Seed of the AE2 position shuffle.")
+    concurrency: int = option(4, "Judge requests in flight (openai: judges).")
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        check_positive(self, "max_new_tokens", "concurrency", "timeout")
+
+
+@dataclass(kw_only=True)
+class CorrelateConfig:
+    """Stage `correlate`: Spearman rho of each metric's ranking vs the measured AP (Table 4)."""
+
+    run_dir: Optional[str] = option(None, "Run directory with ranking.csv and results.csv.", positional=True)
+    metrics: List[str] = option([], "Ranking CSV/JSON files from `teachfit rank`.")
+    truth: Optional[str] = option(None, "Measured results CSV: student, teacher, ap (or ae2_lc and ah_wr).")
+    bootstrap: int = option(1000, "Bootstrap resamples over teachers for rho's interval.")
+    fit_beta: bool = option(False, "Choose beta by leave-one-teacher-out.")
+    out: Optional[str] = option(None, "Write correlation.csv here (default: RUN/correlation.csv).")
+
+
+@dataclass(kw_only=True)
+class ReportConfig:
+    """Stage `report`: one self-contained HTML page (ranking, CAR vs AP, rho per metric)."""
+
+    run_dir: Optional[str] = option(None, "Run directory (ranking.csv, correlation.csv, results.csv).", positional=True)
+    paper: bool = option(False, "Add the paper's Figure 2 and Table 4.")
+    out: Optional[str] = option(None, "HTML file (default: RUN/report.html, or report.html).")
+
+
+STAGE_CONFIGS: dict[str, type] = {
+    "generate": GenerateConfig, "score": ScoreConfig, "select": SelectConfig, "rank": RankConfig,
+    "train": TrainConfig, "evaluate": EvaluateConfig, "correlate": CorrelateConfig, "report": ReportConfig,
+}

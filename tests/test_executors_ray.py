@@ -1,0 +1,65 @@
+"""The Ray executor on a real local cluster (one per module, always shut down): scores and
+generations equal the local executor's, with one completion marker per shard."""
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from conftest import write_pairs  # noqa: E402
+from teachfit.records import read_table  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def experiment(folder: Path, student: str, teacher: str, executor: str, n: int = 8) -> Path:
+    write_pairs(folder / "instructions.jsonl", [{"id": f"i{k}", "instruction": f"Question {k}: what is {k} + {k}?"}
+                                                for k in range(n)])
+    path = folder / "study.yaml"
+    path.write_text(f"""executor: {executor}
+generate:
+  instructions: [instructions.jsonl]
+  teacher: [hf:{teacher}?name=t]
+  max_new_tokens: 6
+  dtype: float32
+  progress: false
+score:
+  student: hf:{student}
+  dtype: float32
+  progress: false
+""")
+    return path
+
+
+def test_ray_results_equal_local(tmp_path, cluster, tiny_llama, tiny_chatml):
+    from teachfit.pipeline import run_experiment
+
+    (tmp_path / "local").mkdir()
+    (tmp_path / "ray").mkdir()
+    local = experiment(tmp_path / "local", tiny_llama, tiny_chatml, "local")
+    distributed = experiment(tmp_path / "ray", tiny_llama, tiny_chatml, "{type: ray, num_workers: 2}")
+    started = time.perf_counter()
+    run_experiment(local, show=lambda *_: None)
+    local_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    run_experiment(distributed, show=lambda *_: None)
+    ray_seconds = time.perf_counter() - started
+    print(f"local {local_seconds:.1f}s, ray (2 workers, cluster already up) {ray_seconds:.1f}s")
+    name = f"{Path(tiny_llama).name}.parquet"
+    local_rows = read_table(tmp_path / "local" / "study" / "scores" / name)[0]
+    ray_rows = read_table(tmp_path / "ray" / "study" / "scores" / name)[0]
+    assert local_rows == ray_rows  # bit for bit
+    texts = [(tmp_path / d / "study" / "responses" / "t.jsonl").read_text().splitlines() for d in ("local", "ray")]
+    strip = lambda line: {k: v for k, v in json.loads(line).items() if k not in ("seconds", "backend")}  # noqa: E731
+    assert [strip(l) for l in texts[0]] == [strip(l) for l in texts[1]]
+    markers = list((tmp_path / "ray" / "study" / ".markers" / "score").glob("*.done"))
+    assert len(markers) == 2  # one completion marker per shard

@@ -1,0 +1,38 @@
+"""The run directory: paths stay inside it, markers are content-keyed and crash-safe."""
+import pytest
+
+from teachfit.records import InputError
+from teachfit.run import RunDir, file_digest, safe_name
+
+
+@pytest.mark.parametrize("name", ["../x", "../../etc/passwd", "/tmp/v", "a/b", "a\\b", ".hidden", "", "x" * 200,
+                                  "a..b", "tab\tname", "nul\0"])
+def test_unsafe_names_are_refused(tmp_path, name):
+    with pytest.raises(InputError):
+        RunDir(tmp_path).responses(name)
+
+
+@pytest.mark.parametrize("name", ["smollm2-135m-instruct", "Qwen2.5-7B-Instruct-t0.8-p0.95", "a_b+c"])
+def test_safe_names_stay_inside(tmp_path, name):
+    path = RunDir(tmp_path).responses(safe_name(name))
+    assert path.parent == tmp_path / "responses" and path.name == f"{name}.jsonl"
+
+
+def test_markers_remember_the_fingerprint(tmp_path):
+    run = RunDir(tmp_path)
+    assert not run.is_done("score", "k1")
+    run.mark_done("score", "k1", {"pairs": 3})
+    assert run.is_done("score", "k1") and not run.is_done("score", "k2")
+    assert run.done_stats("score") == {"pairs": 3}
+    (tmp_path / ".markers" / "score.json").write_text("{torn")  # a damaged marker means: not done
+    assert not run.is_done("score", "k1")
+
+
+def test_file_digest_follows_content_not_time(tmp_path):
+    a = tmp_path / "a.jsonl"
+    a.write_text("x\n")
+    first = file_digest([a])
+    a.write_text("x\n")
+    assert file_digest([a]) == first
+    a.write_text("y\n")
+    assert file_digest([a]) != first
