@@ -161,7 +161,7 @@ def score_files_for(tmp_path):
 def test_bad_response_files_and_models_through_the_cli(tmp_path, tiny_llama):
     files = score_files_for(tmp_path)
     common = ["--student", f"hf:{tiny_llama}", "--dtype", "float32", "--no-progress", "--max-length", "128"]
-    cases = {name: ["score", path, "--out", tmp_path / "out" / f"{i}.parquet", "--cache-dir", tmp_path / "c"] + common
+    cases = {name: ["score", path, "--out", tmp_path / "out" / f"{i}.parquet"] + common
              for i, (name, (path, _, _)) in enumerate(files.items())}
     # the same id under two teachers is the normal case (one instruction, several answers)
     a = write_pairs(tmp_path / "alpha.jsonl", PAIRS)
@@ -240,9 +240,9 @@ def test_bad_score_files_and_settings_through_rank(tmp_path):
         "no loss_self column": (["rank", no_loss], "no 'loss_self' column"),
         "no teacher column": (["rank", no_teacher], "no 'teacher' column"),
         "reward not a number": (["rank", text_reward], "column 'reward' holds 'high', not a number"),
-        "--beta nan": (["rank", good, "--beta", "nan"], "beta must be a finite number >= 0, got nan"),
-        "--beta inf": (["rank", good, "--beta", "inf"], "beta must be a finite number >= 0, got inf"),
-        "--beta -1": (["rank", good, "--beta", "-1"], "beta must be a finite number >= 0, got -1.0"),
+        "--beta nan": (["rank", good, "--beta", "nan"], "must be a finite number >= 0, got nan"),
+        "--beta inf": (["rank", good, "--beta", "inf"], "must be a finite number >= 0, got inf"),
+        "--beta -1": (["rank", good, "--beta", "-1"], "must be a finite number >= 0, got -1.0"),
     }
     results = run_cases(tmp_path, {name: argv for name, (argv, _) in cases.items()})
     failures = [f"{name}: exit {results[name]['code']}, want {says!r} in {results[name]['stderr'][-500:]}"
@@ -286,7 +286,7 @@ def test_separate_processes_agree_with_the_in_process_driver(tmp_path, tiny_llam
     assert error_lines(done.stderr) == [f"error: {bad}:2: not UTF-8: byte 0xe9 at column 21 (save the file as UTF-8)"]
     done = subprocess.run(CLI + ["rank", str(score_table(tmp_path / "g.parquet", rows_of("a", [1.0], [1.0]))),
                                  "--beta", "nan"], capture_output=True, text=True)
-    assert done.returncode == 2 and "beta must be a finite number" in done.stderr and "Traceback" not in done.stderr
+    assert done.returncode == 2 and "must be a finite number >= 0, got nan" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_a_damaged_gguf_with_the_right_magic_is_a_one_line_model_error(tmp_path):
