@@ -28,7 +28,7 @@ def experiment(folder: Path, student: str, teacher: str, executor: str, n: int =
     path.write_text(f"""executor: {executor}
 generate:
   instructions: [instructions.jsonl]
-  teacher: [hf:{teacher}?name=t]
+  teacher: ["hf:{teacher}?name=t"]
   max_new_tokens: 6
   dtype: float32
   progress: false
@@ -36,6 +36,7 @@ score:
   student: hf:{student}
   dtype: float32
   progress: false
+  window: 3
 """)
     return path
 

@@ -26,7 +26,7 @@ def experiment(folder: Path, student: str, teacher: str, executor: str = "local"
     path.write_text(f"""executor: {executor}
 generate:
   instructions: [instructions.jsonl]
-  teacher: [hf:{teacher}?name=t]
+  teacher: ["hf:{teacher}?name=t"]
   max_new_tokens: 24
   dtype: float32
   progress: false

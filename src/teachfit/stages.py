@@ -70,8 +70,10 @@ def score_inputs(config: ScoreConfig, run: RunDir | None) -> list[Path]:
 
 
 def score_shard(task: dict[str, Any]) -> int:
-    """One executor worker: score its share of the pairs (index % world == rank) into the shared
-    cache (each process writes its own cache shard files), then leave a completion marker."""
+    """One executor worker: score its share of the pairs into the shared cache (each process
+    writes its own cache shard files), then leave a completion marker. Shards are whole windows
+    (window index % world == rank), so every batch is the one the local executor would form and
+    the results are equal bit for bit."""
     from teachfit.records import read_pairs
     from teachfit.score import build_scorers, score_pairs
 
@@ -80,7 +82,7 @@ def score_shard(task: dict[str, Any]) -> int:
                             config.reward_column, task["paths"])
     rank, world = task["rank"], task["world"]
     pairs = (p for i, p in enumerate(read_pairs(task["paths"], skip_invalid=config.skip_invalid,
-                                                reward_column=config.reward_column)) if i % world == rank)
+                                                reward_column=config.reward_column)) if (i // config.window) % world == rank)
     count = sum(1 for _ in score_pairs(pairs, scorers, task["cache"], config))
     Path(task["marker"]).parent.mkdir(parents=True, exist_ok=True)
     Path(task["marker"]).write_text(json.dumps({"pairs": count}))
