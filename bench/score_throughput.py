@@ -7,7 +7,7 @@ its own. Prints tokens/s of both, the ratio, the fraction of this CPU's bf16 mat
 (measured in the same run), peak RSS, and peak RSS of teachfit's streaming scorer at N and 4N
 pairs (flat memory).
 
-    .venv/bin/python bench/score_throughput.py [--pairs 32]
+    .venv/bin/python bench/score_throughput.py [--pairs 32] [--rsr]   (--rsr: only the cost of RSR rank counting)
 """
 from __future__ import annotations
 
@@ -78,8 +78,9 @@ def naive(folder: Path, data: Path) -> dict:
     return {"tokens": tokens, "seconds": seconds, "losses": losses}
 
 
-def teachfit_batched(folder: Path, data: Path) -> dict:
-    """teachfit's scorer: length-sorted batches under a token budget, bf16, head on response positions."""
+def teachfit_batched(folder: Path, data: Path, ranks: bool = False) -> dict:
+    """teachfit's scorer: length-sorted batches under a token budget, bf16, head on response positions
+    (with `ranks`, also RSR's clipped token ranks, counted on the same LM-head chunks)."""
     from teachfit.forward import BatchPlan, response_nll
     from teachfit.models import load
     from teachfit.records import read_pairs
@@ -91,10 +92,31 @@ def teachfit_batched(folder: Path, data: Path) -> dict:
     encoded = [e for p in pairs for e in (encode_pair(loaded.tokenizer, p.instruction, p.response, 1024),
                                           encode_response_alone(loaded.tokenizer, p.response, 1024))]
     started = time.perf_counter()
-    nll = response_nll(loaded.model, loaded.tokenizer, encoded, BatchPlan(8192, 64), loaded.device)
+    nll = response_nll(loaded.model, loaded.tokenizer, encoded, BatchPlan(8192, 64), loaded.device, ranks=ranks)
     seconds = time.perf_counter() - started
     return {"tokens": sum(len(e.input_ids) for e in encoded), "seconds": seconds,
-            "losses": [s / n for s, n in nll], "dtype": loaded.dtype}
+            "losses": [s / n for s, n, *_ in nll], "dtype": loaded.dtype}
+
+
+def rsr_cost(folder: Path, data: Path, rounds: int = 2) -> dict:
+    """response_nll without and with RSR's rank counting, alternated on one loaded model (seconds per run)."""
+    from teachfit.forward import BatchPlan, response_nll
+    from teachfit.models import load
+    from teachfit.records import read_pairs
+    from teachfit.template import encode_pair, encode_response_alone, ensure_chat_template
+
+    loaded = load("causal_lm", f"hf:{folder}", dtype="auto")
+    ensure_chat_template(loaded.tokenizer)
+    pairs = list(read_pairs([data]))
+    encoded = [e for p in pairs for e in (encode_pair(loaded.tokenizer, p.instruction, p.response, 1024),
+                                          encode_response_alone(loaded.tokenizer, p.response, 1024))]
+    times: dict = {"plain": [], "ranks": []}
+    for _ in range(rounds):
+        for name in times:
+            started = time.perf_counter()
+            response_nll(loaded.model, loaded.tokenizer, encoded, BatchPlan(8192, 64), loaded.device, ranks=name == "ranks")
+            times[name].append(time.perf_counter() - started)
+    return times | {"tokens": sum(len(e.input_ids) for e in encoded), "dtype": loaded.dtype}
 
 
 def streaming(folder: Path, data: Path) -> dict:
@@ -124,7 +146,9 @@ def bf16_peak() -> float:
 
 def child(method: str, folder: str, data: str) -> None:
     """Run one method and print its result with this process's peak RSS."""
-    result = {"naive": naive, "teachfit": teachfit_batched, "streaming": streaming}[method](Path(folder), Path(data))
+    methods = {"naive": naive, "teachfit": teachfit_batched, "streaming": streaming,
+               "rsr_cost": rsr_cost}
+    result = methods[method](Path(folder), Path(data))
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(result))
 
@@ -139,12 +163,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pairs", type=int, default=32)
     parser.add_argument("--child", nargs=3)
+    parser.add_argument("--rsr", action="store_true",
+                        help="only the cost of RSR: teachfit's scorer with and without rank counting, alternated, 2 runs each")
     args = parser.parse_args()
     if args.child:
         return child(*args.child)
     work = Path(tempfile.mkdtemp(prefix="teachfit-bench-"))
     build(work / "model")
     make_pairs(work / "pairs.jsonl", args.pairs)
+    if args.rsr:
+        result = run_child("rsr_cost", work / "model", work / "pairs.jsonl")
+        print(f"pairs: {args.pairs} ({result['tokens']} tokens incl. loss(y) sequences), model: GPT-2 size, "
+              f"dtype {result['dtype']}, one process, runs alternated")
+        for name, label in (("plain", "loss only      "), ("ranks", "loss + RSR rank")):
+            rates = [result["tokens"] / s for s in result[name]]
+            print(f"teachfit, {label}: {max(rates):8.0f} tokens/s best  (runs: {', '.join(f'{r:.0f}' for r in rates)})")
+        print(f"cost of rank counting: {min(result['ranks']) / min(result['plain']) - 1:+.1%} time (best vs best)")
+        return
     make_pairs(work / "pairs4x.jsonl", 4 * args.pairs, seed=1)
     base = run_child("naive", work / "model", work / "pairs.jsonl")
     fast = run_child("teachfit", work / "model", work / "pairs.jsonl")
