@@ -118,3 +118,56 @@ def synthetic(beta_true=2.0, students=("s1", "s2"), n=12, seed=0):
                                 "length": rng.uniform(100, 900), "size_b": float(i + 1)})
             truth_rows.append({"student": student, "teacher": f"t{i}", "ap": reward / (1 + beta_true * loss)})
     return metric_rows, truth_rows
+
+
+def installed(name: str = "smollm2-135m-instruct") -> bool:
+    """Whether a packaged model's files are installed."""
+    from teachfit.models.packaged import PACKAGED, PackagedModelError, chunk_paths
+
+    try:
+        chunk_paths(PACKAGED[name])
+        return True
+    except PackagedModelError:
+        return False
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """llama_cpp.server with the packaged SmolLM2 on a loopback port, startable and stoppable."""
+
+    def __init__(self):
+        self.port, self.process = free_port(), None
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self):
+        import subprocess
+        import sys
+        import time
+        import urllib.request
+
+        from teachfit.models.packaged import resolve_packaged
+
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "llama_cpp.server", "--model", str(resolve_packaged("smollm2-135m-instruct")),
+             "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "1024", "--verbose", "false"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"{self.url}/models", timeout=2).read()
+                return
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError("llama.cpp server did not start")
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait(timeout=30)

@@ -32,6 +32,9 @@ def test_score_then_rank(tmp_path, tiny_llama, tiny_chatml):
     assert ranking["recommended"] == max(ranking["teachers"], key=lambda t: t["car"])["teacher"]
     assert (tmp_path / "rank.csv").read_text().startswith("student,teacher,")
     assert ranking["teachers"][0]["student"] == f"hf:{tiny_llama}"
+    result = run("rank", tmp_path / "s.parquet", "--target", "0.9", "--bootstrap", "200")
+    assert result.returncode == 0 and "To be on top in 90% of resamples" in result.stdout, result.stderr
+    assert "| teacher | CAR [95% CI] | on top | reward | L (nats) |" in result.stdout  # the README's shape
 
 
 def test_errors_are_one_line_with_file_and_line(tmp_path, tiny_llama):

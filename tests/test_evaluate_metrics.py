@@ -63,10 +63,11 @@ def test_average_performance():
     assert metrics.average_performance(16.09, 13.7) == pytest.approx(14.895)
 
 
+# Only a bracketed verdict counts (issue 11): a bare "A>B" in prose is not the final answer.
 @pytest.mark.parametrize("text,verdict", [
     ("My final verdict is: [[A>>B]]", "A>>B"), ("[[A>B]]", "A>B"), ("tie [[A=B]].", "A=B"), ("[[B>A]]", "B>A"),
     ("Clearly [[B>>A]]", "B>>A"), ("first [[A>B]] then on reflection [[B>A]]", "B>A"), ("[[A<B]]", "A<B"),
-    ("Assistant A is better: A>B", "A>B"), ("I cannot decide", None), ("", None), ("[[C>D]]", None),
+    ("Assistant A is better: A>B", None), ("I cannot decide", None), ("", None), ("[[C>D]]", None),
 ])
 def test_parse_every_verdict_form(text, verdict):
     assert parse_verdict(text, JudgeConfig.load("arena_hard").verdict_pattern) == verdict

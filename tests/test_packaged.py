@@ -4,19 +4,11 @@ import os
 import pytest
 import torch
 
-from conftest import PAIRS, write_pairs
+from conftest import PAIRS, installed, write_pairs
 from teachfit.models import ModelSpec
-from teachfit.models.packaged import PACKAGED, PackagedModelError, chunk_paths, resolve_packaged, sha256_file
+from teachfit.models.packaged import PACKAGED, resolve_packaged, sha256_file
 
 NAME = "smollm2-135m-instruct"
-
-
-def installed():
-    try:
-        chunk_paths(PACKAGED[NAME])
-        return True
-    except PackagedModelError:
-        return False
 
 
 needs_model = pytest.mark.skipif(not installed() and not os.environ.get("TEACHFIT_REQUIRE_PACKAGED"),

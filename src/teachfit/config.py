@@ -144,9 +144,13 @@ class RankConfig:
                                    choices=("raw", "shift", "sigmoid"))
     bootstrap: int = option(1000, "Bootstrap resamples for CAR's interval (0 to skip).")
     seed: int = option(0, "Bootstrap seed.")
+    target: Optional[float] = option(None, "Also estimate the pairs per teacher needed for the recommendation to "
+                                           "be on top in this share of bootstrap resamples (e.g. 0.95).")
 
     def __post_init__(self) -> None:
         check_choices(self)
+        if self.target is not None and not 0 < self.target < 1:
+            raise ConfigValueError("target", "must be between 0 and 1")
         if not (isinstance(self.beta, (int, float)) and math.isfinite(self.beta) and self.beta >= 0):
             raise ConfigValueError("beta", f"must be a finite number >= 0, got {self.beta!r}")
         if self.bootstrap < 0:
@@ -231,6 +235,9 @@ class EvaluateConfig(CommonOptions, ServerOptions):
     bench: str = option("offline", "offline (shipped, 40 prompts) | alpaca_eval | arena_hard | FILE.")
     baseline: Optional[str] = option(None, "Baseline answers FILE, or a MODEL spec to generate them.")
     style: str = option("both", "ae2 | ah | both (both gives AP).", choices=("ae2", "ah", "both"))
+    judge_config: List[str] = option([], "Judge files of your own (YAML + prompt file, like teachfit/data/judges/); "
+                                         "each one's `style` says AE2 (preference) or AH (verdict). Default: the "
+                                         "shipped ones for --style.")
     max_new_tokens: int = option(512, "Most tokens per answer (greedy decoding).")
     constraint: str = option("grammar", "Constrain judge output: grammar (llama.cpp) | guided_choice (vLLM) | none.",
                              choices=("grammar", "guided_choice", "none"))

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from teachfit.metrics import car, spearman
+from teachfit.metrics import bootstrap_draws, car, percentile_interval, spearman
 from teachfit.rank import METRIC_DIRECTIONS
 
 CORRELATED = ("car", "reward", "ppl_self", "ifd_self", "rsr_self", "ppl_ref", "ifd_ref", "length", "size_b")
@@ -59,16 +59,12 @@ def rho_with_interval(values: Sequence[float], ap: Sequence[float], n_bootstrap:
                       ) -> tuple[float, float, float]:
     """rho and its 95% percentile-bootstrap interval, resampling teachers with replacement."""
     rho = spearman(values, ap)
-    rng = np.random.default_rng(seed)
     values, ap = np.asarray(values), np.asarray(ap)
-    draws = []
-    for _ in range(n_bootstrap):
-        idx = rng.integers(0, len(values), len(values))
-        if np.ptp(values[idx]) > 0 and np.ptp(ap[idx]) > 0:
-            draws.append(spearman(values[idx], ap[idx]))
-    if not draws:
-        return rho, math.nan, math.nan
-    return rho, float(np.quantile(draws, 0.025)), float(np.quantile(draws, 0.975))
+
+    def resampled_rho(idx: np.ndarray) -> float:  # undefined (NaN, dropped) when a resample is constant
+        return spearman(values[idx], ap[idx]) if np.ptp(values[idx]) > 0 and np.ptp(ap[idx]) > 0 else math.nan
+
+    return (rho,) + percentile_interval(bootstrap_draws(resampled_rho, len(values), n_bootstrap, seed))
 
 
 def correlation_table(joined: dict[str, list[dict[str, Any]]], n_bootstrap: int = 1000) -> list[dict[str, Any]]:

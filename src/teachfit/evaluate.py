@@ -163,7 +163,7 @@ def judge_arena_hard(items: Sequence[BenchItem], answers: dict[str, str], judgme
     for item in items:
         for a, b in ((item.baseline, answers[item.id]), (answers[item.id], item.baseline)):
             jobs.append((config.render(item.instruction, a, b), False,
-                         lambda r: parse_verdict(r.get("text", ""), config.verdict_pattern)))
+                         lambda r: parse_verdict(r.get("text", ""), config.verdict_pattern, config.prompt)))
     replies = judgments.run(jobs)
     rows = []
     for index, item in enumerate(items):
@@ -258,6 +258,18 @@ def labels_for(model: str) -> dict[str, str]:
     return {"student": model, "teacher": ""}
 
 
+def judge_files(config: Any) -> list[str]:
+    """The judge configs to run: the user's own files (each one's `style` says AE2 `preference` or
+    AH `verdict`), else the shipped alpaca_eval / arena_hard for config.style; checked up front."""
+    names = list(config.judge_config) or [name for style, name in (("ae2", "alpaca_eval"), ("ah", "arena_hard"))
+                                          if config.style in (style, "both")]
+    for name in names:
+        style = JudgeConfig.load(name).style
+        if style not in ("preference", "verdict"):
+            raise InputError(name, None, f"style must be preference (AE2) or verdict (AH), got {style!r}")
+    return names
+
+
 def run_evaluation(config: Any, out: str | Path, labels: dict[str, str] | None = None,
                    results_csv: str | Path | None = None) -> dict[str, Any]:
     """Answer the benchmark with `config.model` (an EvaluateConfig), judge it against the
@@ -289,13 +301,15 @@ def run_evaluation(config: Any, out: str | Path, labels: dict[str, str] | None =
     ae2, ah = [], []
     cache_dir = out / ".cache" / "judgments"
     judged = time.perf_counter()
-    if config.style in ("ae2", "both"):
-        judgments = Judgments(judge_model, JudgeConfig.load("alpaca_eval"), cache_dir, parallel)
-        ae2 = judge_alpaca_eval(items, answers, judgments, config.seed)
-        dump_jsonl(out / "judgments" / f"{short_model_name(model)}-alpaca_eval.jsonl", ae2)
-    if config.style in ("ah", "both"):
-        ah = judge_arena_hard(items, answers, Judgments(judge_model, JudgeConfig.load("arena_hard"), cache_dir, parallel))
-        dump_jsonl(out / "judgments" / f"{short_model_name(model)}-arena_hard.jsonl", ah)
+    for judge_file in judge_files(config):
+        judge_config = JudgeConfig.load(judge_file)
+        judgments = Judgments(judge_model, judge_config, cache_dir, parallel)
+        if judge_config.style == "preference":  # AlpacaEval-2 style
+            ae2 = judge_alpaca_eval(items, answers, judgments, config.seed)
+            dump_jsonl(out / "judgments" / f"{short_model_name(model)}-{Path(judge_file).stem}.jsonl", ae2)
+        else:  # "verdict": Arena-Hard style
+            ah = judge_arena_hard(items, answers, judgments)
+            dump_jsonl(out / "judgments" / f"{short_model_name(model)}-{Path(judge_file).stem}.jsonl", ah)
     timings["judge"] = elapsed(judged)
     scores = summarize(ae2, ah)
     row = {**(labels or labels_for(model)), "model": model, "bench": bench_name, "judge": config.judge, **scores,

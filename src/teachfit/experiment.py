@@ -30,7 +30,7 @@ from teachfit.records import InputError
 RUN_OWNED = {"score": {"inputs", "out"}, "rank": {"scores"}, "select": {"inputs", "out"},
              "train": {"data", "out", "student"}, "evaluate": {"model", "out", "student_name", "teacher_name"},
              "correlate": {"run_dir", "metrics", "truth", "out"}, "report": {"run_dir", "out"}}
-PATH_KEYS = {"generate": {"instructions"}, "evaluate": {"bench", "baseline"}}
+PATH_KEYS = {"generate": {"instructions"}, "evaluate": {"bench", "baseline", "judge_config"}}
 TEACHER_KEYS = ("spec", "temperature", "top_p", "max_new_tokens", "seed", "n", "name")
 STAGE_ORDER = ("generate", "score", "select", "rank", "train", "evaluate", "correlate", "report")
 

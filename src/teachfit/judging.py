@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
 
-from teachfit.models import ModelSpec, require
+from teachfit.models import ModelSpec, register, require
 
 # What each Arena-Hard verdict means for the assistant in position A: (score, strong).
 VERDICT_MEANING = {"A>>B": (1.0, True), "A>B": (1.0, False), "A=B": (0.5, False), "B=A": (0.5, False),
@@ -46,12 +46,23 @@ class JudgeConfig:
         """A shipped config by name ('alpaca_eval', 'arena_hard') or a YAML file of one's own."""
         import yaml
 
+        from dataclasses import fields
+
+        from teachfit.records import InputError
+
         path = Path(name_or_path)
         if not path.suffix:
             path = Path(str(resources.files("teachfit").joinpath(f"data/judges/{name_or_path}.yaml")))
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        data["prompt"] = (path.parent / data.pop("prompt_file")).read_text(encoding="utf-8")
-        return cls(**data)
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            known = {f.name for f in fields(cls)} | {"prompt_file"}
+            unknown = sorted(set(data) - known) if isinstance(data, dict) else ["(not a mapping)"]
+            if unknown or "prompt_file" not in data:
+                raise InputError(path, None, f"a judge file needs prompt_file, name and style; unknown keys {unknown}")
+            data["prompt"] = (path.parent / data.pop("prompt_file")).read_text(encoding="utf-8")
+            return cls(**data)
+        except (OSError, yaml.YAMLError, TypeError) as error:
+            raise InputError(path, None, f"cannot read this judge file ({type(error).__name__}: {error})") from None
 
     def render(self, instruction: str, output_a: str, output_b: str) -> list[dict[str, str]]:
         """The judge's conversation for one comparison."""
@@ -231,15 +242,10 @@ class LlamaCppJudge:
     """A local GGUF judge through llama.cpp, constrained by a grammar."""
 
     def __init__(self, spec: ModelSpec, n_ctx: int = 4096, n_threads: int | None = None):
-        import os
+        from teachfit.models.llamacpp import open_llama
 
-        from teachfit.models.llamacpp import open_gguf
-
-        llama_cpp = require("llama_cpp", "llamacpp")
-        self._llama_cpp, self.spec = llama_cpp, spec
-        self.llm = open_gguf(lambda: llama_cpp.Llama(model_path=str(spec.gguf_path()), n_ctx=n_ctx, logits_all=True,
-                                                     verbose=False, n_threads=n_threads or os.cpu_count()),
-                             spec.gguf_path())
+        self._llama_cpp, self.spec = require("llama_cpp", "llamacpp"), spec
+        self.llm = open_llama(spec, n_ctx, n_threads, logits_all=True)
 
     def identity(self) -> dict[str, Any]:
         """What a cached judgment depends on."""
@@ -255,12 +261,22 @@ class LlamaCppJudge:
         return chat_reply(out, started)
 
 
+@register("judge", "openai")
+def load_openai_judge(spec: ModelSpec, constraint: str = "grammar", **options: Any) -> OpenAIJudge:
+    """Judge loader for openai:<model>@<url>."""
+    keys = ("concurrency", "max_retries", "timeout", "backoff", "max_backoff", "api_key_env")
+    return OpenAIJudge(spec, constraint, **{k: v for k, v in options.items() if k in keys})
+
+
+@register("judge", "gguf")
+@register("judge", "packaged")
+def load_llamacpp_judge(spec: ModelSpec, constraint: str = "grammar", **options: Any) -> LlamaCppJudge:
+    """Judge loader for a local GGUF (gguf:/packaged:), run by llama.cpp."""
+    return LlamaCppJudge(spec, **{k: v for k, v in options.items() if k in ("n_ctx", "n_threads")})
+
+
 def load_judge(spec: str, constraint: str = "grammar", **options: Any) -> Any:
-    """A judge from its spec: openai:<model>@<url>, or gguf:/packaged: for a local llama.cpp judge."""
-    parsed = ModelSpec.parse(spec)
-    if parsed.prefix == "openai":
-        keys = ("concurrency", "max_retries", "timeout", "backoff", "max_backoff", "api_key_env")
-        return OpenAIJudge(parsed, constraint, **{k: v for k, v in options.items() if k in keys})
-    if parsed.prefix in ("gguf", "packaged"):
-        return LlamaCppJudge(parsed, **{k: v for k, v in options.items() if k in ("n_ctx", "n_threads")})
-    raise ValueError(f"judge '{spec}': use openai:<model>@<url> or a GGUF (gguf:/packaged:)")
+    """A judge from its spec through the model registry (role 'judge')."""
+    from teachfit.models import load
+
+    return load("judge", spec, constraint=constraint, **options)

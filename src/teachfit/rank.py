@@ -118,15 +118,9 @@ def _rewards(groups: dict[str, list[dict[str, Any]]], transform: str) -> dict[st
 
 def _bootstrap(rewards: dict[str, np.ndarray], losses: dict[str, np.ndarray], beta: float, n: int, seed: int
                ) -> tuple[dict[str, tuple[float, float]], dict[str, float]]:
-    rng = np.random.default_rng(seed)
     teachers = list(rewards)
-    draws = np.empty((n, len(teachers)))
-    for j, teacher in enumerate(teachers):
-        r, l = rewards[teacher], losses[teacher]
-        idx = rng.integers(0, len(r), size=(n, len(r)))
-        draws[:, j] = r[idx].mean(axis=1) / (1.0 + beta * l[idx].mean(axis=1))
-    intervals = {t: (float(np.quantile(draws[:, j], 0.025)), float(np.quantile(draws[:, j], 0.975)))
-                 for j, t in enumerate(teachers)}
+    draws = metrics.car_bootstrap([rewards[t] for t in teachers], [losses[t] for t in teachers], beta, n, seed)
+    intervals = {t: metrics.percentile_interval(draws[:, j]) for j, t in enumerate(teachers)}
     winners = np.argmax(draws, axis=1)
     shares = {t: float(np.mean(winners == j)) for j, t in enumerate(teachers)}
     return intervals, shares
@@ -215,6 +209,12 @@ def ranking_text(data: dict[str, Any]) -> str:
     lines.append(f"Recommended teacher: {data['recommended']} for {settings.get('student')} (highest CAR, "
                  f"beta={settings['beta']:g}; on top in {data['top_share']:.0%} of {settings['n_bootstrap']} "
                  "bootstrap resamples)")
+    needed = settings.get("pairs_needed")
+    if needed:
+        estimate = (f"about {needed['pairs_needed']} pairs per teacher" if needed.get("pairs_needed")
+                    else f"more pairs than scored (not yet separated from {needed.get('limiting_teacher')})")
+        lines.append(f"To be on top in {needed['target']:.0%} of resamples: {estimate}; "
+                     f"{'enough scored' if needed.get('enough') else 'score more'}.")
     return "\n".join(lines)
 
 
@@ -272,12 +272,8 @@ def pairs_needed(
     if len(teachers) == 1:
         return out | {"top_share": 1.0, "pairs_needed": 1, "optimistic_pairs_needed": 1, "enough": True,
                       "limiting_teacher": None, "rivals": {}}
-    rng = np.random.default_rng(seed)
-    draws = np.empty((max(n_bootstrap, 2), len(teachers)))
-    for j, teacher in enumerate(teachers):
-        r, l = rewards[teacher], losses[teacher]
-        idx = rng.integers(0, len(r), size=(draws.shape[0], len(r)))
-        draws[:, j] = r[idx].mean(axis=1) / (1.0 + beta * l[idx].mean(axis=1))
+    draws = metrics.car_bootstrap([rewards[t] for t in teachers], [losses[t] for t in teachers], beta,
+                                  max(n_bootstrap, 2), seed)
     se = {t: float(draws[:, j].std(ddof=1)) for j, t in enumerate(teachers)}
     top_share = float(np.mean(np.argmax(draws, axis=1) == teachers.index(top)))
     z = NormalDist().inv_cdf(confidence)

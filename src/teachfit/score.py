@@ -202,6 +202,10 @@ class DeferredScorer:
     def compute(self, pairs: Sequence[Pair]) -> list[dict[str, Any]]:
         """Load the model (once), then compute."""
         if self._scorer is None:
+            from tqdm.auto import tqdm
+
+            model = self._description.get("model", {}).get("spec", "")
+            tqdm.write(f"loading {model} (the first load of a GGUF converts it once, which takes a minute or two)")
             self._scorer = self._build()
         return self._scorer.compute(pairs)
 

@@ -136,7 +136,7 @@ def _selection_rows(run: RunDir, scores: list[dict[str, Any]]) -> list[dict[str,
 def run_rank(config: RankConfig, run: RunDir | None, executor: Any = None) -> Any:
     """Scores -> one ranking per student, written to RUN/ranking.csv and ranking.json (a
     `student` column tells them apart). Returns the rankings (teachfit.rank.Ranking), by student."""
-    from teachfit.rank import rank_teachers, student_of
+    from teachfit.rank import pairs_needed, rank_teachers, student_of
     from teachfit.records import read_table, write_table
 
     files = [Path(s) for s in config.scores] if config.scores else run.score_files()
@@ -152,6 +152,9 @@ def run_rank(config: RankConfig, run: RunDir | None, executor: Any = None) -> An
         ranking = rank_teachers(rows, beta=config.beta, reward_transform=config.reward_transform,
                                 n_bootstrap=config.bootstrap, seed=config.seed, student=student)
         ranking.settings["scores"] = str(path)
+        if config.target:
+            ranking.settings["pairs_needed"] = pairs_needed(rows, config.beta, config.reward_transform, config.target,
+                                                            n_bootstrap=config.bootstrap or 1000, seed=config.seed)
         rankings[student] = ranking
     if run is not None:
         write_table(run.ranking_csv, [r for k in rankings.values() for r in k.rows], {"stage": "rank"})

@@ -20,7 +20,7 @@ from teachfit.models.packaged import PACKAGED, resolve_packaged
 PREFIXES = ("hf", "gguf", "packaged", "openai", "vllm")
 # modules that register loaders, imported on first use (heavy libraries stay lazy inside them)
 BACKEND_MODULES = ("teachfit.models.hf", "teachfit.models.llamacpp", "teachfit.models.openai_api",
-                   "teachfit.models.vllm_backend")
+                   "teachfit.models.vllm_backend", "teachfit.judging")
 
 
 class ModelSpecError(ValueError):

@@ -22,17 +22,25 @@ def open_gguf(opener: Any, path: Any) -> Any:
         raise ModelSpecError(f"{path}: not a valid GGUF file ({str(error).splitlines()[0][:200]})") from None
 
 
+def open_llama(spec: ModelSpec, n_ctx: int = 4096, n_threads: int | None = None, n_gpu_layers: int = 0,
+               logits_all: bool = False) -> Any:
+    """The one constructor of llama.cpp models (teachers and judges): the spec's GGUF file with
+    `n_ctx` tokens of context on all cores (or `n_threads`), layers offloaded to a GPU when asked."""
+    llama_cpp = require("llama_cpp", "llamacpp")
+    path = spec.gguf_path()
+    return open_gguf(lambda: llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, verbose=False, seed=0,
+                                             n_threads=n_threads or os.cpu_count(), n_gpu_layers=n_gpu_layers,
+                                             logits_all=logits_all), path)
+
+
 class LlamaCppTeacher:
     """A GGUF model answering one request at a time (llama.cpp parallelises inside a request)."""
 
     batch_size = 1
 
     def __init__(self, spec: ModelSpec, n_ctx: int = 4096, n_threads: int | None = None, n_gpu_layers: int = 0):
-        llama_cpp = require("llama_cpp", "llamacpp")
         self.spec, self.path = spec, spec.gguf_path()
-        self.llm = open_gguf(lambda: llama_cpp.Llama(model_path=str(self.path), n_ctx=n_ctx, verbose=False, seed=0,
-                                                     n_threads=n_threads or os.cpu_count(), n_gpu_layers=n_gpu_layers),
-                             self.path)
+        self.llm = open_llama(spec, n_ctx, n_threads, n_gpu_layers)
 
     def describe(self) -> dict[str, Any]:
         """What a record says about the backend."""
