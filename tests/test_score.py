@@ -8,7 +8,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import PAIRS, write_pairs
 from teachfit.records import read_table
-from teachfit.score import LMScorer, LengthScorer, ScoreOptions, score_files
+from teachfit.records import read_pairs
+from teachfit.score import LMScorer, LengthScorer, ScoreOptions, score_files, score_pairs
 from teachfit.models import load
 
 
@@ -157,3 +158,24 @@ def test_learned_position_model_truncates_long_pairs_at_its_positions(tmp_path, 
     nll = -sum(torch.log_softmax(logits[t - 1], -1)[ids[t]].item() for t in range(n_prompt, 512)) / (512 - n_prompt)
     assert rows[1]["n_response_tokens"] == 512 - n_prompt
     assert rows[1]["loss_self"] == pytest.approx(nll, abs=1e-4)
+
+
+def test_without_the_unconditional_pass_loss_self_is_unchanged(tmp_path, tiny_llama):
+    """--no-unconditional (the CAR-only fast path) skips loss(y): loss(y|x) is the same, IFD is absent,
+    and half the tokens go through the model."""
+    data = write_pairs(tmp_path / "t.jsonl", PAIRS)
+    full = ScoreOptions(dtype="float32")
+    fast = ScoreOptions(dtype="float32", unconditional=False)
+    loaded = load("causal_lm", f"hf:{tiny_llama}", dtype="float32")
+    scorers = [LMScorer(loaded, "self", full), LMScorer(loaded, "self", fast)]
+    rows = [list(score_pairs(read_pairs([data]), [s], tmp_path / f"c{i}", s.options)) for i, s in enumerate(scorers)]
+    for a, b in zip(*rows):
+        assert a["loss_self"] == b["loss_self"] and math.isfinite(a["ifd_self"])
+        assert math.isnan(b["loss_self_uncond"]) and math.isnan(b["ifd_self"])
+    from teachfit.template import encode_pair, encode_response_alone
+
+    tokenizer = loaded.tokenizer
+    conditional = sum(len(encode_pair(tokenizer, p["instruction"], p["response"]).input_ids) for p in PAIRS)
+    alone = sum(len(encode_response_alone(tokenizer, p["response"]).input_ids) for p in PAIRS)
+    assert (scorers[0].tokens_done, scorers[1].tokens_done) == (conditional + alone, conditional)
+    assert scorers[0].key_material() != scorers[1].key_material()  # cached apart

@@ -227,6 +227,8 @@ def evaluate(config: configs.EvaluateConfig) -> None:
                f"AH WR {fmt('ah_wr')} [{fmt('ah_ci_low')}, {fmt('ah_ci_high')}]  AP {fmt('ap')}  "
                f"(unparsable: {r.get('unparsable_ae2', 0)} AE2, {r.get('unparsable_ah', 0)} AH; "
                f"{r['seconds']}s) -> {Path(config.out) / 'results.csv'}")
+    _exit_if_nothing_succeeded(r.get("n_ae2", 0) + r.get("n_ah", 0),
+                               r.get("unparsable_ae2", 0) + r.get("unparsable_ah", 0), "judgments")
 
 
 @stage_command("correlate", configs.CorrelateConfig,

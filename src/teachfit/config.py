@@ -113,6 +113,8 @@ class ScoreConfig(CommonOptions):
     reward_kind: str = option("auto", "auto | classifier | judge (probability-weighted 1-9 rating).",
                               choices=("auto", "classifier", "judge"))
     reward_column: Optional[str] = option(None, "Take each pair's reward from this field of the input files.")
+    unconditional: bool = option(True, "Also compute loss(y), the response alone (IFD, PPL of y): a second "
+                                       "forward pass per pair. --no-unconditional halves the work; CAR needs only loss(y|x).")
     max_length: int = option(4096, "Tokens per rendered pair; longer responses are truncated and counted.")
     token_budget: int = option(16384, "Tokens per batch (batch size x padded length).")
     max_batch_size: int = option(64, "Most sequences in one batch.")

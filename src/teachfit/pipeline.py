@@ -95,6 +95,10 @@ def _work(stage: str, config: Any, experiment: Experiment, run: RunDir) -> str:
         return f"{missing} answers to generate ({len(items)} instructions x {len(config.teacher)} teachers)"
     if stage == "score":
         pairs = _count_pairs(run)
+        if "generate" in experiment.stages:  # the answers generate will add
+            generate = experiment.stages["generate"]
+            pairs = max(pairs, len(stage_functions.pick_instructions(generate)) * sum(
+                r.settings.n for r in stage_functions.teacher_requests(generate)))
         return f"up to {pairs} pairs x {len(config.student)} students (cached pairs are not recomputed)"
     if stage == "train":
         return f"1 checkpoint ({config.student} on {Path(config.data[0]).stem})"

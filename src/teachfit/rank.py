@@ -141,7 +141,8 @@ def rank_teachers(
         row: dict[str, Any] = {"student": student or "student", "teacher": teacher, "n_pairs": len(group)}
         for name in AVERAGED:
             if name in group[0]:
-                row[name] = float(np.nanmean(_column(group, name)))
+                values = _column(group, name)
+                row[name] = float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
         for role in ("self", "ref"):  # a teacher's RSR: mean of per-pair mean ranks / mean of per-pair losses
             if f"mean_rank_{role}" in row and f"loss_{role}" in row:
                 row[f"rsr_{role}"] = metrics.rsr(row[f"mean_rank_{role}"], row[f"loss_{role}"])
@@ -219,9 +220,9 @@ def ranking_text(data: dict[str, Any]) -> str:
 
 
 def _can_show(show: Any, row: dict[str, Any]) -> bool:
+    """Whether a column has a value for this row (absent or NaN columns are left out)."""
     try:
-        show(row)
-        return True
+        return not show(row).startswith("nan")
     except (KeyError, TypeError, ValueError):
         return False
 

@@ -62,7 +62,7 @@ class JudgeReward:
 
     def _prompt_ids(self, pair: Pair) -> list[int]:
         tokenizer = self.loaded.tokenizer
-        budget = max(64, (self.max_length - 256) // 2)
+        budget = max(64, (self.loaded.clamp_length(self.max_length) - 256) // 2)
         text = self.prompt.format(
             instruction=_clip_to_tokens(tokenizer, pair.instruction, budget),
             response=_clip_to_tokens(tokenizer, pair.response, budget),
@@ -105,7 +105,8 @@ class SequenceClassifierReward:
         for pair in pairs:
             messages = [{"role": "user", "content": pair.instruction}, {"role": "assistant", "content": pair.response}]
             rendered = tokenizer.apply_chat_template(messages, tokenize=False)
-            sequences.append(list(tokenizer(rendered, add_special_tokens=False)["input_ids"])[: self.max_length])
+            sequences.append(list(tokenizer(rendered, add_special_tokens=False)["input_ids"])
+                             [: self.loaded.clamp_length(self.max_length)])
         scores = sequence_scores(self.loaded.model, tokenizer, sequences, self.plan, self.loaded.device)
         return [{"reward": s} for s in scores]
 

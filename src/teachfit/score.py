@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -30,12 +31,14 @@ SCORING_VERSION = 2  # bump when a computation changes, so old cache entries are
 ScoreOptions = ScoreConfig
 
 
-def lm_key_material(fingerprint: str, dtype: str, max_length: int) -> dict[str, Any]:
+def lm_key_material(fingerprint: str, dtype: str, max_length: int, unconditional: bool = True) -> dict[str, Any]:
     """Everything a cached LM result depends on, known before the model loads: the weights'
     fingerprint (a local folder's includes its tokenizer files, hence its chat template), the
-    dtype the model runs in, teachfit's default template and the length limit."""
-    return {"kind": "lm", "model": fingerprint, "dtype": dtype, "template": DEFAULT_TEMPLATE_NAME,
-            "max_length": max_length, "version": SCORING_VERSION}
+    dtype the model runs in, teachfit's default template, the length limit, and whether loss(y)
+    was computed (results without it are cached apart)."""
+    material = {"kind": "lm", "model": fingerprint, "dtype": dtype, "template": DEFAULT_TEMPLATE_NAME,
+                "max_length": max_length, "version": SCORING_VERSION}
+    return material if unconditional else material | {"unconditional": False}
 
 
 class LMScorer:
@@ -48,7 +51,8 @@ class LMScorer:
 
     def key_material(self) -> dict[str, Any]:
         """Everything a cached result depends on."""
-        return lm_key_material(self.loaded.spec.fingerprint(), self.loaded.dtype, self.options.max_length)
+        return lm_key_material(self.loaded.spec.fingerprint(), self.loaded.dtype, self.options.max_length,
+                               self.options.unconditional)
 
     def describe(self) -> dict[str, Any]:
         """What the output's metadata records."""
@@ -58,8 +62,7 @@ class LMScorer:
     @property
     def max_length(self) -> int:
         """--max-length, clamped to the model's positions (GPT-2: 1024) so long pairs are truncated, not fatal."""
-        limit = getattr(self.loaded, "max_positions", None)
-        return min(self.options.max_length, limit or self.options.max_length)
+        return self.loaded.clamp_length(self.options.max_length)
 
     def compute(self, pairs: Sequence[Pair]) -> list[dict[str, Any]]:
         """Per-pair losses (nats per response token) and the metrics derived from them."""
@@ -70,12 +73,14 @@ class LMScorer:
                 conditional.append(encode_pair(tokenizer, pair.instruction, pair.response, max_length))
             except ValueError as error:
                 raise InputError(pair.source or pair.id, None, f"{error} (pair {pair.id})") from None
-            unconditional.append(encode_response_alone(tokenizer, pair.response, max_length))
+            if self.options.unconditional:  # loss(y): IFD and PPL of the response alone; CAR does not need it
+                unconditional.append(encode_response_alone(tokenizer, pair.response, max_length))
         nll = response_nll(self.loaded.model, tokenizer, conditional + unconditional, self.options.plan,
                            self.loaded.device, on_batch=self._count, ranks=True)
         rows = []
-        for i, (cond, uncond) in enumerate(zip(conditional, unconditional)):
-            (sum_c, n_c, ranks_c), (sum_u, n_u, _) = nll[i], nll[len(pairs) + i]
+        for i, cond in enumerate(conditional):
+            (sum_c, n_c, ranks_c) = nll[i]
+            sum_u, n_u, _ = nll[len(pairs) + i] if unconditional else (math.nan, 0, 0)
             rows.append(lm_metrics(sum_c / n_c, sum_u / n_u if n_u else math.nan, self.role, ranks_c / n_c)
                         | {f"n_response_tokens{self._suffix}": n_c, f"truncated{self._suffix}": cond.truncated})
         return rows
@@ -205,7 +210,8 @@ class DeferredScorer:
             from tqdm.auto import tqdm
 
             model = self._description.get("model", {}).get("spec", "")
-            tqdm.write(f"loading {model} (the first load of a GGUF converts it once, which takes a minute or two)")
+            tqdm.write(f"loading {model} (the first load of a GGUF converts it once, which takes a minute or two)",
+                       file=sys.stderr)
             self._scorer = self._build()
         return self._scorer.compute(pairs)
 
@@ -216,7 +222,7 @@ def _deferred_lm(spec: str, role: str, options: ScoreConfig) -> DeferredScorer:
 
     parsed = ModelSpec.parse(spec)
     dtype = str(pick_dtype(options.dtype, pick_device(options.device))).removeprefix("torch.")
-    material = lm_key_material(parsed.fingerprint(), dtype, options.max_length)
+    material = lm_key_material(parsed.fingerprint(), dtype, options.max_length, options.unconditional)
     description = {"role": role, "model": {"spec": str(parsed), "fingerprint": parsed.fingerprint(), "dtype": dtype}}
     return DeferredScorer(material, description,
                           lambda: LMScorer(load("causal_lm", parsed, **options.load_options()), role, options))

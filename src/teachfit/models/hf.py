@@ -45,6 +45,10 @@ class LoadedModel:
         """The model's position limit (see `position_limit`); sequences must not be longer."""
         return position_limit(self.model)
 
+    def clamp_length(self, max_length: int) -> int:
+        """`max_length` clamped to the model's positions (GPT-2: 1024), so that long pairs are truncated, not fatal."""
+        return min(max_length, self.max_positions or max_length)
+
     def describe(self) -> dict[str, Any]:
         """What an output file records about this model."""
         return {"spec": str(self.spec), "fingerprint": self.spec.fingerprint(), "dtype": self.dtype,
