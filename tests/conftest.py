@@ -171,3 +171,30 @@ class Server:
     def stop(self):
         self.process.terminate()
         self.process.wait(timeout=30)
+
+
+def write_study(folder, student: str, teacher: str, executor: str = "local", n: int = 8, max_new_tokens: int = 6,
+                window: int = 3, judge: bool = False):
+    """An experiment file (generate with one tiny teacher named `t`, then score) and its n instructions."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_pairs(folder / "instructions.jsonl", [{"id": f"i{k}", "instruction": f"Question {k}: what is {k} + {k}?"}
+                                                for k in range(n)])
+    reward = f"  reward_model: hf:{teacher}\n  reward_kind: judge\n" if judge else ""
+    path = folder / "study.yaml"
+    path.write_text(f"""executor: {executor}
+generate:
+  instructions: [instructions.jsonl]
+  teacher: ["hf:{teacher}?name=t"]
+  max_new_tokens: {max_new_tokens}
+  dtype: float32
+  progress: false
+score:
+  student: hf:{student}
+{reward}  dtype: float32
+  progress: false
+  window: {window}
+""")
+    return path

@@ -32,6 +32,10 @@ def test_score_then_rank(tmp_path, tiny_llama, tiny_chatml):
     assert ranking["recommended"] == max(ranking["teachers"], key=lambda t: t["car"])["teacher"]
     assert (tmp_path / "rank.csv").read_text().startswith("student,teacher,")
     assert ranking["teachers"][0]["student"] == f"hf:{tiny_llama}"
+    result = run("select", tmp_path / "s.parquet", "--by", "grape", "--out", tmp_path / "train.jsonl", "--format", "alpaca")
+    assert result.returncode == 0 and "selected 4 responses by grape" in result.stdout, result.stderr
+    chosen = [json.loads(line) for line in (tmp_path / "train.jsonl").read_text().splitlines()]
+    assert len(chosen) == 4 and all(set(c) >= {"instruction", "output", "teacher", "selection_score"} for c in chosen)
     result = run("rank", tmp_path / "s.parquet", "--target", "0.9", "--bootstrap", "200")
     assert result.returncode == 0 and "To be on top in 90% of resamples" in result.stdout, result.stderr
     assert "| teacher | CAR [95% CI] | on top | reward | L (nats) |" in result.stdout  # the README's shape

@@ -8,7 +8,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from conftest import write_pairs  # noqa: E402
+from conftest import write_study  # noqa: E402
 from teachfit.records import read_table  # noqa: E402
 
 
@@ -21,33 +21,11 @@ def cluster():
         ray.shutdown()
 
 
-def experiment(folder: Path, student: str, teacher: str, executor: str, n: int = 8) -> Path:
-    write_pairs(folder / "instructions.jsonl", [{"id": f"i{k}", "instruction": f"Question {k}: what is {k} + {k}?"}
-                                                for k in range(n)])
-    path = folder / "study.yaml"
-    path.write_text(f"""executor: {executor}
-generate:
-  instructions: [instructions.jsonl]
-  teacher: ["hf:{teacher}?name=t"]
-  max_new_tokens: 6
-  dtype: float32
-  progress: false
-score:
-  student: hf:{student}
-  dtype: float32
-  progress: false
-  window: 3
-""")
-    return path
-
-
 def test_ray_results_equal_local(tmp_path, cluster, tiny_llama, tiny_chatml):
     from teachfit.pipeline import run_experiment
 
-    (tmp_path / "local").mkdir()
-    (tmp_path / "ray").mkdir()
-    local = experiment(tmp_path / "local", tiny_llama, tiny_chatml, "local")
-    distributed = experiment(tmp_path / "ray", tiny_llama, tiny_chatml, "{type: ray, num_workers: 2}")
+    local = write_study(tmp_path / "local", tiny_llama, tiny_chatml, "local")
+    distributed = write_study(tmp_path / "ray", tiny_llama, tiny_chatml, "{type: ray, num_workers: 2}")
     started = time.perf_counter()
     run_experiment(local, show=lambda *_: None)
     local_seconds = time.perf_counter() - started

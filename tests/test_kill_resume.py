@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_pairs
+from conftest import write_study
 from teachfit.pipeline import run_experiment
 from teachfit.records import read_table
 
@@ -19,26 +19,7 @@ N = 40
 
 
 def experiment(folder: Path, student: str, teacher: str, executor: str = "local") -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    write_pairs(folder / "instructions.jsonl", [{"id": f"i{k}", "instruction": f"Question {k}: what is {k} + {k}?"}
-                                                for k in range(N)])
-    path = folder / "study.yaml"
-    path.write_text(f"""executor: {executor}
-generate:
-  instructions: [instructions.jsonl]
-  teacher: ["hf:{teacher}?name=t"]
-  max_new_tokens: 24
-  dtype: float32
-  progress: false
-score:
-  student: hf:{student}
-  reward_model: hf:{teacher}
-  reward_kind: judge
-  dtype: float32
-  progress: false
-  window: 8
-""")
-    return path
+    return write_study(folder, student, teacher, executor, n=N, max_new_tokens=24, window=8, judge=True)
 
 
 def kill_when(path: Path, ready) -> None:

@@ -44,7 +44,8 @@ def test_trl_loss_equals_teachfit_student_loss(tmp_path, tiny_llama):
 
 
 def test_training_lowers_loss_changes_every_parameter_and_resumes(tmp_path, tiny_llama):
-    data = write_pairs(tmp_path / "t.jsonl", PAIRS * 2)
+    data = write_pairs(tmp_path / "t.jsonl", PAIRS + [dict(p, id=p["id"] + "2", response=p["response"] + " Again.")
+                                                     for p in PAIRS])  # 8 distinct pairs (duplicates are refused)
     before = {k: v.clone() for k, v in load("causal_lm", f"hf:{tiny_llama}", dtype="float32").model.state_dict().items()}
     out = tmp_path / "ckpt"
     first = train_student([data], f"hf:{tiny_llama}", out, TrainConfig(**FAST, max_steps=2), show_progress=False)

@@ -190,9 +190,12 @@ def select(config: configs.SelectConfig) -> None:
     if not config.inputs:
         _fail("give a run directory or score files")
     summary = run_select(config, _run_dir_of(config.inputs))
-    shares = ", ".join(f"{t} {s:.0%}" for t, s in (summary.get("teacher_share") or {}).items())
-    typer.echo(f"selected {summary.get('n_selected', '?')} responses by {config.by} ({shares}) -> "
-               f"{', '.join(summary['written'])}")
+    shares = ", ".join(f"{t} {s:.0%}" for t, s in (summary.get("share") or {}).items())
+    chosen = summary.get("selection") or {}
+    missing = len(summary.get("missing") or [])
+    typer.echo(f"selected {chosen.get('n_pairs', 0)} responses by {config.by} ({shares}); mean reward "
+               f"{chosen.get('reward', float('nan')):.3f}, loss_self {chosen.get('loss_self', float('nan')):.3f}"
+               f"{f'; {missing} instructions without a usable candidate' if missing else ''} -> {', '.join(summary['written'])}")
 
 
 @stage_command("train", configs.TrainConfig)

@@ -188,15 +188,15 @@ def run_select(config: SelectConfig, run: RunDir | None, executor: Any = None) -
     selection = select_pairs(rows, config.by, beta=config.beta, alpha=config.alpha, seed=config.seed,
                              reward_transform=config.reward_transform, worst=config.worst)
     pairs = list(read_pairs([Path(p) for p in meta.get("inputs", [])]))
-    outs = [run.selection(selection_name(config))] if run else []
-    outs += [Path(config.out)] if config.out else []
+    # the run's own copy is in the messages format, which train and rank read; --out in the one asked for
+    outs = [(run.selection(selection_name(config)), "messages")] if run else []
+    outs += [(Path(config.out), config.format)] if config.out else []
     if not outs:
         raise ValueError("give --out (or a run directory)")
     summary = {}
-    for out in outs:
-        summary = write_selection(selection, pairs, out, config.format if out.suffix != ".jsonl" or not run
-                                  or out != outs[0] else "messages")
-    return summary | {"written": [str(o) for o in outs]}
+    for out, fmt in outs:
+        summary = write_selection(selection, pairs, out, fmt)
+    return summary | {"written": [str(out) for out, _ in outs]}
 
 
 def run_train(config: TrainConfig, run: RunDir | None, executor: Any = None) -> dict[str, Any]:
