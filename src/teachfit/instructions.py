@@ -59,7 +59,7 @@ def read_instructions(paths: Sequence[str | os.PathLike], skip_invalid: bool = F
                 if not skip_invalid:
                     raise
                 if skipped is not None:
-                    skipped.append({"path": error.path, "line": error.line, "reason": error.reason})
+                    skipped.append(error.as_row())
         if not rows:
             raise InputError(path, None, f"no instructions in {path}")
     if paths and not found:

@@ -32,6 +32,10 @@ class InputError(ValueError):
         where = f"{self.path}:{line}" if line is not None else self.path
         super().__init__(f"{where}: {reason}")
 
+    def as_row(self) -> dict[str, Any]:
+        """The one shape of a skipped row in every stage's stats: path, line, reason."""
+        return {"path": self.path, "line": self.line, "reason": self.reason}
+
 
 @dataclass
 class Pair:
@@ -60,7 +64,7 @@ class ReadStats:
 
     def skip(self, error: InputError) -> None:
         """Record one skipped row."""
-        self.skipped.append({"path": error.path, "line": error.line, "reason": error.reason})
+        self.skipped.append(error.as_row())
 
     @property
     def counts(self) -> dict[str, int]:

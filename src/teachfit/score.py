@@ -155,7 +155,8 @@ def _score_window(window: list[Pair], scorer: Any, cache: ResultCache, chunk: in
                 try:
                     values.append(scorer.compute([window[i]])[0])
                 except InputError as error:
-                    skipped.append({"id": window[i].id, "source": window[i].source, "reason": error.reason})
+                    path, _, line = (window[i].source or error.path).rpartition(":")
+                    skipped.append(InputError(path, int(line), error.reason).as_row() if line.isdigit() else error.as_row())
                     values.append(None)
         cache.put_many((keys[i], v) for i, v in zip(todo, values) if v is not None)
         if progress is not None:
@@ -210,8 +211,8 @@ class DeferredScorer:
             from tqdm.auto import tqdm
 
             model = self._description.get("model", {}).get("spec", "")
-            tqdm.write(f"loading {model} (the first load of a GGUF converts it once, which takes a minute or two)",
-                       file=sys.stderr)
+            note = " (the first load of a GGUF converts it once: a minute or more)" if model.startswith(("gguf:", "packaged:")) else ""
+            tqdm.write(f"loading {model}{note}", file=sys.stderr)
             self._scorer = self._build()
         return self._scorer.compute(pairs)
 
