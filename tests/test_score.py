@@ -179,3 +179,24 @@ def test_without_the_unconditional_pass_loss_self_is_unchanged(tmp_path, tiny_ll
     alone = sum(len(encode_response_alone(tokenizer, p["response"]).input_ids) for p in PAIRS)
     assert (scorers[0].tokens_done, scorers[1].tokens_done) == (conditional + alone, conditional)
     assert scorers[0].key_material() != scorers[1].key_material()  # cached apart
+
+
+def test_sample_scores_the_same_instructions_for_every_teacher_and_extends(tmp_path, tiny_llama):
+    """--sample N: the same N instructions for each teacher; a larger N contains them and the cache
+    computes only the new pairs."""
+    rows = [{"id": f"q{i}", "instruction": f"Question {i}?", "response": f"Answer {i}."} for i in range(10)]
+    a = write_pairs(tmp_path / "a.jsonl", rows)
+    b = write_pairs(tmp_path / "b.jsonl", [dict(r, response=r["response"] + " Sure.") for r in rows])
+    cache = tmp_path / "cache"
+    chosen = []
+    for n in (3, 6):
+        out = tmp_path / f"s{n}.parquet"
+        score_files([a, b], out, f"hf:{tiny_llama}", options=ScoreOptions(dtype="float32", sample=n, seed=7),
+                    cache_dir=cache, show_progress=False)
+        scored = read_table(out)[0]
+        by_teacher = {t: {r["id"] for r in scored if r["teacher"] == t} for t in ("a", "b")}
+        assert by_teacher["a"] == by_teacher["b"] and len(by_teacher["a"]) == n
+        chosen.append(by_teacher["a"])
+        lines = sum(len(p.read_text().splitlines()) for p in cache.rglob("shard-*.jsonl"))
+        assert lines == 2 * 2 * n  # student and length scorers, each pair once in all
+    assert chosen[0] < chosen[1]

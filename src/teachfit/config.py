@@ -119,12 +119,15 @@ class ScoreConfig(CommonOptions):
     token_budget: int = option(16384, "Tokens per batch (batch size x padded length).")
     max_batch_size: int = option(64, "Most sequences in one batch.")
     window: int = option(512, "Pairs read, scored and cached per step (memory stays flat).")
+    sample: Optional[int] = option(None, "Score only N instructions, the same for every teacher (a seeded hash "
+                                         "picks them: a larger N later contains them, so nothing is recomputed).")
+    seed: int = option(0, "Seed of --sample.")
     out: Optional[str] = option(None, "Output .parquet for one student (default: RUN/scores/<student>.parquet).")
     skip_invalid: bool = option(False, "Skip and count bad rows instead of stopping at the first.")
 
     def __post_init__(self) -> None:
         check_choices(self)
-        check_positive(self, "max_length", "token_budget", "max_batch_size", "window")
+        check_positive(self, "max_length", "token_budget", "max_batch_size", "window", "sample")
         if self.reward_model and self.reward_column:
             raise ConfigValueError("reward_column", "give reward_model or reward_column, not both")
 

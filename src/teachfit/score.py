@@ -246,6 +246,22 @@ def build_scorers(student: str, reference: str | None, reward_model: str | None,
     return scorers
 
 
+def pair_instruction(pair: Pair) -> str:
+    """The instruction a pair answers (its `instruction_id`, else its id without a `#s<k>` suffix)."""
+    from teachfit.select import instruction_key
+
+    return instruction_key({"id": pair.id, **pair.extra})
+
+
+def sampled_instructions(paths: Sequence[Path], n: int, seed: int) -> set[str]:
+    """The same n instructions for every teacher: those whose seeded hash is smallest, so a larger
+    n later contains a smaller one (and the cache makes extending the sample compute only the new)."""
+    from teachfit.records import read_pairs
+
+    keys = {pair_instruction(p) for p in read_pairs(paths, skip_invalid=True)}
+    return set(sorted(keys, key=lambda key: content_hash(seed, key))[:n])
+
+
 def count_rows(paths: Sequence[Path]) -> int:
     """Rows in the input files (lines of JSONL, row counts of Parquet), for progress bars."""
     total = 0
@@ -286,11 +302,16 @@ def score_files(
                                                                       options, reward_column, paths)
     stats, skipped = ReadStats(), []
     pairs = read_pairs(paths, skip_invalid=options.skip_invalid, stats=stats, reward_column=reward_column)
+    total = count_rows(paths)
+    if options.sample:
+        chosen = sampled_instructions(paths, options.sample, options.seed)
+        pairs = (p for p in pairs if pair_instruction(p) in chosen)
+        total = min(total, options.sample * len(paths))  # for the progress bar (one teacher per file)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # one per process: two runs never share it
     out.parent.mkdir(parents=True, exist_ok=True)
     writer, rows_written, truncated = None, 0, 0
     try:
-        with tqdm(total=count_rows(paths) * len(scorers), unit="step", desc=f"score ({len(scorers)} scorers x pairs)",
+        with tqdm(total=total * len(scorers), unit="step", desc=f"score ({len(scorers)} scorers x pairs)",
                   disable=not show_progress) as bar:
             for batch in _windows(score_pairs(pairs, scorers, cache_dir, options, bar, skipped), options.window):
                 table = pa.Table.from_pylist(batch)
