@@ -42,3 +42,22 @@ def test_ray_results_equal_local(tmp_path, cluster, tiny_llama, tiny_chatml):
     assert [strip(l) for l in texts[0]] == [strip(l) for l in texts[1]]
     markers = list((tmp_path / "ray" / "study" / ".markers" / "score").glob("*.done"))
     assert len(markers) == 2  # one completion marker per shard
+
+
+def test_score_command_with_the_ray_executor(tmp_path, cluster, tiny_llama, tiny_chatml):
+    """`teachfit score RUN --executor ray` (its own cluster, in a subprocess) equals the local scores."""
+    import subprocess
+    import sys
+
+    from teachfit.pipeline import run_experiment
+
+    path = write_study(tmp_path / "a", tiny_llama, tiny_chatml, "local")
+    run_experiment(path, show=lambda *_: None)
+    run = tmp_path / "a" / "study"
+    result = subprocess.run([sys.executable, "-m", "teachfit.cli", "score", str(run), "--student", f"hf:{tiny_llama}",
+                             "--dtype", "float32", "--window", "3", "--out", str(tmp_path / "ray.parquet"),
+                             "--executor", "ray", "--num-workers", "2", "--no-progress"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    name = f"{Path(tiny_llama).name}.parquet"
+    assert read_table(tmp_path / "ray.parquet")[0] == read_table(run / "scores" / name)[0]
+    assert len(list((run / ".markers" / "score").glob("*.done"))) == 2

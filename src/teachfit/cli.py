@@ -110,6 +110,20 @@ def stage_command(name: str, cls: type, **extras: tuple[Any, Any]) -> Callable[[
     return decorate
 
 
+EXECUTOR_OPTIONS = {
+    "executor": (str, typer.Option("local", help="local | ray: shard the work over Ray workers (pip install 'teachfit[ray]').")),
+    "num_workers": (int, typer.Option(2, help="Ray workers (--executor ray); each loads its model once.")),
+    "num_gpus_per_worker": (float, typer.Option(0.0, help="GPUs per Ray worker (--executor ray).")),
+}
+
+
+def _executor(executor: str, num_workers: int, num_gpus_per_worker: float) -> Any:
+    from teachfit.executors import make_executor
+    from teachfit.experiment import ExecutorConfig
+
+    return make_executor(ExecutorConfig(type=executor, num_workers=num_workers, num_gpus_per_worker=num_gpus_per_worker))
+
+
 def _run_dir_of(paths: list[str]) -> Any:
     """The run directory among the positional paths, if one is a directory."""
     from teachfit.run import RunDir
@@ -119,8 +133,10 @@ def _run_dir_of(paths: list[str]) -> Any:
 
 
 @stage_command("generate", configs.GenerateConfig,
-               out=(Path, typer.Option(..., help="Run directory; datasets go to OUT/responses/<name>.jsonl.")))
-def generate(config: configs.GenerateConfig, out: Path) -> None:
+               out=(Path, typer.Option(..., help="Run directory; datasets go to OUT/responses/<name>.jsonl.")),
+               **EXECUTOR_OPTIONS)
+def generate(config: configs.GenerateConfig, out: Path, executor: str, num_workers: int,
+             num_gpus_per_worker: float) -> None:
     """Generate responses to an instruction set with one or more teachers (greedy or sampled, N samples)."""
     from teachfit.run import RunDir
     from teachfit.stages import run_generate
@@ -128,7 +144,7 @@ def generate(config: configs.GenerateConfig, out: Path) -> None:
     if not config.teacher or not config.instructions:
         _fail("give --instructions and at least one --teacher")
     run = RunDir(out)
-    stats = run_generate(config, run)
+    stats = run_generate(config, run, _executor(executor, num_workers, num_gpus_per_worker))
     for s in stats["datasets"]:
         speed = f", {s['tokens_per_second']} tok/s" if s.get("tokens_per_second") else ""
         typer.echo(f"{s['dataset']}: {s['generated']} new, {s['already_done']} already done, "
@@ -144,14 +160,17 @@ def _exit_if_nothing_succeeded(succeeded: int, failed: int, what: str) -> None:
         raise typer.Exit(3)
 
 
-@stage_command("score", configs.ScoreConfig)
-def score(config: configs.ScoreConfig) -> None:
+@stage_command("score", configs.ScoreConfig, **EXECUTOR_OPTIONS)
+def score(config: configs.ScoreConfig, executor: str, num_workers: int, num_gpus_per_worker: float) -> None:
     """Score every (instruction, response) pair: student loss/PPL/IFD/RSR, reference PPL/IFD, reward, length."""
     from teachfit.stages import run_score
 
     if not config.inputs:
         _fail("give response files or a run directory")
-    for student, s in run_score(config, _run_dir_of(config.inputs))["students"].items():
+    run = _run_dir_of(config.inputs)
+    if executor != "local" and run is None:
+        _fail("--executor ray needs a run directory (its shards leave completion markers there)")
+    for student, s in run_score(config, run, _executor(executor, num_workers, num_gpus_per_worker))["students"].items():
         counts = s["counts"]
         typer.echo(f"{student}: scored {counts['scored']} pairs ({counts['truncated']} truncated, "
                    f"{counts['skipped']} skipped) in {s['seconds']:.1f}s -> {s['out']}")
