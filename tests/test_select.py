@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from teachfit.records import Pair, read_pairs
-from teachfit.select import attach_texts, select_files, select_pairs, write_selection
+from teachfit.select import attach_texts, select_pairs, write_selection
 
 TEACHERS = ["delta", "alpha", "charlie", "bravo"]  # not in name order on purpose
 
@@ -220,7 +220,7 @@ def test_parquet_and_save_to_disk_outputs(tmp_path):
     assert json.loads((tmp_path / "sel_dir" / "teachfit_selection.json").read_text())["format"] == "sharegpt"
 
 
-def test_select_files_joins_texts_from_the_recorded_inputs(tmp_path):
+def test_the_select_stage_joins_texts_from_the_recorded_inputs(tmp_path):
     from teachfit.records import write_jsonl, write_table
 
     rows, _, _ = random_rows(7)
@@ -230,7 +230,12 @@ def test_select_files_joins_texts_from_the_recorded_inputs(tmp_path):
         write_jsonl(path, [p.to_dict() for p in pairs_for([r for r in rows if r["teacher"] == teacher])])
         files.append(str(path))
     write_table(tmp_path / "scores" / "scores.parquet", rows, {"inputs": files})
-    summary = select_files([tmp_path], tmp_path / "sel.jsonl", "reward", beta=3.0)
+    from teachfit.config import SelectConfig
+    from teachfit.run import RunDir
+    from teachfit.stages import run_select
+
+    summary = run_select(SelectConfig(inputs=[str(tmp_path)], by="reward", out=str(tmp_path / "sel.jsonl"),
+                                      format="messages"), RunDir(tmp_path))
     written = [json.loads(line) for line in (tmp_path / "sel.jsonl").open()]
     assert [w["teacher"] for w in written] == [r["teacher"] for r in select_pairs(rows, "reward").rows]
     assert summary["n_selected"] == len(written)

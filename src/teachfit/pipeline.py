@@ -94,7 +94,9 @@ def _work(stage: str, config: Any, experiment: Experiment, run: RunDir) -> str:
                       for r in stage_functions.teacher_requests(config))
         return f"{missing} answers to generate ({len(items)} instructions x {len(config.teacher)} teachers)"
     if stage == "score":
-        pairs = _count_pairs(run)
+        from teachfit.score import count_rows
+
+        pairs = count_rows(run.response_files())
         if "generate" in experiment.stages:  # the answers generate will add
             generate = experiment.stages["generate"]
             pairs = max(pairs, len(stage_functions.pick_instructions(generate)) * sum(
@@ -105,14 +107,6 @@ def _work(stage: str, config: Any, experiment: Experiment, run: RunDir) -> str:
     if stage == "evaluate":
         return f"answers and judgments for {config.model}"
     return "cheap (no model)"
-
-
-def _count_pairs(run: RunDir) -> int:
-    total = 0
-    for path in run.response_files():
-        with path.open("rb") as handle:
-            total += sum(1 for line in handle if line.strip())
-    return total
 
 
 def run_experiment(path: str | Path, run_dir: str | Path | None = None, only: Sequence[str] | None = None,

@@ -255,36 +255,3 @@ def write_selection(selection: Selection, pairs: Iterable[Any] | None, out: str 
     else:
         raise ValueError(f"unknown output format '{out.suffix}': use .jsonl, .parquet or a folder (no suffix)")
     return summary
-
-
-def load_scores(inputs: Sequence[str | Path]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Score rows and metadata of score files or run directories (RUN/scores/scores.parquet)."""
-    from teachfit.records import read_table
-
-    rows: list[dict[str, Any]] = []
-    metas: list[dict[str, Any]] = []
-    for item in inputs:
-        path = Path(item)
-        path = path / "scores" / "scores.parquet" if path.is_dir() else path
-        file_rows, meta = read_table(path)
-        rows.extend(file_rows)
-        metas.append(meta)
-    return rows, metas
-
-
-def select_files(scores: Sequence[str | Path], out: str | Path, method: str, fmt: str = "messages",
-                 responses: Sequence[str | Path] | None = None, beta: float = 3.0, alpha: float = 0.4, seed: int = 0,
-                 reward_transform: str = "raw", worst: bool = False) -> dict[str, Any]:
-    """`teachfit select`: read score files (or run dirs), select, join the texts from `responses`
-    (default: the input files recorded in the scores' metadata) and write to `out`. Returns the summary."""
-    from teachfit.records import expand_inputs, read_pairs
-
-    rows, metas = load_scores(scores)
-    selection = select_pairs(rows, method, beta=beta, alpha=alpha, seed=seed, reward_transform=reward_transform,
-                             worst=worst)
-    sources = list(responses) if responses else [p for m in metas for p in m.get("inputs", [])]
-    if not sources:
-        raise ValueError("the scores do not record their response files: give them (responses=...)")
-    summary = write_selection(selection, read_pairs(expand_inputs(sources)), out, fmt)
-    summary["scores"] = [str(s) for s in scores]
-    return summary

@@ -133,14 +133,19 @@ def _selection_rows(run: RunDir, scores: list[dict[str, Any]]) -> list[dict[str,
     return rows
 
 
+def score_files_of(inputs: list[str], run: RunDir | None) -> list[Path]:
+    """Score files named directly or inside run directories, else the run's own."""
+    files = [f for p in map(Path, inputs) for f in (RunDir(p).score_files() if p.is_dir() else [p])]
+    return files or (run.score_files() if run else [])
+
+
 def run_rank(config: RankConfig, run: RunDir | None, executor: Any = None) -> Any:
     """Scores -> one ranking per student, written to RUN/ranking.csv and ranking.json (a
     `student` column tells them apart). Returns the rankings (teachfit.rank.Ranking), by student."""
     from teachfit.rank import pairs_needed, rank_teachers, student_of
     from teachfit.records import read_table, write_table
 
-    files = [Path(s) for s in config.scores] if config.scores else run.score_files()
-    files = [f for p in files for f in (RunDir(p).score_files() if p.is_dir() else [p])]
+    files = score_files_of(config.scores, run)
     if not files:
         raise ValueError("no score files: run `teachfit score` first")
     rankings = {}
@@ -176,8 +181,7 @@ def run_select(config: SelectConfig, run: RunDir | None, executor: Any = None) -
     from teachfit.records import read_pairs, read_table
     from teachfit.select import select_pairs, write_selection
 
-    files = [Path(s) for s in config.inputs] if config.inputs else []
-    files = [f for p in files for f in (RunDir(p).score_files() if p.is_dir() else [p])] or (run.score_files() if run else [])
+    files = score_files_of(config.inputs, run)
     if not files:
         raise ValueError("no score files to select from: run `teachfit score` first")
     rows, meta = read_table(files[0])  # every student's file has the same pairs; the first student selects
