@@ -41,6 +41,23 @@ def test_score_then_rank(tmp_path, tiny_llama, tiny_chatml):
     assert "| teacher | CAR [95% CI] | on top | reward | L (nats) |" in result.stdout  # the README's shape
 
 
+def test_metrics_car_computes_only_what_car_needs(tmp_path, tiny_llama):
+    """--metrics car: loss(y|x) equals the full run's, no loss(y) pass (IFD absent), no length column."""
+    import pandas as pd
+
+    data = write_pairs(tmp_path / "alpha.jsonl", [dict(p, r=float(i)) for i, p in enumerate(PAIRS)])
+    common = ["--student", f"hf:{tiny_llama}", "--reward-column", "r", "--dtype", "float32", "--no-progress"]
+    assert run("score", data, *common, "--out", tmp_path / "full.parquet").returncode == 0
+    result = run("score", data, *common, "--metrics", "car", "--out", tmp_path / "car.parquet")
+    assert result.returncode == 0, result.stderr
+    full, car = pd.read_parquet(tmp_path / "full.parquet"), pd.read_parquet(tmp_path / "car.parquet")
+    assert list(car["loss_self"]) == list(full["loss_self"]) and list(car["reward"]) == [0.0, 1.0, 2.0, 3.0]
+    assert car["ifd_self"].isna().all() and full["ifd_self"].notna().all()
+    assert "length" in full.columns and "length" not in car.columns
+    result = run("score", data, "--student", f"hf:{tiny_llama}", "--metrics", "car,ifd")
+    assert result.returncode == 2 and "'ifd' is not one of" in result.stderr
+
+
 def test_errors_are_one_line_with_file_and_line(tmp_path, tiny_llama):
     bad = write_pairs(tmp_path / "bad.jsonl", [PAIRS[0], '{"instruction": "x"'])
     result = run("score", bad, "--student", f"hf:{tiny_llama}", "--out", tmp_path / "s.parquet", "--no-progress")

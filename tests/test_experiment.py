@@ -78,3 +78,35 @@ def test_stage_flags_come_from_the_config_and_a_config_file_feeds_them(tmp_path)
     result = subprocess.run([sys.executable, "-m", "teachfit.cli", "score", str(tmp_path), "--config", str(bad)],
                             capture_output=True, text=True)
     assert result.returncode == 2 and f"{bad}:2: unknown key 'token_budjet'" in result.stderr
+
+
+@pytest.mark.parametrize("extra, expected", [
+    ("", ["car", "reward", "ppl_self", "rsr_self", "length"]),            # rank only: no loss(y) pass
+    ("  reference: packaged:smollm2-135m-instruct\n", ["car", "reward", "ppl_self", "rsr_self", "ppl_ref", "length"]),
+    ("  metrics: [all]\n", []),                                          # said explicitly: every column
+    ("  metrics: car,ifd_self\n", ["car", "ifd_self"]),
+])
+def test_score_computes_what_the_later_stages_use(tmp_path, extra, expected):
+    """Without score.metrics and without correlate/report, the IFD pass (loss(y)) is left out."""
+    path = tmp_path / "e.yaml"
+    path.write_text(GOOD.replace("  max_length: 1024\n", f"  max_length: 1024\n  reward_column: r\n{extra}"))
+    score = load_experiment(path).stages["score"]
+    assert score.metrics == expected
+    assert score.unconditional == (not expected or "ifd_self" in expected)
+    path.write_text(path.read_text() + "correlate: {}\n")
+    if "metrics" not in extra:
+        assert load_experiment(path).stages["score"].metrics == []  # correlate compares every column
+
+
+@pytest.mark.parametrize("extra, line, words", [
+    ("  metrics: [car, ifd]\n", 5, ["'ifd' is not one of", "ifd_self"]),
+    ("  metrics: [ppl_self]\n  reference: packaged:smollm2-135m-instruct\n", 6, ["reference", "no _ref column"]),
+])
+def test_bad_metrics_are_refused_at_their_line(tmp_path, extra, line, words):
+    error = check(tmp_path, GOOD.replace("  max_length: 1024\n", extra))
+    assert error.line == line and all(w in str(error) for w in words)
+
+
+def test_car_without_a_reward_is_refused(tmp_path):
+    error = check(tmp_path, GOOD.replace("  max_length: 1024\n", "  metrics: [car]\n"))
+    assert "car needs a reward" in str(error)

@@ -102,6 +102,11 @@ class GenerateConfig(CommonOptions, ServerOptions):
         check_positive(self, "max_new_tokens", "n", "limit", "per_category", "concurrency", "timeout")
 
 
+# The columns `score --metrics` can ask for. CAR and reward need the reward; *_self the student;
+# *_ref the reference; ifd_* also the second pass, loss(y); RSR comes from the loss(y|x) pass.
+SCORE_METRICS = ("car", "reward", "ppl_self", "ifd_self", "rsr_self", "ppl_ref", "ifd_ref", "length")
+
+
 @dataclass(kw_only=True)
 class ScoreConfig(CommonOptions):
     """Stage `score`: every (instruction, response) pair -> RUN/scores/<student>.parquet."""
@@ -113,8 +118,9 @@ class ScoreConfig(CommonOptions):
     reward_kind: str = option("auto", "auto | classifier | judge (probability-weighted 1-9 rating).",
                               choices=("auto", "classifier", "judge"))
     reward_column: Optional[str] = option(None, "Take each pair's reward from this field of the input files.")
-    unconditional: bool = option(True, "Also compute loss(y), the response alone (IFD, PPL of y): a second "
-                                       "forward pass per pair. --no-unconditional halves the work; CAR needs only loss(y|x).")
+    metrics: List[str] = option([], "Columns to compute, repeatable or comma-separated (default: all, every paper column): "
+                                    + ", ".join(SCORE_METRICS) + ". loss(y), a second forward pass per pair, runs only "
+                                    "for ifd_*: `--metrics car` is the CAR-only fast path (half the student's work).")
     max_length: int = option(4096, "Tokens per rendered pair; longer responses are truncated and counted.")
     token_budget: int = option(16384, "Tokens per batch (batch size x padded length).")
     max_batch_size: int = option(64, "Most sequences in one batch.")
@@ -130,6 +136,29 @@ class ScoreConfig(CommonOptions):
         check_positive(self, "max_length", "token_budget", "max_batch_size", "window", "sample")
         if self.reward_model and self.reward_column:
             raise ConfigValueError("reward_column", "give reward_model or reward_column, not both")
+        self.metrics = [name.strip() for item in self.metrics for name in item.split(",") if name.strip()]
+        self.metrics = [] if "all" in self.metrics else self.metrics
+        for name in self.metrics:
+            if name not in SCORE_METRICS:
+                raise ConfigValueError("metrics", f"'{name}' is not one of {', '.join(SCORE_METRICS)}")
+        if "car" in self.metrics and not (self.reward_model or self.reward_column):
+            raise ConfigValueError("metrics", "car needs a reward: give reward_model or reward_column")
+        if self.reference and self.metrics and not self.wants("ppl_ref", "ifd_ref"):
+            raise ConfigValueError("reference", "a reference is given but --metrics asks for no _ref column "
+                                                "(add ppl_ref or ifd_ref, or drop the reference)")
+
+    def wants(self, *names: str) -> bool:
+        """Whether any of these columns is asked for (no --metrics: every column is)."""
+        return not self.metrics or any(name in self.metrics for name in names)
+
+    def unconditional_for(self, role: str) -> bool:
+        """Whether loss(y), the response alone, is computed for this LM role (self | ref): only IFD needs it."""
+        return self.wants(f"ifd_{role}")
+
+    @property
+    def unconditional(self) -> bool:
+        """loss(y) under the student (see unconditional_for)."""
+        return self.unconditional_for("self")
 
     @property
     def plan(self) -> Any:

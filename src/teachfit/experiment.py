@@ -23,7 +23,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Optional
 
-from teachfit.config import STAGE_CONFIGS, ConfigValueError, check_choices, check_positive, option
+from teachfit.config import SCORE_METRICS, STAGE_CONFIGS, ConfigValueError, check_choices, check_positive, option
 from teachfit.records import InputError
 
 # Keys the run directory supplies: an experiment may not set them.
@@ -188,6 +188,17 @@ def _check_models(experiment: Experiment, checker: _Checker) -> None:
         checker.fail(("train",) if "train" in stages else ("evaluate",), "train and evaluate need a 'score' section (its students)")
 
 
+def _default_metrics(experiment: Experiment) -> None:
+    """Without `score.metrics`, compute what the later stages use: correlate and report compare every
+    column; rank recommends by CAR and select needs no loss(y), so without them the IFD pass is skipped."""
+    score = experiment.stages.get("score")
+    if score is None or "metrics" in (experiment.raw.get("score") or {}):
+        return
+    if not {"correlate", "report"} & set(experiment.stages):
+        score.metrics = [name for name in SCORE_METRICS if not name.startswith("ifd_")
+                         and (score.reference or not name.endswith("_ref"))]
+
+
 def load_experiment(path: str | Path, run_dir: str | Path | None = None) -> Experiment:
     """Read and check an experiment file; InputError (file:line: reason) on anything wrong."""
     import yaml
@@ -238,6 +249,7 @@ def load_experiment(path: str | Path, run_dir: str | Path | None = None) -> Expe
                                         for i, item in enumerate(items)]
         else:
             experiment.stages[stage] = checker.section(cls, section, (stage,), forbidden)
+    _default_metrics(experiment)
     if "generate" not in experiment.stages and not experiment.responses and "score" in experiment.stages:
         checker.fail(("score",), "nothing to score: add a 'generate' section or 'responses' files")
     _check_models(experiment, checker)

@@ -52,7 +52,7 @@ class LMScorer:
     def key_material(self) -> dict[str, Any]:
         """Everything a cached result depends on."""
         return lm_key_material(self.loaded.spec.fingerprint(), self.loaded.dtype, self.options.max_length,
-                               self.options.unconditional)
+                               self.options.unconditional_for(self.role))
 
     def describe(self) -> dict[str, Any]:
         """What the output's metadata records."""
@@ -73,7 +73,7 @@ class LMScorer:
                 conditional.append(encode_pair(tokenizer, pair.instruction, pair.response, max_length))
             except ValueError as error:
                 raise InputError(pair.source or pair.id, None, f"{error} (pair {pair.id})") from None
-            if self.options.unconditional:  # loss(y): IFD and PPL of the response alone; CAR does not need it
+            if self.options.unconditional_for(self.role):  # loss(y): only IFD needs it, CAR does not
                 unconditional.append(encode_response_alone(tokenizer, pair.response, max_length))
         nll = response_nll(self.loaded.model, tokenizer, conditional + unconditional, self.options.plan,
                            self.loaded.device, on_batch=self._count, ranks=True)
@@ -223,7 +223,7 @@ def _deferred_lm(spec: str, role: str, options: ScoreConfig) -> DeferredScorer:
 
     parsed = ModelSpec.parse(spec)
     dtype = str(pick_dtype(options.dtype, pick_device(options.device))).removeprefix("torch.")
-    material = lm_key_material(parsed.fingerprint(), dtype, options.max_length, options.unconditional)
+    material = lm_key_material(parsed.fingerprint(), dtype, options.max_length, options.unconditional_for(role))
     description = {"role": role, "model": {"spec": str(parsed), "fingerprint": parsed.fingerprint(), "dtype": dtype}}
     return DeferredScorer(material, description,
                           lambda: LMScorer(load("causal_lm", parsed, **options.load_options()), role, options))
@@ -231,18 +231,19 @@ def _deferred_lm(spec: str, role: str, options: ScoreConfig) -> DeferredScorer:
 
 def build_scorers(student: str, reference: str | None, reward_model: str | None, reward_kind: str,
                   options: ScoreConfig, reward_column: str | None = None, sources: Sequence[Any] = ()) -> list[Any]:
-    """The scorers named by specs (length always included); models load only when a pair needs
+    """The scorers the specs name and `options.metrics` asks for; models load only when a pair needs
     them. With `reward_column` the reward comes from the input files instead of a model."""
     from teachfit.reward import FileRewardScorer, deferred_reward
 
     scorers: list[Any] = [_deferred_lm(student, "self", options)]
-    if reference:
+    if reference and options.wants("ppl_ref", "ifd_ref"):
         scorers.append(_deferred_lm(reference, "ref", options))
-    if reward_model:
+    if reward_model and options.wants("car", "reward"):
         scorers.append(deferred_reward(reward_model, reward_kind, options))
-    elif reward_column:
+    elif reward_column and options.wants("car", "reward"):
         scorers.append(FileRewardScorer(reward_column, sources))
-    scorers.append(LengthScorer())
+    if options.wants("length"):
+        scorers.append(LengthScorer())
     return scorers
 
 
