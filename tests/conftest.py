@@ -143,8 +143,8 @@ def free_port() -> int:
 class Server:
     """llama_cpp.server with the packaged SmolLM2 on a loopback port, startable and stoppable."""
 
-    def __init__(self):
-        self.port, self.process = free_port(), None
+    def __init__(self, *args: str):
+        self.port, self.process, self.args = free_port(), None, list(args)  # args: more server flags
         self.url = f"http://127.0.0.1:{self.port}/v1"
 
     def start(self):
@@ -157,7 +157,7 @@ class Server:
 
         self.process = subprocess.Popen(
             [sys.executable, "-m", "llama_cpp.server", "--model", str(resolve_packaged("smollm2-135m-instruct")),
-             "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "1024", "--verbose", "false"],
+             "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "1024", "--verbose", "false", *self.args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 90
         while time.time() < deadline:

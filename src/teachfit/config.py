@@ -108,7 +108,7 @@ SCORE_METRICS = ("car", "reward", "ppl_self", "ifd_self", "rsr_self", "ppl_ref",
 
 
 @dataclass(kw_only=True)
-class ScoreConfig(CommonOptions):
+class ScoreConfig(CommonOptions, ServerOptions):
     """Stage `score`: every (instruction, response) pair -> RUN/scores/<student>.parquet."""
 
     inputs: List[str] = option([], "Response files (.jsonl/.json/.parquet) or run directories.", positional=True)
@@ -133,7 +133,7 @@ class ScoreConfig(CommonOptions):
 
     def __post_init__(self) -> None:
         check_choices(self)
-        check_positive(self, "max_length", "token_budget", "max_batch_size", "window", "sample")
+        check_positive(self, "max_length", "token_budget", "max_batch_size", "window", "sample", "concurrency", "timeout")
         if self.reward_model and self.reward_column:
             raise ConfigValueError("reward_column", "give reward_model or reward_column, not both")
         self.metrics = [name.strip() for item in self.metrics for name in item.split(",") if name.strip()]
@@ -266,7 +266,16 @@ class EvaluateConfig(CommonOptions, ServerOptions):
                                         "(in an experiment: every trained checkpoint).")
     judge: Optional[str] = option(None, "Judge: openai:<model>@<url> or gguf:/packaged: (llama.cpp).")
     out: Optional[str] = option(None, "Output folder (default: RUN/evaluations).")
-    bench: str = option("offline", "offline (shipped, 40 prompts) | alpaca_eval | arena_hard | FILE.")
+    bench: str = option("offline", "offline (shipped, 40 prompts) | alpaca_eval | arena_hard | FILE: judged against "
+                                   "a baseline; or ifeval (verifiable instructions, no judge; see --ifeval-prompts) | "
+                                   "rating (the --judge's expected 1-9 rating of the answers to the offline prompts).")
+    ifeval_prompts: Optional[str] = option(None, "--bench ifeval: the prompts FILE in the official input_data.jsonl "
+                                                 "layout (default: $TEACHFIT_IFEVAL).")
+    answers: Optional[str] = option(None, "--bench ifeval | rating: score these answers (JSONL with prompt, response, "
+                                          "as IFEval's input_response_data) instead of generating them with --model.")
+    limit: Optional[int] = option(None, "--bench ifeval: a subset of N prompts stratified by instruction type "
+                                        "(every type first, then at random; --seed picks; a larger N contains it).")
+    bootstrap: int = option(1000, "Bootstrap resamples of the --bench ifeval | rating 95% intervals (0 to skip).")
     baseline: Optional[str] = option(None, "Baseline answers FILE, or a MODEL spec to generate them.")
     style: str = option("both", "ae2 | ah | both (both gives AP).", choices=("ae2", "ah", "both"))
     judge_config: List[str] = option([], "Judge files of your own (YAML + prompt file, like teachfit/data/judges/); "
@@ -277,12 +286,20 @@ class EvaluateConfig(CommonOptions, ServerOptions):
                              choices=("grammar", "guided_choice", "none"))
     student_name: Optional[str] = option(None, "Label for results.csv (default: from the checkpoint).")
     teacher_name: Optional[str] = option(None, "Label for results.csv (default: from the checkpoint).")
-    seed: int = option(0, "Seed of the AE2 position shuffle.")
+    seed: int = option(0, "Seed of the AE2 position shuffle, the --limit subset and the bootstrap.")
     concurrency: int = option(4, "Judge requests in flight (openai: judges).")
 
     def __post_init__(self) -> None:
         check_choices(self)
-        check_positive(self, "max_new_tokens", "concurrency", "timeout")
+        check_positive(self, "max_new_tokens", "concurrency", "timeout", "limit")
+        if self.bootstrap < 0:
+            raise ConfigValueError("bootstrap", "must be >= 0")
+        for name in ("answers", "limit", "ifeval_prompts"):
+            allowed = ("ifeval",) if name != "answers" else ("ifeval", "rating")
+            if getattr(self, name) is not None and self.bench not in allowed:
+                raise ConfigValueError(name, f"only for --bench {' | '.join(allowed)}")
+        if self.answers and self.model:
+            raise ConfigValueError("answers", "give --answers (answers made elsewhere) or --model (generate them), not both")
 
 
 @dataclass(kw_only=True)
@@ -292,6 +309,8 @@ class CorrelateConfig:
     run_dir: Optional[str] = option(None, "Run directory with ranking.csv and results.csv.", positional=True)
     metrics: List[str] = option([], "Ranking CSV/JSON files from `teachfit rank`.")
     truth: Optional[str] = option(None, "Measured results CSV: student, teacher, ap (or ae2_lc and ah_wr).")
+    truth_column: str = option("ap", "The measured column to correlate with: ap, or e.g. ifeval_prompt_loose, "
+                                     "ifeval_inst_strict, rating_mean (rows without it are left out).")
     bootstrap: int = option(1000, "Bootstrap resamples over teachers for rho's interval.")
     fit_beta: bool = option(False, "Choose beta by leave-one-teacher-out.")
     out: Optional[str] = option(None, "Write correlation.csv here (default: RUN/correlation.csv).")

@@ -218,10 +218,15 @@ class DeferredScorer:
 
 
 def _deferred_lm(spec: str, role: str, options: ScoreConfig) -> DeferredScorer:
-    from teachfit.models import ModelSpec, load
-    from teachfit.models.hf import pick_device, pick_dtype
+    from teachfit.models import LOADERS, ModelSpec, has_loader, load
 
     parsed = ModelSpec.parse(spec)
+    if has_loader("lm_scorer", parsed.prefix):  # a served (openai:) or vLLM (vllm:) model: its own scorer
+        material = LOADERS["lm_scorer_key"][parsed.prefix](parsed, options, role)
+        description = {"role": role, "model": {"spec": str(parsed), "backend": parsed.prefix}}
+        return DeferredScorer(material, description, lambda: load("lm_scorer", parsed, lm_role=role, options=options))
+    from teachfit.models.hf import pick_device, pick_dtype
+
     dtype = str(pick_dtype(options.dtype, pick_device(options.device))).removeprefix("torch.")
     material = lm_key_material(parsed.fingerprint(), dtype, options.max_length, options.unconditional_for(role))
     description = {"role": role, "model": {"spec": str(parsed), "fingerprint": parsed.fingerprint(), "dtype": dtype}}

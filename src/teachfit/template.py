@@ -91,6 +91,22 @@ def encode_pair(tokenizer: Any, instruction: str, response: str, max_length: int
     return EncodedPair(full_ids[:max_length], len(prompt_ids), truncated)
 
 
+def render_pair(tokenizer: Any, instruction: str, response: str) -> tuple[str, str]:
+    """The same contract in characters, for servers that tokenize themselves (models/served_lm.py):
+    (prompt, conversation) rendered with the chat template; the response is
+    conversation[len(prompt):], end of turn included, whitespace after it dropped (as encode_pair
+    drops blank tokens after the end of turn). Raises ValueError like encode_pair."""
+    user = [{"role": "user", "content": instruction}]
+    prompt = _render(tokenizer, user, add_generation_prompt=True)
+    full = _render(tokenizer, user + [{"role": "assistant", "content": response}], add_generation_prompt=False)
+    if not full.startswith(prompt):
+        raise ValueError("chat template: the prompt is not a prefix of the conversation")
+    full = prompt + full[len(prompt):].rstrip()
+    if len(full) == len(prompt):
+        raise ValueError("empty response")
+    return prompt, full
+
+
 def start_token_id(tokenizer: Any) -> int | None:
     """The token a bare response is conditioned on: BOS, else EOS (GPT-2 style), else None."""
     for token_id in (tokenizer.bos_token_id, tokenizer.eos_token_id):

@@ -3,8 +3,15 @@
   hf:<hub id or local dir>     transformers
   gguf:<path>                  a GGUF file (dequantized into torch by transformers' gguf_file=)
   packaged:<name>              an offline model shipped by a PyPI package (see packaged.py)
-  openai:<model>@<base_url>    any OpenAI-compatible server (teachers and judges)
-  vllm:<hub id or dir>         vLLM on a GPU (teachers)
+  openai:<model>@<base_url>    any OpenAI-compatible server (teachers, judges; students and references
+                               through the server's prompt log-probabilities: models/served_lm.py)
+  vllm:<hub id or dir>         vLLM on a GPU (teachers, students and references)
+
+openai: and vllm: specs take options after `?` (SPEC_OPTIONS): `vllm:Qwen/Qwen2.5-72B-Instruct?
+tensor_parallel_size=4&max_model_len=8192`, `openai:m@http://host:8000/v1?server=vllm`. They are
+checked when the spec is parsed (an unknown key or a value of the wrong type is a ModelSpecError
+naming the known keys), kept in `ModelSpec.options`, and part of str(spec), hence of records and
+cache keys.
 """
 from __future__ import annotations
 
@@ -14,13 +21,14 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import parse_qsl, quote, urlencode
 
 from teachfit.models.packaged import PACKAGED, resolve_packaged
 
 PREFIXES = ("hf", "gguf", "packaged", "openai", "vllm")
 # modules that register loaders, imported on first use (heavy libraries stay lazy inside them)
 BACKEND_MODULES = ("teachfit.models.hf", "teachfit.models.llamacpp", "teachfit.models.openai_api",
-                   "teachfit.models.vllm_backend", "teachfit.judging")
+                   "teachfit.models.served_lm", "teachfit.models.vllm_backend", "teachfit.judging")
 
 
 class ModelSpecError(ValueError):
@@ -50,12 +58,92 @@ def check_gguf_magic(path: Path) -> None:
         raise ModelSpecError(f"{path}: not a valid GGUF file ({what})")
 
 
+def _boolean(text: str) -> bool:
+    lowered = str(text).strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{text!r} is not a boolean (true | false)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise ValueError(f"{text!r} is not an integer >= 1")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number") from None
+    if not 0 < value <= 1:
+        raise ValueError(f"{text!r} is not a number in (0, 1]")
+    return value
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def convert(text: str) -> str:
+        if text not in choices:
+            raise ValueError(f"{text!r} is not one of {' | '.join(choices)}")
+        return text
+
+    convert.__name__ = " | ".join(choices)
+    return convert
+
+
+# vLLM engine arguments a spec may set (vllm.LLM(**kwargs); teachfit.models.vllm_backend.engine_kwargs)
+VLLM_ENGINE_OPTIONS: dict[str, Callable[[str], Any]] = {
+    "tensor_parallel_size": _positive_int, "pipeline_parallel_size": _positive_int,
+    "max_model_len": _positive_int, "gpu_memory_utilization": _fraction,
+    "dtype": _choice("auto", "float16", "bfloat16", "float32"), "quantization": str,
+    "enforce_eager": _boolean, "max_num_seqs": _positive_int, "max_num_batched_tokens": _positive_int,
+    "enable_prefix_caching": _boolean,
+}
+# options of each prefix after `?` in a spec: key -> converter (raises ValueError on a bad value)
+SPEC_OPTIONS: dict[str, dict[str, Callable[[str], Any]]] = {
+    "vllm": VLLM_ENGINE_OPTIONS,
+    # served students and references (models/served_lm.py): which adapter, and whose chat template
+    "openai": {"server": _choice("auto", "llamacpp", "vllm", "sglang"), "template": str},
+}
+
+
+def parse_spec_options(prefix: str, query: str, text: str) -> tuple[tuple[str, Any], ...]:
+    """`k=v&...` after a spec's `?` -> sorted (key, typed value) pairs, checked against SPEC_OPTIONS."""
+    known = SPEC_OPTIONS.get(prefix, {})
+    try:
+        items = parse_qsl(query, strict_parsing=True, keep_blank_values=True)
+    except ValueError:
+        raise ModelSpecError(f"'{text}': options must look like ?key=value&key=value") from None
+    options: dict[str, Any] = {}
+    for key, value in items:
+        if key not in known:
+            raise ModelSpecError(f"'{text}': unknown {prefix}: option '{key}' (known: {', '.join(sorted(known))})")
+        try:
+            options[key] = known[key](value)
+        except ValueError as error:
+            raise ModelSpecError(f"'{text}': option {key}: {error}") from None
+        if isinstance(options[key], str) and not options[key]:
+            raise ModelSpecError(f"'{text}': option {key} is empty")
+    return tuple(sorted(options.items()))
+
+
 @dataclass(frozen=True)
 class ModelSpec:
-    """A parsed `prefix:name` model reference."""
+    """A parsed `prefix:name[?options]` model reference."""
 
     prefix: str
     name: str
+    options: tuple[tuple[str, Any], ...] = ()
+
+    def option(self, key: str, default: Any = None) -> Any:
+        """One of the spec's `?key=value` options, else `default`."""
+        return dict(self.options).get(key, default)
 
     @classmethod
     def parse(cls, text: str) -> "ModelSpec":
@@ -70,6 +158,9 @@ class ModelSpec:
                                  f"{', '.join(p + ':' for p in PREFIXES)}")
         else:
             spec = cls("hf", text)
+        if spec.prefix in SPEC_OPTIONS and "?" in spec.name:
+            name, _, query = spec.name.rpartition("?")
+            spec = cls(spec.prefix, name, parse_spec_options(spec.prefix, query, text))
         if not spec.name:
             raise ModelSpecError(f"empty model name in '{text}'")
         if spec.prefix == "packaged" and spec.name not in PACKAGED:
@@ -83,6 +174,13 @@ class ModelSpec:
         return spec
 
     def __str__(self) -> str:
+        query = f"?{urlencode([(k, str(v).lower() if isinstance(v, bool) else v) for k, v in self.options], safe=':/', quote_via=quote)}" \
+            if self.options else ""
+        return f"{self.prefix}:{self.name}{query}"
+
+    @property
+    def base(self) -> str:
+        """`prefix:name` without options."""
         return f"{self.prefix}:{self.name}"
 
     def gguf_path(self) -> Path | None:
@@ -137,3 +235,10 @@ def load(role: str, spec: str | ModelSpec, **options: Any) -> Any:
     if spec.prefix not in loaders:
         raise ModelSpecError(f"no '{role}' backend for prefix '{spec.prefix}:' (have {', '.join(loaders)})")
     return loaders[spec.prefix](spec, **options)
+
+
+def has_loader(role: str, prefix: str) -> bool:
+    """Whether some backend registers a loader for (role, prefix)."""
+    for module in BACKEND_MODULES:
+        importlib.import_module(module)
+    return prefix in LOADERS.get(role, {})

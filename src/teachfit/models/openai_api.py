@@ -108,9 +108,19 @@ class OpenAIClient:
             headers["Authorization"] = f"Bearer {key}"
         return headers
 
+    endpoint = "/chat/completions"  # where post() sends its bodies (a full URL, or a path under base_url)
+
     def _post_once(self, body: dict[str, Any]) -> dict[str, Any]:
-        request = urllib.request.Request(f"{self.base_url}/chat/completions", data=json.dumps(body).encode(),
-                                         headers=self._headers(), method="POST")
+        return self._request_once(self.endpoint, body)
+
+    def get_json(self, endpoint: str) -> Any:
+        """GET a JSON document (e.g. /models), with post()'s retries."""
+        return self._with_retries(lambda: self._request_once(endpoint, None))
+
+    def _request_once(self, endpoint: str, body: dict[str, Any] | None) -> Any:
+        url = endpoint if endpoint.startswith(("http://", "https://")) else f"{self.base_url}{endpoint}"
+        request = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(),
+                                         headers=self._headers(), method="GET" if body is None else "POST")
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 raw = response.read()
@@ -136,12 +146,19 @@ class OpenAIClient:
     def post(self, body: dict[str, Any], check: Any = None) -> dict[str, Any]:
         """POST a chat completion, retrying transient failures with jittered exponential backoff;
         `check(reply)` may raise TransientError to have a malformed reply retried too."""
+
+        def once() -> dict[str, Any]:
+            out = self._post_once(body)
+            if check is not None:
+                check(out)
+            return out
+
+        return self._with_retries(once)
+
+    def _with_retries(self, once: Any) -> Any:
         for attempt in range(self.max_retries + 1):
             try:
-                out = self._post_once(body)
-                if check is not None:
-                    check(out)
-                return out
+                return once()
             except TransientError as error:
                 if attempt == self.max_retries:
                     raise TransientError(f"{self.redact(str(error))} (gave up after {attempt + 1} attempts)") from None
