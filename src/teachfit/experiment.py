@@ -30,7 +30,8 @@ from teachfit.records import InputError
 RUN_OWNED = {"score": {"inputs", "out"}, "rank": {"scores"}, "select": {"inputs", "out"},
              "train": {"data", "out", "student"}, "evaluate": {"model", "out", "student_name", "teacher_name"},
              "correlate": {"run_dir", "metrics", "truth", "out"}, "report": {"run_dir", "out"}}
-PATH_KEYS = {"generate": {"instructions"}, "evaluate": {"bench", "baseline", "judge_config"}}
+PATH_KEYS = {"generate": {"instructions"}, "evaluate": {"bench", "baseline", "judge_config", "ifeval_prompts", "answers"}}
+BENCH_NAMES = ("offline", "alpaca_eval", "arena_hard", "ifeval", "rating")  # not paths
 TEACHER_KEYS = ("spec", "temperature", "top_p", "max_new_tokens", "seed", "n", "name")
 STAGE_ORDER = ("generate", "score", "select", "rank", "train", "evaluate", "correlate", "report")
 
@@ -150,11 +151,17 @@ def _teacher_text(item: Any, checker: _Checker, where: tuple) -> str:
         return item
     if not isinstance(item, dict) or "spec" not in item:
         checker.fail(where, "a teacher is a spec string or a mapping with 'spec' and settings")
+    from teachfit.models import SPEC_OPTIONS
+
+    engine_keys = tuple(SPEC_OPTIONS["vllm"]) if str(item["spec"]).startswith("vllm:") else ()
     for key in item:
-        if key not in TEACHER_KEYS:
-            near = difflib.get_close_matches(str(key), TEACHER_KEYS, n=1)
-            checker.fail(where + (key,), f"unknown teacher setting '{key}'" + (f" (did you mean '{near[0]}'?)" if near else ""))
-    settings = "&".join(f"{k}={item[k]}" for k in TEACHER_KEYS[1:] if k in item)
+        if key not in TEACHER_KEYS and key not in engine_keys:
+            near = difflib.get_close_matches(str(key), TEACHER_KEYS + engine_keys, n=1)
+            checker.fail(where + (key,), f"unknown teacher setting '{key}'" + (f" (did you mean '{near[0]}'?)" if near else "")
+                         + (f"; vllm: engine options: {', '.join(engine_keys)}" if engine_keys else ""))
+    value = {True: "true", False: "false"}
+    settings = "&".join(f"{k}={value.get(item[k], item[k]) if isinstance(item[k], bool) else item[k]}"
+                        for k in TEACHER_KEYS[1:] + engine_keys if k in item)
     return f"{item['spec']}?{settings}" if settings else str(item["spec"])
 
 
@@ -182,6 +189,8 @@ def _check_models(experiment: Experiment, checker: _Checker) -> None:
                 checker.fail((stage, key, index) if isinstance(value, list) else (stage, key), str(error))
     required = [("generate", "teacher"), ("generate", "instructions"), ("score", "student"), ("evaluate", "judge")]
     for stage, key in required:
+        if (stage, key) == ("evaluate", "judge") and getattr(stages.get(stage), "bench", None) == "ifeval":
+            continue  # judge-free
         if stage in stages and not getattr(stages[stage], key):
             checker.fail((stage,), f"'{stage}' needs '{key}'")
     if ("train" in stages or "evaluate" in stages) and "score" not in stages:
@@ -240,7 +249,7 @@ def load_experiment(path: str | Path, run_dir: str | Path | None = None) -> Expe
                                   for i, t in enumerate(teachers if isinstance(teachers, list) else [teachers])]
         if isinstance(section, dict):
             section = {k: ([resolve_path(p, base) for p in v] if isinstance(v, list) else resolve_path(v, base))
-                       if k in PATH_KEYS.get(stage, ()) and v not in (None, "offline", "alpaca_eval", "arena_hard") else v
+                       if k in PATH_KEYS.get(stage, ()) and v is not None and v not in BENCH_NAMES else v
                        for k, v in section.items()}
         cls, forbidden = STAGE_CONFIGS[stage], RUN_OWNED.get(stage, set())
         if stage == "select":

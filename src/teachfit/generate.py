@@ -35,7 +35,7 @@ class TeacherRequest:
 def short_model_name(spec: str) -> str:
     """A readable name from a spec: the last path or id component, without .gguf."""
     body = spec.split(":", 1)[1] if ":" in spec else spec
-    body = body.split("@")[0].rstrip("/")
+    body = body.split("@")[0].split("?")[0].rstrip("/")
     return re.sub(r"\.gguf$", "", body.split("/")[-1]) or "teacher"
 
 
@@ -54,26 +54,34 @@ def parse_teacher(text: str, defaults: GenerationSettings) -> TeacherRequest:
     The dataset name (given or derived) must be a safe file name (teachfit.run.safe_name)."""
     from teachfit.run import safe_name
 
-    spec, name, overrides = text, None, {}
+    from teachfit.models import SPEC_OPTIONS, ModelSpec
+
+    spec, name, overrides, engine = text, None, {}, []
     if "?" in text and "=" in text.rsplit("?", 1)[1]:
         spec, query = text.rsplit("?", 1)
         try:
             pairs = parse_qsl(query, strict_parsing=True)
         except ValueError:
             raise ValueError(f"teacher '{text}': settings must look like ?temperature=0.8&top_p=0.95") from None
+        spec_keys = SPEC_OPTIONS.get("vllm", {}) if spec.startswith("vllm:") else {}
         for key, value in pairs:
             if key == "name":
                 name = value
+            elif key in spec_keys:  # an engine option: stays with the spec (ModelSpec.parse checks it)
+                engine.append((key, value))
             elif key in SETTING_TYPES:
                 try:
                     overrides[key] = SETTING_TYPES[key](value)
                 except ValueError:
                     raise ValueError(f"teacher '{text}': {key}={value!r} is not a {SETTING_TYPES[key].__name__}") from None
             else:
-                raise ValueError(f"teacher '{text}': unknown setting '{key}' (known: {', '.join(SETTING_TYPES)}, name)")
+                extra = f"; engine options: {', '.join(spec_keys)}" if spec_keys else ""
+                raise ValueError(f"teacher '{text}': unknown setting '{key}' (known: {', '.join(SETTING_TYPES)}, name{extra})")
     settings = replace(defaults, **overrides)
     validate_settings(settings, text)
     name = name or dataset_name(spec, settings)
+    if engine:  # `vllm:M?tensor_parallel_size=4...`: checked now, recorded in each answer's `model`
+        spec = str(ModelSpec.parse(f"{spec}?{'&'.join(f'{k}={v}' for k, v in engine)}"))
     try:
         safe_name(name, "dataset name")
     except ValueError as error:

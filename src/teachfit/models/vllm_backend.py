@@ -43,8 +43,8 @@ def engine_kwargs(spec: ModelSpec, trust_remote_code: bool = False, scoring: boo
 
 
 def _open_engine(kwargs: dict[str, Any]) -> tuple[Any, Any]:
+    vllm = require("vllm", "vllm")  # first: without vLLM, the error names the extra to install
     torch = require("torch", "vllm")
-    vllm = require("vllm", "vllm")
     if not torch.cuda.is_available():
         raise RuntimeError("vllm: needs a CUDA GPU and none is visible; use hf:, gguf: or openai: on this machine")
     return vllm, vllm.LLM(**kwargs)
