@@ -74,11 +74,13 @@ class ServerOptions:
     timeout: float = option(120.0, "Seconds to wait for one server reply before retrying.")
     max_retries: int = option(5, "Retries of a failed request (429, 5xx, timeouts, broken replies).")
     n_ctx: int = option(4096, "Context size of GGUF models run by llama.cpp.")
+    n_threads: Optional[int] = option(None, "CPU threads of GGUF models run by llama.cpp (default: all cores; "
+                                            "fewer when other jobs share the cores: its threads spin-wait).")
 
     def server_options(self) -> dict[str, Any]:
         """Keyword options for teachers and judges behind a server or llama.cpp."""
         return {"concurrency": self.concurrency, "timeout": self.timeout, "max_retries": self.max_retries,
-                "n_ctx": self.n_ctx}
+                "n_ctx": self.n_ctx, "n_threads": self.n_threads}
 
 
 @dataclass(kw_only=True)
@@ -99,7 +101,7 @@ class GenerateConfig(CommonOptions, ServerOptions):
 
     def __post_init__(self) -> None:
         check_choices(self)
-        check_positive(self, "max_new_tokens", "n", "limit", "per_category", "concurrency", "timeout")
+        check_positive(self, "max_new_tokens", "n", "limit", "per_category", "concurrency", "timeout", "n_threads")
 
 
 # The columns `score --metrics` can ask for. CAR and reward need the reward; *_self the student;
