@@ -6,8 +6,9 @@ Measured here (PAIRS a-d, loss(y|x) in nats per response token, served - in-proc
 +0.010, +0.050, -0.030, +0.168 (max abs 0.168 on pair d, 6 response tokens; mean abs 0.065);
 token counts equal. llama.cpp multiplies Q4_1 weights with activations quantized to 8 bits,
 torch with the dequantized weights in fp32, so the figures differ by that noise, most on short
-responses. The test scores a-c (llama-cpp-python's server spends ~0.2 s per echoed token on
-this CPU) and allows 0.15 nats per token, 3x the largest difference measured on them (0.050).
+responses. The test scores a and c (llama-cpp-python's server spends ~0.2 s per echoed token on
+this 2-core CPU, so the test takes ~1-2 minutes with the cores shared) and allows 0.15 nats per
+token, 5x the largest difference measured on them (0.030).
 loss(y): llama-cpp-python gives no log-probability for the first echoed token, so the served
 loss(y) leaves it out; it is compared with the in-process per-token NLL without that token.
 """
@@ -63,7 +64,7 @@ def _uncond_without_first(response: str) -> float:
 
 def test_served_loss_matches_in_process_and_key_stays_out(server, tmp_path, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
-    pairs = write_pairs(tmp_path / "pairs.jsonl", [p | {"teacher": "t"} for p in PAIRS[:3]])
+    pairs = write_pairs(tmp_path / "pairs.jsonl", [p | {"teacher": "t"} for p in (PAIRS[0], PAIRS[2])])
     options = ScoreConfig(dtype="float32", device="cpu", progress=False, metrics=["ppl_self", "ifd_self"],
                           concurrency=2)
     served_spec = f"openai:smol@{server.url}?server=llamacpp&template={PACKAGED}"
@@ -92,7 +93,7 @@ def test_served_loss_matches_in_process_and_key_stays_out(server, tmp_path, monk
     # a second run computes nothing: every pair comes from the cache (a dead URL would fail otherwise)
     again = score_files([pairs], tmp_path / "again.parquet", served_spec, options=options, show_progress=False,
                         cache_dir=tmp_path / "cache")
-    assert again["counts"]["scored"] == 3 and _rows(tmp_path / "again.parquet") == a
+    assert again["counts"]["scored"] == 2 and _rows(tmp_path / "again.parquet") == a
 
 
 def test_server_without_prompt_logprobs_is_refused(tmp_path):
