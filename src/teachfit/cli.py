@@ -234,13 +234,19 @@ def train(config: configs.TrainConfig) -> None:
 
 @stage_command("evaluate", configs.EvaluateConfig)
 def evaluate(config: configs.EvaluateConfig) -> None:
-    """Judge a model against a baseline: AlpacaEval-2 WR and LC, Arena-Hard WR with a 95% interval, and AP."""
+    """Judge a model against a baseline: AlpacaEval-2 WR and LC, Arena-Hard WR with a 95% interval, and AP;
+    or, judge-free, IFEval accuracy (--bench ifeval), or the absolute rating (--bench rating)."""
     from teachfit.stages import run_evaluate
 
     if not config.out:
         _fail("give --out (a run directory or an output folder)")
     report = run_evaluate(config, None)
     r = report["results"]
+    if r["bench"] in ("ifeval", "rating"):
+        from teachfit.truth import summary_line
+
+        typer.echo(f"{summary_line(r)} ({r['seconds']}s) -> {Path(config.out) / 'results.csv'}")
+        return
 
     def fmt(key: str) -> str:
         return f"{r[key]:.2f}" if isinstance(r.get(key), float) else "-"

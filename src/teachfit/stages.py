@@ -216,13 +216,16 @@ def run_train(config: TrainConfig, run: RunDir | None, executor: Any = None) -> 
 def run_evaluate(config: EvaluateConfig, run: RunDir | None, executor: Any = None) -> dict[str, Any]:
     """A model's answers judged against the baseline -> evaluations/, results.csv."""
     from teachfit.evaluate import labels_for, run_evaluation
+    from teachfit.truth import JUDGE_FREE, run_truth
 
+    out = Path(config.out) if config.out else run.evaluations_dir if run else Path("evaluations")
+    results_csv = run.results_csv if run else out / "results.csv"
+    if config.bench in JUDGE_FREE:  # IFEval, or the absolute rating: no baseline, no pairwise judge
+        return run_truth(config, out, results_csv)
     if not config.model or not config.judge:
         raise ValueError("give --model and --judge")
     labels = labels_for(config.model)
     labels.update({k: v for k, v in (("student", config.student_name), ("teacher", config.teacher_name)) if v})
-    out = Path(config.out) if config.out else run.evaluations_dir if run else Path("evaluations")
-    results_csv = run.results_csv if run else out / "results.csv"
     return run_evaluation(config, out, labels, results_csv)
 
 
@@ -237,15 +240,15 @@ def run_correlate(config: CorrelateConfig, run: RunDir | None, executor: Any = N
     out = Path(config.out) if config.out else run.correlation_csv if run else None
     if not files or truth is None:
         raise ValueError("give a run directory, or --metrics files and --truth")
-    joined = join(read_rankings(files), read_truth(truth))
+    joined = join(read_rankings(files), read_truth(truth, config.truth_column), config.truth_column)
     if not joined:
         raise InputError(truth, None, f"no (student, teacher) appears in both {', '.join(map(str, files))} and {truth}")
     table = correlation_table(joined, config.bootstrap)
-    report = {"correlation": table, "beta_sweep": beta_sweep(joined)}
+    report = {"correlation": table, "beta_sweep": beta_sweep(joined), "truth_column": config.truth_column}
     if config.fit_beta:
         report["fit_beta"] = fit_beta(joined)
     if out:
-        write_table(out, table, {"metrics": [str(f) for f in files], "truth": str(truth),
+        write_table(out, table, {"metrics": [str(f) for f in files], "truth": str(truth), "truth_column": config.truth_column,
                                  "beta_sweep": report["beta_sweep"], "fit_beta": report.get("fit_beta")})
     return report
 
