@@ -34,10 +34,12 @@ def size_from_name(name: str) -> float | None:
     return float(number) * (1.0 if unit == "b" else 1e-3)
 
 
-def join(metric_rows: Sequence[dict[str, Any]], truth_rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Per student, the teachers present in both tables: metric columns plus measured `ap`
-    (and `size_b` read from the teacher's name when the table has no size)."""
-    truth = {(str(r["student"]), str(r["teacher"])): float(r["ap"]) for r in truth_rows}
+def join(metric_rows: Sequence[dict[str, Any]], truth_rows: Sequence[dict[str, Any]], column: str = "ap"
+         ) -> dict[str, list[dict[str, Any]]]:
+    """Per student, the teachers present in both tables: metric columns plus the measured truth
+    (`column` of the truth rows, AP by default; kept under the key `ap` whatever its column) and
+    `size_b` read from the teacher's name when the table has no size."""
+    truth = {(str(r["student"]), str(r["teacher"])): float(r[column]) for r in truth_rows}
     joined: dict[str, list[dict[str, Any]]] = {}
     for row in metric_rows:
         key = (str(row["student"]), str(row["teacher"]))
@@ -143,8 +145,10 @@ def read_rankings(paths: Sequence[Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def read_truth(path: Any) -> list[dict[str, Any]]:
-    """Measured results rows (student, teacher, ap); AP is computed from ae2_lc and ah_wr when absent."""
+def read_truth(path: Any, column: str = "ap") -> list[dict[str, Any]]:
+    """Measured results rows (student, teacher, `column`); AP is computed from ae2_lc and ah_wr
+    when absent. Rows without `column` are left out when it is not `ap` (other benches in the same
+    results.csv) and so are the ifeval and rating rows for `ap`; none having it is an error."""
     from teachfit.metrics import average_performance
     from teachfit.records import InputError, read_table
 
@@ -153,9 +157,14 @@ def read_truth(path: Any) -> list[dict[str, Any]]:
     for number, row in enumerate(rows, start=2):
         if row.get("ap") in (None, "") and row.get("ae2_lc") not in (None, "") and row.get("ah_wr") not in (None, ""):
             row = {**row, "ap": average_performance(float(row["ae2_lc"]), float(row["ah_wr"]))}
-        if any(row.get(k) in (None, "") for k in ("student", "teacher", "ap")):
-            raise InputError(path, number, "needs columns student, teacher and ap (or ae2_lc and ah_wr)")
+        if row.get(column) in (None, "") and (column != "ap" or row.get("bench") in ("ifeval", "rating")):
+            continue
+        if any(row.get(k) in (None, "") for k in ("student", "teacher", column)):
+            wanted = column if column != "ap" else "ap (or ae2_lc and ah_wr)"
+            raise InputError(path, number, f"needs columns student, teacher and {wanted}")
         out.append(row)
+    if not out:
+        raise InputError(path, None, f"no row has a value in column '{column}'")
     return out
 
 
@@ -166,7 +175,8 @@ def correlation_text(report: dict[str, Any]) -> str:
     metrics = [m for m in CORRELATED if any(r["metric"] == m for r in table)]
     cell = {(r["student"], r["metric"]): r for r in table}
     width = max(len(s) for s in students) + 2
-    lines = ["Spearman rho vs measured AP (95% bootstrap interval over teachers)",
+    truth = report.get("truth_column", "ap")
+    lines = [f"Spearman rho vs measured {'AP' if truth == 'ap' else truth} (95% bootstrap interval over teachers)",
              " " * width + "".join(f"{m:>22}" for m in metrics)]
     for student in students:
         parts = []
