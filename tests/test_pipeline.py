@@ -1,5 +1,6 @@
 """`teachfit run experiment.yaml` end to end on tiny models built here: every stage, a second run
 that loads nothing, a new beta that re-ranks only, a new teacher generated and scored alone."""
+import csv
 import json
 from pathlib import Path
 
@@ -39,6 +40,9 @@ rank:
     return path
 
 
+IFEVAL_SAMPLE = Path(__file__).parent / "data" / "ifeval_sample.jsonl"
+
+
 def loads() -> int:
     return sum(LOAD_COUNTS.values())
 
@@ -61,13 +65,19 @@ train:
   max_length: 128
   progress: false
 evaluate:
-  judge: packaged:smollm2-135m-instruct
-  bench: {bench}
-  baseline: {baseline}
-  max_new_tokens: 4
-  n_ctx: 1024
-  dtype: float32
-  progress: false
+  - judge: packaged:smollm2-135m-instruct
+    bench: {bench}
+    baseline: {baseline}
+    max_new_tokens: 4
+    n_ctx: 1024
+    dtype: float32
+    progress: false
+  - bench: ifeval                          # judge-free, a second bench per checkpoint
+    ifeval_prompts: {IFEVAL_SAMPLE}
+    limit: 3
+    max_new_tokens: 4
+    dtype: float32
+    progress: false
 correlate:
   bootstrap: 20
 report: {{}}
@@ -83,8 +93,9 @@ report: {{}}
     ranking = json.loads((run / "ranking.json").read_text())
     assert {t["teacher"] for r in ranking.values() for t in r["teachers"]} == {"greedy", "sampled", "car-instance"}
     assert len(list((run / "checkpoints").iterdir())) == 3  # one student x (2 teachers + 1 selection)
-    results = (run / "results.csv").read_text().splitlines()
-    assert len(results) == 1 + 3
+    results = list(csv.DictReader((run / "results.csv").open()))
+    assert sorted(r["bench"] for r in results) == ["bench"] * 3 + ["ifeval"] * 3  # 3 checkpoints x 2 benches
+    assert all(r["ifeval_prompt_strict"] != "" for r in results if r["bench"] == "ifeval")
     assert (run / "correlation.csv").exists() and (run / "report.html").exists()
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["config"]["sections"]["rank"]["beta"] == 3.0 and "torch" in manifest["versions"]

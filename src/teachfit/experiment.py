@@ -7,7 +7,9 @@
     score:    {student: [...], reward_model: ..., reference: ...}
     select:   [{by: car-instance}, {by: reward, teacher: X-t0.8-p0.95-n5, name: X-best5}]
     rank:     {beta: 3}
-    train:    {...}   evaluate: {judge: ...}   correlate: {}   report: {paper: true}
+    train:    {...}
+    evaluate: [{judge: ...}, {bench: ifeval, ifeval_prompts: input_data.jsonl}]   # one or a list
+    correlate: {}   report: {paper: true}
 
 The keys of a section are exactly the option names of that stage's command (teachfit.config).
 Everything is checked before any model loads: a wrong key, type or value is an error naming the
@@ -34,6 +36,7 @@ PATH_KEYS = {"generate": {"instructions"}, "evaluate": {"bench", "baseline", "ju
 BENCH_NAMES = ("offline", "alpaca_eval", "arena_hard", "ifeval", "rating")  # not paths
 TEACHER_KEYS = ("spec", "temperature", "top_p", "max_new_tokens", "seed", "n", "name")
 STAGE_ORDER = ("generate", "score", "select", "rank", "train", "evaluate", "correlate", "report")
+LISTED = ("select", "evaluate")  # stages whose section may be a list: each item runs (several selections, benches)
 
 
 @dataclass(kw_only=True)
@@ -179,7 +182,7 @@ def _check_models(experiment: Experiment, checker: _Checker) -> None:
                 safe_name(parse_teacher(text, GenerationSettings()).name, "dataset name")
             except ValueError as error:
                 checker.fail(("generate", "teacher", index), str(error))
-    checks = [("score", "student"), ("score", "reference"), ("score", "reward_model"), ("evaluate", "judge")]
+    checks = [("score", "student"), ("score", "reference"), ("score", "reward_model")]
     for stage, key in checks:
         value = getattr(stages.get(stage), key, None)
         for index, spec in enumerate(value if isinstance(value, list) else [value] if value else []):
@@ -187,14 +190,29 @@ def _check_models(experiment: Experiment, checker: _Checker) -> None:
                 ModelSpec.parse(spec)
             except ValueError as error:
                 checker.fail((stage, key, index) if isinstance(value, list) else (stage, key), str(error))
-    required = [("generate", "teacher"), ("generate", "instructions"), ("score", "student"), ("evaluate", "judge")]
+    required = [("generate", "teacher"), ("generate", "instructions"), ("score", "student")]
     for stage, key in required:
-        if (stage, key) == ("evaluate", "judge") and getattr(stages.get(stage), "bench", None) == "ifeval":
-            continue  # judge-free
         if stage in stages and not getattr(stages[stage], key):
             checker.fail((stage,), f"'{stage}' needs '{key}'")
+    for where, evaluate in _sections(experiment, "evaluate"):
+        if evaluate.judge:
+            try:
+                ModelSpec.parse(evaluate.judge)
+            except ValueError as error:
+                checker.fail(where + ("judge",), str(error))
+        elif evaluate.bench != "ifeval":  # IFEval is judge-free; the rating and pairwise benches need one
+            checker.fail(where, f"'evaluate' needs 'judge' for bench '{evaluate.bench}'")
     if ("train" in stages or "evaluate" in stages) and "score" not in stages:
         checker.fail(("train",) if "train" in stages else ("evaluate",), "train and evaluate need a 'score' section (its students)")
+
+
+def _sections(experiment: Experiment, stage: str) -> list[tuple[tuple, Any]]:
+    """(where in the file, config) of each section of a stage that may be a list (select, evaluate)."""
+    configs = experiment.stages.get(stage)
+    if configs is None:
+        return []
+    listed = isinstance(experiment.raw.get(stage), list)
+    return [((stage, i) if listed else (stage,), config) for i, config in enumerate(configs)]
 
 
 def _default_metrics(experiment: Experiment) -> None:
@@ -252,7 +270,7 @@ def load_experiment(path: str | Path, run_dir: str | Path | None = None) -> Expe
                        if k in PATH_KEYS.get(stage, ()) and v is not None and v not in BENCH_NAMES else v
                        for k, v in section.items()}
         cls, forbidden = STAGE_CONFIGS[stage], RUN_OWNED.get(stage, set())
-        if stage == "select":
+        if stage in LISTED:
             items = section if isinstance(section, list) else [section]
             experiment.stages[stage] = [checker.section(cls, item, (stage, i) if isinstance(section, list) else (stage,), forbidden)
                                         for i, item in enumerate(items)]

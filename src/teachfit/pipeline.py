@@ -71,10 +71,14 @@ def _jobs(stage: str, experiment: Experiment, run: RunDir) -> Iterator[tuple[str
                               teacher=[])
                 yield f"train-{short}--{dataset}", fingerprint(_settings(job), file_digest([source])), job
     elif stage == "evaluate":
-        for checkpoint in run.checkpoints():
-            job = replace(config, model=f"hf:{checkpoint}", out=str(run.evaluations_dir))
-            digest = file_digest([checkpoint / "teachfit_train.json"])
-            yield f"evaluate-{checkpoint.name}", fingerprint(_settings(job), digest), job
+        benches = [Path(item.bench).stem for item in config]
+        for index, (item, bench) in enumerate(zip(config, benches)):
+            label = bench if benches.count(bench) == 1 else f"{bench}{index}"
+            inputs = [Path(p) for p in (item.ifeval_prompts, item.answers) if p]
+            for checkpoint in run.checkpoints():
+                job = replace(item, model=f"hf:{checkpoint}", out=str(run.evaluations_dir))
+                digest = file_digest([checkpoint / "teachfit_train.json"] + inputs)
+                yield f"evaluate-{label}-{checkpoint.name}", fingerprint(_settings(job), digest), job
     elif stage == "correlate":
         job = replace(config, run_dir=str(run.root))
         yield stage, fingerprint(_settings(config), file_digest([run.ranking_csv, run.results_csv])), job
