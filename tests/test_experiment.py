@@ -101,6 +101,7 @@ def test_score_computes_what_the_later_stages_use(tmp_path, extra, expected):
 @pytest.mark.parametrize("extra, line, words", [
     ("  metrics: [car, ifd]\n", 5, ["'ifd' is not one of", "ifd_self"]),
     ("  metrics: [ppl_self]\n  reference: packaged:smollm2-135m-instruct\n", 6, ["reference", "no _ref column"]),
+    ("  metrics: [ppl_self, ppl_ref]\n", 5, ["_ref columns need a reference"]),
 ])
 def test_bad_metrics_are_refused_at_their_line(tmp_path, extra, line, words):
     error = check(tmp_path, GOOD.replace("  max_length: 1024\n", extra))

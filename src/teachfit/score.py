@@ -240,7 +240,9 @@ def build_scorers(student: str, reference: str | None, reward_model: str | None,
     them. With `reward_column` the reward comes from the input files instead of a model."""
     from teachfit.reward import FileRewardScorer, deferred_reward
 
-    scorers: list[Any] = [_deferred_lm(student, "self", options)]
+    scorers: list[Any] = []
+    if options.wants("car", "ppl_self", "ifd_self", "rsr_self"):  # `--metrics reward,length` needs no student pass
+        scorers.append(_deferred_lm(student, "self", options))
     if reference and options.wants("ppl_ref", "ifd_ref"):
         scorers.append(_deferred_lm(reference, "ref", options))
     if reward_model and options.wants("car", "reward"):
