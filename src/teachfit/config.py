@@ -143,8 +143,7 @@ class ScoreConfig(CommonOptions, ServerOptions):
         for name in self.metrics:
             if name not in SCORE_METRICS:
                 raise ConfigValueError("metrics", f"'{name}' is not one of {', '.join(SCORE_METRICS)}")
-        if self.metrics and self.wants("ppl_ref", "ifd_ref") and not self.reference and \
-                any(name.endswith("_ref") for name in self.metrics):
+        if not self.reference and any(name.endswith("_ref") for name in self.metrics):
             raise ConfigValueError("metrics", "the _ref columns need a reference model (--reference)")
         if "car" in self.metrics and not (self.reward_model or self.reward_column):
             raise ConfigValueError("metrics", "car needs a reward: give reward_model or reward_column")
