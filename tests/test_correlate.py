@@ -66,3 +66,28 @@ def test_cli_correlate_on_files(tmp_path):
 def test_teacher_size_from_name(name, size):
     from teachfit.correlate import size_from_name
     assert size_from_name(name) == size
+
+
+def test_truth_column_that_is_not_numeric_or_unknown_is_a_file_line_error(tmp_path):
+    """--truth-column rating_judge (a model spec) or a column results.csv does not have: exit 2,
+    the file, the column and the first bad line; no traceback."""
+    from teachfit.records import write_table
+
+    metric_rows, _ = synthetic()
+    write_table(tmp_path / "ranking.csv", metric_rows, {})
+    rows = [{"student": "s1", "teacher": "t0", "model": "m", "bench": "ifeval", "ifeval_prompt_loose": 50.0,
+             "rating_mean": "", "rating_judge": ""},
+            {"student": "s1", "teacher": "t1", "model": "m", "bench": "rating", "ifeval_prompt_loose": "",
+             "rating_mean": 5.5, "rating_judge": "packaged:qwen2.5-coder-0.5b-instruct"}]
+    write_table(tmp_path / "results.csv", rows, {})
+
+    def correlate(column):
+        return subprocess.run([sys.executable, "-m", "teachfit.cli", "correlate", str(tmp_path), "--truth-column", column],
+                              capture_output=True, text=True)
+
+    bad = correlate("rating_judge")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
+    assert f"{tmp_path / 'results.csv'}:3: column 'rating_judge' must hold numbers" in bad.stderr
+    unknown = correlate("ifeval_prompt_lose")
+    assert unknown.returncode == 2 and "Traceback" not in unknown.stderr, unknown.stderr
+    assert "results.csv: no column 'ifeval_prompt_lose'" in unknown.stderr and "ifeval_prompt_loose" in unknown.stderr

@@ -146,26 +146,47 @@ def read_rankings(paths: Sequence[Any]) -> list[dict[str, Any]]:
 
 
 def read_truth(path: Any, column: str = "ap") -> list[dict[str, Any]]:
-    """Measured results rows (student, teacher, `column`); AP is computed from ae2_lc and ah_wr
-    when absent. Rows without `column` are left out when it is not `ap` (other benches in the same
-    results.csv) and so are the ifeval and rating rows for `ap`; none having it is an error."""
+    """Measured results rows (student, teacher, `column`, a number); AP is computed from ae2_lc and
+    ah_wr when absent. Rows without `column` are left out when it is not `ap` (other benches in the
+    same results.csv) and so are the ifeval and rating rows for `ap`; an unknown column, a value
+    that is not a number and none having it are errors (InputError naming the file and line)."""
     from teachfit.metrics import average_performance
     from teachfit.records import InputError, read_table
 
     rows = read_table(path)[0]
+    first = 2 if str(path).endswith(".csv") else 1  # the line of the first row (CSV: after the header)
+    columns = list(dict.fromkeys(c for r in rows for c in r))
+    known = column in columns or (column == "ap" and {"ae2_lc", "ah_wr"} <= set(columns))
+    if rows and not known:
+        near = [c for c in columns if c not in ("student", "teacher", "model", "bench")]
+        raise InputError(path, None, f"no column '{column}' (columns: {', '.join(near) or 'none'})")
     out = []
-    for number, row in enumerate(rows, start=2):
+    for number, row in enumerate(rows, start=first):
         if row.get("ap") in (None, "") and row.get("ae2_lc") not in (None, "") and row.get("ah_wr") not in (None, ""):
-            row = {**row, "ap": average_performance(float(row["ae2_lc"]), float(row["ah_wr"]))}
+            row = {**row, "ap": average_performance(_number(path, number, row, "ae2_lc"), _number(path, number, row, "ah_wr"))}
         if row.get(column) in (None, "") and (column != "ap" or row.get("bench") in ("ifeval", "rating")):
             continue
         if any(row.get(k) in (None, "") for k in ("student", "teacher", column)):
             wanted = column if column != "ap" else "ap (or ae2_lc and ah_wr)"
             raise InputError(path, number, f"needs columns student, teacher and {wanted}")
-        out.append(row)
+        out.append({**row, column: _number(path, number, row, column)})
     if not out:
         raise InputError(path, None, f"no row has a value in column '{column}'")
     return out
+
+
+def _number(path: Any, line: int, row: dict[str, Any], column: str) -> float:
+    """A cell that must be a number (finite or NaN), else an InputError at its line."""
+    from teachfit.records import InputError
+
+    value = row.get(column)
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        return float(value)
+    except (TypeError, ValueError):
+        raise InputError(path, line, f"column '{column}' must hold numbers to correlate with, got {value!r}"
+                                     " (pass a measured column with --truth-column)") from None
 
 
 def correlation_text(report: dict[str, Any]) -> str:
