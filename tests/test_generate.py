@@ -119,3 +119,35 @@ def test_llamacpp_teacher_with_a_packaged_gguf(tmp_path):
     records = [json.loads(l) for l in (tmp_path / "run" / "responses" / f"{request.name}.jsonl").open()]
     assert all(r["response"].strip() and 0 < r["completion_tokens"] <= 8 for r in records)
     assert records[0]["backend"]["backend"] == "llamacpp"
+
+
+def test_answers_of_another_spec_or_max_new_tokens_are_made_again(tmp_path, tiny_chatml):
+    """Resuming reuses only what the request would make: a stored answer whose `model` differs
+    (e.g. other vLLM engine options in the spec) or made with another max_new_tokens is regenerated;
+    the file ends with one record per instruction, all of the request's."""
+    from teachfit.models import load
+
+    items = read_instructions([instructions_file(tmp_path, 3)])
+    spec, path, loaded = f"hf:{tiny_chatml}", tmp_path / "answers.jsonl", []
+
+    def loader(name):
+        loaded.append(name)
+        return load("teacher", name, dtype="float32")
+
+    request = TeacherRequest(spec, GenerationSettings(max_new_tokens=3), "tiny")
+    assert answer_all(items, request, path, loader, show_progress=False)["generated"] == 3
+    records = [json.loads(l) for l in path.open()]
+    records[1]["model"] = f"{spec}?tensor_parallel_size=2"  # made with other engine options
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    stats = answer_all(items, request, path, loader, show_progress=False)
+    assert stats["already_done"] == 2 and stats["generated"] == 1
+    again = [json.loads(l) for l in path.open()]
+    assert [r["instruction_id"] for r in again] == ["q0", "q1", "q2"] and {r["model"] for r in again} == {spec}
+    assert answer_all(items, request, path, loader, show_progress=False)["generated"] == 0 and len(loaded) == 2
+    longer = TeacherRequest(spec, GenerationSettings(max_new_tokens=4), "tiny")
+    assert len(read_done(path, longer)) == 0 and len(read_done(path)) == 3
+    stats = answer_all(items, longer, path, loader, show_progress=False)
+    assert stats["already_done"] == 0 and stats["generated"] == 3
+    assert {json.loads(l)["gen_response_configs"]["max_new_tokens"] for l in path.open()} == {4}
+    more = TeacherRequest(spec, GenerationSettings(max_new_tokens=4, n=2), "tiny")  # n alone: sample 0 is kept
+    assert len(read_done(path, more)) == 3

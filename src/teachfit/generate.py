@@ -99,9 +99,24 @@ def _record_key(record: dict[str, Any]) -> tuple[str, int]:
     return str(record["instruction_id"]), int(record["sample"])
 
 
-def _latest(path: Path) -> dict[tuple[str, int], dict[str, Any]]:
+def reusable(record: dict[str, Any], request: TeacherRequest | None) -> bool:
+    """Whether a stored record answers `request`: made by the same model spec (engine options
+    included) with the same settings (max_new_tokens, sampling, seed; a setting the record does not
+    store counts as the same, and n does not matter: each sample is made alone). Without a request,
+    every record."""
+    if request is None:
+        return True
+    if record.get("model", request.spec) != request.spec:
+        return False
+    stored = record.get("gen_response_configs")
+    stored = stored if isinstance(stored, dict) else {}
+    return all(stored.get(k, v) == v for k, v in request.settings.to_dict().items() if k != "n")
+
+
+def _latest(path: Path, request: TeacherRequest | None = None) -> dict[tuple[str, int], dict[str, Any]]:
     """Per (instruction, sample): the last finished record in the file, else its last error
-    (torn lines from a kill are skipped)."""
+    (torn lines from a kill are skipped; with a request, so are the records made otherwise: a
+    different model, engine options or settings)."""
     latest: dict[tuple[str, int], dict[str, Any]] = {}
     if not path.exists():
         return latest
@@ -112,20 +127,24 @@ def _latest(path: Path) -> dict[tuple[str, int], dict[str, Any]]:
                 key = _record_key(record)
             except (json.JSONDecodeError, KeyError, TypeError, ValueError):
                 continue
+            if not reusable(record, request):
+                continue
             if not record.get("error") or key not in latest or latest[key].get("error"):
                 latest[key] = record
     return latest
 
 
-def read_done(path: Path) -> dict[tuple[str, int], dict[str, Any]]:
-    """Finished answers already in a dataset file (the last per key; errors and torn lines skipped)."""
-    return {key: record for key, record in _latest(path).items() if not record.get("error")}
+def read_done(path: Path, request: TeacherRequest | None = None) -> dict[tuple[str, int], dict[str, Any]]:
+    """Finished answers already in a dataset file (the last per key; errors and torn lines skipped,
+    and with a request the records it would not reuse)."""
+    return {key: record for key, record in _latest(path, request).items() if not record.get("error")}
 
 
-def compact(path: Path, order: Sequence[Instruction], n: int) -> int:
+def compact(path: Path, order: Sequence[Instruction], n: int, request: TeacherRequest | None = None) -> int:
     """Rewrite a dataset file with one record per (instruction, sample), in instruction order:
-    the finished answer if any, else the last error. Returns the number of errors left."""
-    latest = _latest(path)
+    the finished answer if any, else the last error (with a request: only its records). Returns
+    the number of errors left."""
+    latest = _latest(path, request)
     rows = [latest[(i.id, k)] for i in order for k in range(n) if (i.id, k) in latest]
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
@@ -161,7 +180,7 @@ def answer_all(instructions: Sequence[Instruction], request: TeacherRequest, pat
     from tqdm.auto import tqdm
 
     settings = request.settings
-    done = read_done(path)
+    done = read_done(path, request)  # answers made by another model, engine options or settings are made again
     todo = [(i, k) for i in instructions for k in range(settings.n) if (i.id, k) not in done]
     stats = {"dataset": request.name, "already_done": len(done), "generated": 0, "errors": 0,
              "completion_tokens": 0, "seconds": 0.0}
@@ -188,7 +207,7 @@ def answer_all(instructions: Sequence[Instruction], request: TeacherRequest, pat
                 bar.update(len(chunk))
                 bar.set_postfix(tok_s=f"{stats['completion_tokens'] / max(elapsed, 1e-9):.1f}")
         stats["seconds"] = round(time.perf_counter() - started, 3)
-    stats["errors"] = compact(path, instructions, settings.n) if path.exists() else 0
+    stats["errors"] = compact(path, instructions, settings.n, request) if path.exists() else 0
     stats["tokens_per_second"] = round(stats["completion_tokens"] / stats["seconds"], 2) if stats["seconds"] else None
     return stats
 
@@ -241,7 +260,7 @@ def _generate_sharded(instructions: Sequence[Instruction], request: TeacherReque
     files into `path` (compaction keeps one record per (instruction, sample))."""
     from teachfit.run import fingerprint
 
-    done = read_done(path)
+    done = read_done(path, request)
     todo = [i for i in instructions if any((i.id, k) not in done for k in range(request.settings.n))]
     world = executor.world_size
     key = fingerprint(request.spec, request.settings.to_dict(), [i.id for i in todo])
@@ -262,8 +281,8 @@ def _generate_sharded(instructions: Sequence[Instruction], request: TeacherReque
                 handle.write(json.dumps(record, ensure_ascii=False) + "\n")
         handle.flush()
         os.fsync(handle.fileno())
-    errors = compact(path, instructions, request.settings.n)
+    errors = compact(path, instructions, request.settings.n, request)
     for shard in shard_dir.glob(f"{key[:16]}-*.jsonl"):
         shard.unlink()
-    return {"dataset": request.name, "already_done": len(done), "generated": len(read_done(path)) - len(done),
+    return {"dataset": request.name, "already_done": len(done), "generated": len(read_done(path, request)) - len(done),
             "errors": errors, "shards": world}
