@@ -111,3 +111,22 @@ def test_bad_metrics_are_refused_at_their_line(tmp_path, extra, line, words):
 def test_car_without_a_reward_is_refused(tmp_path):
     error = check(tmp_path, GOOD.replace("  max_length: 1024\n", "  metrics: [car]\n"))
     assert "car needs a reward" in str(error)
+
+
+def test_evaluate_answers_and_a_second_item_of_a_bench_are_refused_at_their_line(tmp_path):
+    """The run's checkpoints are what an experiment evaluates: `answers` (exclusive with the model)
+    is refused; two evaluate items of one bench would write the same results.csv row."""
+    evaluate = "evaluate:\n  - bench: ifeval\n    answers: given.jsonl\n"
+    error = check(tmp_path, GOOD + evaluate)
+    assert error.line == 10 and "'evaluate.0.answers' is set by the run directory" in error.reason
+    two = ("evaluate:\n  - bench: rating\n    judge: packaged:smollm2-135m-instruct\n"
+           "  - bench: ifeval\n  - bench: rating\n    judge: packaged:smollm2-135m-instruct\n")
+    error = check(tmp_path, GOOD + two)
+    assert error.line == 12 and "a second evaluate item for bench 'rating' (first at line 9)" in error.reason
+    files = "evaluate:\n  - {bench: a/b.jsonl, judge: packaged:smollm2-135m-instruct}\n  - {bench: c/b.jsonl, judge: packaged:smollm2-135m-instruct}\n"
+    error = check(tmp_path, GOOD + files)
+    assert error.line == 10 and "bench 'b'" in error.reason
+    path = tmp_path / "e.yaml"
+    path.write_text(GOOD + evaluate)
+    result = subprocess.run([sys.executable, "-m", "teachfit.cli", "run", str(path)], capture_output=True, text=True)
+    assert result.returncode == 2 and f"{path}:10: " in result.stderr and "Traceback" not in result.stderr

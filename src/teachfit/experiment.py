@@ -30,9 +30,9 @@ from teachfit.records import InputError
 
 # Keys the run directory supplies: an experiment may not set them.
 RUN_OWNED = {"score": {"inputs", "out"}, "rank": {"scores"}, "select": {"inputs", "out"},
-             "train": {"data", "out", "student"}, "evaluate": {"model", "out", "student_name", "teacher_name"},
+             "train": {"data", "out", "student"}, "evaluate": {"model", "answers", "out", "student_name", "teacher_name"},
              "correlate": {"run_dir", "metrics", "truth", "out"}, "report": {"run_dir", "out"}}
-PATH_KEYS = {"generate": {"instructions"}, "evaluate": {"bench", "baseline", "judge_config", "ifeval_prompts", "answers"}}
+PATH_KEYS = {"generate": {"instructions"}, "evaluate": {"bench", "baseline", "judge_config", "ifeval_prompts"}}
 BENCH_NAMES = ("offline", "alpaca_eval", "arena_hard", "ifeval", "rating")  # not paths
 TEACHER_KEYS = ("spec", "temperature", "top_p", "max_new_tokens", "seed", "n", "name")
 STAGE_ORDER = ("generate", "score", "select", "rank", "train", "evaluate", "correlate", "report")
@@ -109,7 +109,8 @@ class _Checker:
                 self.fail(where + (key,), f"unknown key '{key}'" + (f" in '{label}'" if label else "")
                           + (f" (did you mean '{near[0]}'?)" if near else f"; known: {', '.join(known)}"))
             if key in forbidden:
-                self.fail(where + (key,), f"'{label}.{key}' is set by the run directory; remove it")
+                why = " (its checkpoints are the models evaluated)" if key in ("model", "answers") else ""
+                self.fail(where + (key,), f"'{label}.{key}' is set by the run directory{why}; remove it")
             values[key] = self.value(value, hints[key], where + (key,))
         try:
             return cls(**values)
@@ -202,8 +203,21 @@ def _check_models(experiment: Experiment, checker: _Checker) -> None:
                 checker.fail(where + ("judge",), str(error))
         elif evaluate.bench != "ifeval":  # IFEval is judge-free; the rating and pairwise benches need one
             checker.fail(where, f"'evaluate' needs 'judge' for bench '{evaluate.bench}'")
+    benches: dict[str, tuple] = {}
+    for where, evaluate in _sections(experiment, "evaluate"):  # results.csv keeps one row per (model, bench)
+        name = bench_name(evaluate.bench)
+        if name in benches:
+            first = checker.lines.get(benches[name] + ("bench",), checker.lines.get(benches[name]))
+            checker.fail(where + ("bench",) if where + ("bench",) in checker.lines else where,
+                         f"a second evaluate item for bench '{name}' (first at line {first}); one item per bench")
+        benches[name] = where
     if ("train" in stages or "evaluate" in stages) and "score" not in stages:
         checker.fail(("train",) if "train" in stages else ("evaluate",), "train and evaluate need a 'score' section (its students)")
+
+
+def bench_name(bench: str) -> str:
+    """The name a bench goes by in results.csv and file names: its own, or a file's stem."""
+    return bench if bench in BENCH_NAMES else Path(bench).stem
 
 
 def _sections(experiment: Experiment, stage: str) -> list[tuple[tuple, Any]]:

@@ -13,7 +13,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from teachfit.experiment import STAGE_ORDER, Experiment, load_experiment
+from teachfit.experiment import STAGE_ORDER, Experiment, bench_name, load_experiment
 from teachfit.run import RunDir, file_digest, fingerprint
 from teachfit import stages as stage_functions
 
@@ -71,14 +71,12 @@ def _jobs(stage: str, experiment: Experiment, run: RunDir) -> Iterator[tuple[str
                               teacher=[])
                 yield f"train-{short}--{dataset}", fingerprint(_settings(job), file_digest([source])), job
     elif stage == "evaluate":
-        benches = [Path(item.bench).stem for item in config]
-        for index, (item, bench) in enumerate(zip(config, benches)):
-            label = bench if benches.count(bench) == 1 else f"{bench}{index}"
-            inputs = [Path(p) for p in (item.ifeval_prompts, item.answers) if p]
+        for item in config:  # one item per bench (the experiment file refuses two)
+            inputs = [Path(item.ifeval_prompts)] if item.ifeval_prompts else []
             for checkpoint in run.checkpoints():
                 job = replace(item, model=f"hf:{checkpoint}", out=str(run.evaluations_dir))
                 digest = file_digest([checkpoint / "teachfit_train.json"] + inputs)
-                yield f"evaluate-{label}-{checkpoint.name}", fingerprint(_settings(job), digest), job
+                yield f"evaluate-{bench_name(item.bench)}-{checkpoint.name}", fingerprint(_settings(job), digest), job
     elif stage == "correlate":
         job = replace(config, run_dir=str(run.root))
         yield stage, fingerprint(_settings(config), file_digest([run.ranking_csv, run.results_csv])), job
@@ -94,7 +92,7 @@ def _work(stage: str, config: Any, experiment: Experiment, run: RunDir) -> str:
         items = stage_functions.pick_instructions(config)
         from teachfit.generate import read_done
 
-        missing = sum(len(items) * r.settings.n - len(read_done(run.responses(r.name)))
+        missing = sum(len(items) * r.settings.n - len(read_done(run.responses(r.name), r))
                       for r in stage_functions.teacher_requests(config))
         return f"{missing} answers to generate ({len(items)} instructions x {len(config.teacher)} teachers)"
     if stage == "score":
