@@ -84,7 +84,7 @@ def test_cli_accuracy_equals_reference_loop(tmp_path):
     assert row["bench"] == "ifeval" and int(row["n_prompts"]) == 19
     per_prompt = read_jsonl(out / "ifeval" / "ifeval_sample_responses.jsonl")
     assert len(per_prompt) == 19 and {"follow_strict", "follow_loose", "prompt_loose"} <= set(per_prompt[0])
-    summary = json.loads((out / "scores-ifeval_sample_responses-ifeval.json").read_text())
+    summary = json.loads((out / "scores-ifeval_sample_responses--ifeval.json").read_text())
     assert summary["by_instruction"]["punctuation:no_comma"]["n"] == 2
 
 
@@ -127,6 +127,38 @@ def test_bad_answer_files_give_file_line_and_exit_2(tmp_path, case):
     done, _ = evaluate(tmp_path, "--ifeval-prompts", SAMPLE, "--answers", answers)
     assert done.returncode == 2, done.stderr
     assert f"{answers}:{line}: " in done.stderr and reason in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def _bad_kwarg(prompts):
+    prompts[2]["kwargs"][0] = {**prompts[2]["kwargs"][0], "num_sentencez": 3}  # a name its checker does not take
+    return 3, f"the kwargs of '{prompts[2]['instruction_id_list'][0]}' are not accepted by its checker: TypeError"
+
+
+def _duplicate_key(prompts):
+    prompts[4]["key"] = prompts[1]["key"]
+    return 5, f"duplicate key '{prompts[1]['key']}' (first at line 2)"
+
+
+def _bad_relation(prompts):
+    index = next(i for i, p in enumerate(prompts) if "relation" in json.dumps(p["kwargs"]))
+    for kwargs in prompts[index]["kwargs"]:
+        if "relation" in kwargs:
+            kwargs["relation"] = "about"
+    return index + 1, "are not accepted by its checker: ValueError"
+
+
+@pytest.mark.parametrize("breaks", [_bad_kwarg, _duplicate_key, _bad_relation])
+def test_bad_prompt_files_give_file_line_and_exit_2(tmp_path, breaks):
+    """Every prompt's kwargs are built into its checkers when the prompts file is read, so a bad
+    file is an error at its line (not a TypeError in the middle of the checking)."""
+    prompts = read_jsonl(SAMPLE)
+    line, reason = breaks(prompts)
+    bad = tmp_path / "prompts.jsonl"
+    bad.write_text("".join(json.dumps(p) + "\n" for p in prompts))
+    done, _ = evaluate(tmp_path, "--ifeval-prompts", bad, "--answers", RESPONSES)
+    assert done.returncode == 2, done.stderr
+    assert f"{bad}:{line}: " in done.stderr and reason in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
 
 
@@ -189,3 +221,42 @@ def test_correlate_truth_column(tmp_path):
     car = {r["metric"]: r["rho"] for r in ifeval_report["correlation"] if r["student"] == "s"}["car"]
     assert car == pytest.approx(0.8)
     assert {r["metric"]: r["rho"] for r in ap_report["correlation"] if r["student"] == "s"}["car"] == pytest.approx(-1.0)
+
+
+def test_generated_answers_are_kept_per_bench_and_remade_for_another_max_new_tokens(tmp_path, tiny_chatml, monkeypatch):
+    """--model's answers go to answers/<model>--ifeval.jsonl (another bench's file is left alone),
+    a re-run with another max_new_tokens makes them again, and the model is loaded with the
+    evaluate options that one place builds (n_ctx and n_threads included)."""
+    import teachfit.models
+    from teachfit.config import EvaluateConfig
+    from teachfit.evaluate import model_load_options, result_labels
+    from teachfit.truth import run_truth
+
+    real_load, seen = teachfit.models.load, []
+
+    def load(role, spec, **options):
+        seen.append((role, options))
+        return real_load(role, spec, **options)
+
+    monkeypatch.setattr(teachfit.models, "load", load)
+    out, name = tmp_path / "eval", Path(tiny_chatml).name
+    other = out / "answers" / f"{name}--rating.jsonl"
+    other.parent.mkdir(parents=True)
+    other.write_text('{"instruction_id": "x", "sample": 0, "response": "kept"}\n')
+    config = EvaluateConfig(model=f"hf:{tiny_chatml}", bench="ifeval", ifeval_prompts=str(SAMPLE), limit=2,
+                            max_new_tokens=2, bootstrap=0, dtype="float32", n_ctx=512, n_threads=1, progress=False)
+    run_truth(config, out, out / "results.csv")
+    answers = out / "answers" / f"{name}--ifeval.jsonl"
+    assert [json.loads(l)["gen_response_configs"]["max_new_tokens"] for l in answers.open()] == [2, 2]
+    assert other.read_text() == '{"instruction_id": "x", "sample": 0, "response": "kept"}\n'
+    assert (out / f"scores-{name}--ifeval.json").exists()
+    assert seen == [("teacher", model_load_options(config))]
+    assert seen[0][1]["n_threads"] == 1 and seen[0][1]["n_ctx"] == 512 and seen[0][1]["dtype"] == "float32"
+    run_truth(config, out, out / "results.csv")
+    assert len(seen) == 1  # every answer reused: nothing loaded
+    from dataclasses import replace
+    run_truth(replace(config, max_new_tokens=3), out, out / "results.csv")
+    assert len(seen) == 2 and {json.loads(l)["gen_response_configs"]["max_new_tokens"] for l in answers.open()} == {3}
+    assert result_labels(replace(config, student_name="s")) == {"student": "s", "teacher": ""}
+    assert result_labels(EvaluateConfig(bench="ifeval", answers=str(RESPONSES), teacher_name="t")) == {
+        "student": RESPONSES.stem, "teacher": "t"}

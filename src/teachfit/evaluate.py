@@ -230,9 +230,36 @@ def elapsed(started: float) -> float:
     return round(time.perf_counter() - started, 1)
 
 
+# what the loaders of a model under test (teachfit.models.load("teacher", ...)) take
+MODEL_LOAD_KEYS = ("dtype", "device", "trust_remote_code", "n_ctx", "n_threads", "concurrency", "timeout", "max_retries")
+
+
+def model_load_options(config: Any) -> dict[str, Any]:
+    """The load options of the model under test and of a baseline model (an EvaluateConfig's
+    load_options and server_options: dtype, device, llama.cpp's n_ctx and n_threads, a server's
+    concurrency, timeout and retries). The one place that builds them."""
+    options = config.load_options() | config.server_options()
+    return {k: v for k, v in options.items() if k in MODEL_LOAD_KEYS}
+
+
+def result_labels(config: Any) -> dict[str, str]:
+    """student / teacher of a results row: from a teachfit checkpoint (config.model), else the
+    model spec, or the answers file's name (config.answers); --student-name / --teacher-name win."""
+    labels = labels_for(config.model) if config.model else {"student": Path(config.answers).stem, "teacher": ""}
+    labels.update({k: v for k, v in (("student", config.student_name), ("teacher", config.teacher_name)) if v})
+    return labels
+
+
+def answers_path(out: Path, name: str, bench: str) -> Path:
+    """Where a model's answers to a bench are kept: out/answers/<name>--<bench>.jsonl (one file per
+    bench: generating one bench's answers never rewrites another's)."""
+    return out / "answers" / f"{name}--{bench}.jsonl"
+
+
 def answers_from(items: Sequence[BenchItem], spec: str, path: Path, max_new_tokens: int,
                  load_options: dict[str, Any], show_progress: bool) -> dict[str, str]:
-    """A model's greedy answers to the prompts (the paper's decoding), generated once into `path`."""
+    """A model's greedy answers to the prompts (the paper's decoding), generated once into `path`;
+    answers stored there by another spec or with another max_new_tokens are made again."""
     from teachfit.generate import TeacherRequest, answer_all, read_done
     from teachfit.instructions import Instruction
     from teachfit.models import load
@@ -243,7 +270,7 @@ def answers_from(items: Sequence[BenchItem], spec: str, path: Path, max_new_toke
     stats = answer_all(prompts, request, path, lambda s: load("teacher", s, **load_options), show_progress)
     if stats["errors"]:
         raise RuntimeError(f"{spec}: {stats['errors']} prompts could not be answered (see {path}); re-run to retry")
-    return {key[0]: record["response"] for key, record in read_done(path).items()}
+    return {key[0]: record["response"] for key, record in read_done(path, request).items()}
 
 
 def labels_for(model: str) -> dict[str, str]:
@@ -273,28 +300,30 @@ def judge_files(config: Any) -> list[str]:
 def run_evaluation(config: Any, out: str | Path, labels: dict[str, str] | None = None,
                    results_csv: str | Path | None = None) -> dict[str, Any]:
     """Answer the benchmark with `config.model` (an EvaluateConfig), judge it against the
-    baseline, write answers/, judgments/ and scores-<model>.json under `out` and one row
-    (student/teacher/model/bench) into `results_csv` (default: out/results.csv); return the scores."""
+    baseline, write answers/<model>--<bench>.jsonl, judgments/<model>--<bench>-<judge file>.jsonl
+    and scores-<model>--<bench>.json under `out` and one row (student/teacher/model/bench) into
+    `results_csv` (default: out/results.csv); return the scores."""
     from teachfit.generate import short_model_name
     from teachfit.judging import load_judge
     from teachfit.models import ModelSpec
     from teachfit.versions import versions
 
     out, started = Path(out), time.perf_counter()
-    model, load_options = config.model, config.load_options() | {"n_ctx": config.n_ctx}
+    model, load_options = config.model, model_load_options(config)
     items, bench_name = load_bench(config.bench)
+    name = short_model_name(model)
     if config.baseline and Path(config.baseline).exists():
         attach_baseline(items, config.baseline)
     elif config.baseline:
         ModelSpec.parse(config.baseline)
-        path = out / "answers" / f"baseline-{short_model_name(config.baseline)}.jsonl"
+        path = answers_path(out, f"baseline-{short_model_name(config.baseline)}", bench_name)
         found = answers_from(items, config.baseline, path, config.max_new_tokens, load_options, config.progress)
         for item in items:
             item.baseline = found[item.id]
     if any(not i.baseline for i in items):
         raise InputError(config.bench, None, "no baseline answers: pass --baseline FILE or --baseline MODEL")
-    answers = answers_from(items, model, out / "answers" / f"{short_model_name(model)}.jsonl", config.max_new_tokens,
-                           load_options, config.progress)
+    answers = answers_from(items, model, answers_path(out, name, bench_name), config.max_new_tokens, load_options,
+                           config.progress)
     timings = {"answer": elapsed(started)}
     judge_model = load_judge(config.judge, config.constraint, **config.server_options())
     parallel = config.concurrency if ModelSpec.parse(config.judge).prefix == "openai" else 1
@@ -306,10 +335,10 @@ def run_evaluation(config: Any, out: str | Path, labels: dict[str, str] | None =
         judgments = Judgments(judge_model, judge_config, cache_dir, parallel)
         if judge_config.style == "preference":  # AlpacaEval-2 style
             ae2 = judge_alpaca_eval(items, answers, judgments, config.seed)
-            dump_jsonl(out / "judgments" / f"{short_model_name(model)}-{Path(judge_file).stem}.jsonl", ae2)
+            dump_jsonl(out / "judgments" / f"{name}--{bench_name}-{Path(judge_file).stem}.jsonl", ae2)
         else:  # "verdict": Arena-Hard style
             ah = judge_arena_hard(items, answers, judgments)
-            dump_jsonl(out / "judgments" / f"{short_model_name(model)}-{Path(judge_file).stem}.jsonl", ah)
+            dump_jsonl(out / "judgments" / f"{name}--{bench_name}-{Path(judge_file).stem}.jsonl", ah)
     timings["judge"] = elapsed(judged)
     scores = summarize(ae2, ah)
     row = {**(labels or labels_for(model)), "model": model, "bench": bench_name, "judge": config.judge, **scores,
@@ -317,5 +346,5 @@ def run_evaluation(config: Any, out: str | Path, labels: dict[str, str] | None =
     write_results_row(Path(results_csv) if results_csv else out / "results.csv", row)
     report = {"results": row, "timings_seconds": timings, "max_new_tokens": config.max_new_tokens, "seed": config.seed,
               "constraint": config.constraint, "versions": versions()}
-    (out / f"scores-{short_model_name(model)}.json").write_text(json.dumps(report, indent=2))
+    (out / f"scores-{name}--{bench_name}.json").write_text(json.dumps(report, indent=2))
     return report

@@ -101,11 +101,24 @@ def prompts_path(given: str | None) -> str:
     return path
 
 
-def load_prompts(path: str, known: Any) -> list[IFEvalPrompt]:
+def checker_for(iid: str, kwargs: dict[str, Any], prompt: str, checkers: dict[str, Any]) -> Any:
+    """The checker of instruction `iid` built with its kwargs (None values left out, as the
+    official code does) and, where it takes one, the prompt."""
+    checker = checkers[iid](iid)
+    checker.build_description(**{k: v for k, v in kwargs.items() if v is not None})
+    args = checker.get_instruction_args()
+    if args and "prompt" in args:
+        checker.build_description(prompt=prompt)
+    return checker
+
+
+def load_prompts(path: str, known: dict[str, Any]) -> list[IFEvalPrompt]:
     """Prompts in the official layout (key, prompt, instruction_id_list, kwargs), checked line by
-    line against the instruction ids in `known`."""
+    line: known instruction ids (the checkers `known`), kwargs each checker accepts (its
+    build_description runs here), no key or prompt twice."""
     prompts: list[IFEvalPrompt] = []
     seen: dict[str, int] = {}
+    keys: dict[str, int] = {}
     for number, record in iter_raw_records(path):
         if isinstance(record, InputError):
             raise record
@@ -124,10 +137,18 @@ def load_prompts(path: str, known: Any) -> list[IFEvalPrompt]:
                 raise InputError(path, number, f"unknown instruction '{iid}'")
             if not isinstance(args, dict):
                 raise InputError(path, number, f"the kwargs of '{iid}' must be an object")
+            try:
+                checker_for(iid, args, text, known)
+            except Exception as error:  # the checker refuses these arguments (unknown name, wrong type or value)
+                raise InputError(path, number, f"the kwargs of '{iid}' are not accepted by its checker: "
+                                               f"{type(error).__name__}: {error}") from None
+        key = str(record["key"])
+        if key in keys:
+            raise InputError(path, number, f"duplicate key {key!r} (first at line {keys[key]})")
         if text in seen:
             raise InputError(path, number, f"duplicate prompt (first on line {seen[text]})")
-        seen[text] = number
-        prompts.append(IFEvalPrompt(str(record["key"]), text, list(ids), [dict(a) for a in kwargs]))
+        seen[text], keys[key] = number, number
+        prompts.append(IFEvalPrompt(key, text, list(ids), [dict(a) for a in kwargs]))
     if not prompts:
         raise InputError(path, None, "no prompts")
     return prompts
@@ -196,11 +217,7 @@ def check(prompt: IFEvalPrompt, response: str, checkers: dict[str, Any]) -> dict
     variants = [v for v in loose_variants(response) if v.strip()]
     strict, loose = [], []
     for iid, kwargs in zip(prompt.instruction_ids, prompt.kwargs):
-        checker = checkers[iid](iid)
-        checker.build_description(**{k: v for k, v in kwargs.items() if v is not None})
-        args = checker.get_instruction_args()
-        if args and "prompt" in args:
-            checker.build_description(prompt=prompt.prompt)
+        checker = checker_for(iid, kwargs, prompt.prompt, checkers)
         try:
             strict.append(bool(response.strip()) and bool(checker.check_following(response)))
             loose.append(any(checker.check_following(v) for v in variants))
@@ -245,7 +262,7 @@ def by_instruction(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]
 
 def run_ifeval(config: Any, out: Path, labels: dict[str, str], results_csv: Path) -> dict[str, Any]:
     """Check the answers (config.answers, or config.model's greedy answers, generated once) to the
-    IFEval prompts; write ifeval/<name>.jsonl (per prompt), scores-<name>-ifeval.json and a row of
+    IFEval prompts; write ifeval/<name>.jsonl (per prompt), scores-<name>--ifeval.json and a row of
     results.csv; return the report."""
     import time
 
@@ -256,7 +273,7 @@ def run_ifeval(config: Any, out: Path, labels: dict[str, str], results_csv: Path
     every = load_prompts(source, checkers)
     chosen = select(every, config.limit, config.seed)
     answers = answer_prompts(config, out, [(p.key, p.prompt, p.instruction_ids[0]) for p in chosen],
-                             [p.prompt for p in every], source, "-ifeval")
+                             [p.prompt for p in every], source, "ifeval")
     rows = [check(p, answers[p.key], checkers) for p in chosen]
     scores = accuracies(rows, config.bootstrap, config.seed)
     scores |= {"n_prompts": len(rows), "n_instructions": sum(len(r["follow_strict"]) for r in rows)}

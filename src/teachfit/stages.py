@@ -215,7 +215,7 @@ def run_train(config: TrainConfig, run: RunDir | None, executor: Any = None) -> 
 
 def run_evaluate(config: EvaluateConfig, run: RunDir | None, executor: Any = None) -> dict[str, Any]:
     """A model's answers judged against the baseline -> evaluations/, results.csv."""
-    from teachfit.evaluate import labels_for, run_evaluation
+    from teachfit.evaluate import result_labels, run_evaluation
     from teachfit.truth import JUDGE_FREE, run_truth
 
     out = Path(config.out) if config.out else run.evaluations_dir if run else Path("evaluations")
@@ -224,9 +224,7 @@ def run_evaluate(config: EvaluateConfig, run: RunDir | None, executor: Any = Non
         return run_truth(config, out, results_csv)
     if not config.model or not config.judge:
         raise ValueError("give --model and --judge")
-    labels = labels_for(config.model)
-    labels.update({k: v for k, v in (("student", config.student_name), ("teacher", config.teacher_name)) if v})
-    return run_evaluation(config, out, labels, results_csv)
+    return run_evaluation(config, out, result_labels(config), results_csv)
 
 
 def run_correlate(config: CorrelateConfig, run: RunDir | None, executor: Any = None) -> dict[str, Any]:

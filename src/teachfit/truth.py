@@ -25,22 +25,12 @@ def display_name(config: Any) -> str:
     return short_model_name(config.model) if config.model else Path(config.answers).stem
 
 
-def truth_labels(config: Any) -> dict[str, str]:
-    """student / teacher of the results row: from a teachfit checkpoint, else the model spec or the
-    answers file's name; --student-name / --teacher-name win."""
-    from teachfit.evaluate import labels_for
-
-    labels = labels_for(config.model) if config.model else {"student": Path(config.answers).stem, "teacher": ""}
-    labels.update({k: v for k, v in (("student", config.student_name), ("teacher", config.teacher_name)) if v})
-    return labels
-
-
 def answer_prompts(config: Any, out: Path, items: Sequence[tuple[str, str, str]], every_prompt: Sequence[str],
-                   prompts_source: str, suffix: str) -> dict[str, str]:
+                   prompts_source: str, bench: str) -> dict[str, str]:
     """{key: answer} for items (key, prompt text, category): from config.answers (matched by prompt
     text against every_prompt), else config.model's greedy answers, generated once into
-    out/answers/<name><suffix>.jsonl (an interrupted run resumes)."""
-    from teachfit.evaluate import BenchItem, answers_from
+    out/answers/<name>--<bench>.jsonl (an interrupted run resumes)."""
+    from teachfit.evaluate import BenchItem, answers_from, answers_path, model_load_options
 
     if config.answers:
         from teachfit.ifeval import read_answers
@@ -52,14 +42,14 @@ def answer_prompts(config: Any, out: Path, items: Sequence[tuple[str, str, str]]
                                                    f"(first: key {missing[0]} of {prompts_source})")
         return {key: by_text[text] for key, text, _ in items}
     bench_items = [BenchItem(key, text, category) for key, text, category in items]
-    path = out / "answers" / f"{display_name(config)}{suffix}.jsonl"
-    load_options = config.load_options() | {"n_ctx": config.n_ctx}
-    return answers_from(bench_items, config.model, path, config.max_new_tokens, load_options, config.progress)
+    path = answers_path(out, display_name(config), bench)
+    return answers_from(bench_items, config.model, path, config.max_new_tokens, model_load_options(config),
+                        config.progress)
 
 
 def finish(config: Any, out: Path, labels: dict[str, str], results_csv: Path, bench: str, started: float,
            rows: Sequence[dict[str, Any]], scores: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """Write <bench>/<name>.jsonl (per prompt), scores-<name>-<bench>.json (summary) and the
+    """Write <bench>/<name>.jsonl (per prompt), scores-<name>--<bench>.json (summary) and the
     results.csv row; return the summary."""
     from teachfit.evaluate import dump_jsonl, elapsed, write_results_row
     from teachfit.versions import versions
@@ -71,7 +61,7 @@ def finish(config: Any, out: Path, labels: dict[str, str], results_csv: Path, be
     write_results_row(results_csv, row)
     report = {"results": row, **extra, "answers": config.answers, "max_new_tokens": config.max_new_tokens,
               "seed": config.seed, "bootstrap": config.bootstrap, "versions": versions()}
-    (out / f"scores-{name}-{bench}.json").write_text(json.dumps(report, indent=2))
+    (out / f"scores-{name}--{bench}.json").write_text(json.dumps(report, indent=2))
     return report
 
 
@@ -98,7 +88,7 @@ def run_rating(config: Any, out: Path, labels: dict[str, str], results_csv: Path
     started = time.perf_counter()
     items, _ = load_bench(OFFLINE_BENCH)
     answers = answer_prompts(config, out, [(i.id, i.instruction, i.category) for i in items],
-                             [i.instruction for i in items], "the shipped offline prompts", "")
+                             [i.instruction for i in items], "the shipped offline prompts", "rating")
     values, kind = rate(config, [(i.instruction, answers[i.id]) for i in items])
     rows = [{"id": i.id, "instruction": i.instruction, "response": answers[i.id], "rating": v["reward"],
              **{k: x for k, x in v.items() if k != "reward"}} for i, v in zip(items, values)]
@@ -112,13 +102,13 @@ def run_rating(config: Any, out: Path, labels: dict[str, str], results_csv: Path
 
 def run_truth(config: Any, out: Path, results_csv: Path) -> dict[str, Any]:
     """Dispatch `evaluate --bench ifeval | rating`."""
+    from teachfit.evaluate import result_labels
     from teachfit.ifeval import run_ifeval
 
     if not config.model and not config.answers:
         raise ValueError("give --model (its answers are generated) or --answers FILE (answers made elsewhere)")
-    labels = truth_labels(config)
     run = run_ifeval if config.bench == "ifeval" else run_rating
-    return run(config, out, labels, results_csv)
+    return run(config, out, result_labels(config), results_csv)
 
 
 def summary_line(row: dict[str, Any]) -> str:
