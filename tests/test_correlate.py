@@ -91,3 +91,24 @@ def test_truth_column_that_is_not_numeric_or_unknown_is_a_file_line_error(tmp_pa
     unknown = correlate("ifeval_prompt_lose")
     assert unknown.returncode == 2 and "Traceback" not in unknown.stderr, unknown.stderr
     assert "results.csv: no column 'ifeval_prompt_lose'" in unknown.stderr and "ifeval_prompt_loose" in unknown.stderr
+
+
+def test_report_shows_the_truth_column_correlate_used(tmp_path):
+    """`teachfit report` joins results.csv on the column correlation.csv was computed against
+    (correlate --truth-column), not on AP alone."""
+    from teachfit.config import CorrelateConfig
+    from teachfit.records import write_table
+    from teachfit.report import build_report
+    from teachfit.stages import run_correlate
+
+    metric_rows, truth_rows = synthetic()
+    metric_rows = [r for r in metric_rows if r["student"] == "s1"]
+    write_table(tmp_path / "ranking.csv", metric_rows, {})
+    rows = [{"student": r["student"], "teacher": r["teacher"], "bench": "ifeval", "ap": "",
+             "ifeval_prompt_loose": 100.0 - r["ap"]} for r in truth_rows]
+    write_table(tmp_path / "results.csv", rows, {})
+    run_correlate(CorrelateConfig(run_dir=str(tmp_path), bootstrap=20, truth_column="ifeval_prompt_loose"), None)
+    result = build_report(tmp_path, tmp_path / "report.html")
+    assert {"car_vs_ap", "ap_run"} <= set(result["images"])
+    car = next(r for r in result["numbers"]["correlation"] if r["metric"] == "car")
+    assert car["rho"] == pytest.approx(-1.0)  # the reversed column: what correlate computed, shown as it is

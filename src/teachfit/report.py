@@ -44,8 +44,8 @@ def car_bars(ranking: Sequence[dict[str, Any]]) -> bytes:
     return _figure_png(draw)
 
 
-def car_vs_ap(rows: Sequence[dict[str, Any]]) -> bytes:
-    """Scatter of CAR against measured AP, one colour per student."""
+def car_vs_ap(rows: Sequence[dict[str, Any]], truth: str = "AP") -> bytes:
+    """Scatter of CAR against the measured AP (or `truth`, the column correlate used), one colour per student."""
     def draw(ax: Any) -> None:
         for student in dict.fromkeys(r["student"] for r in rows):
             mine = [r for r in rows if r["student"] == student]
@@ -53,24 +53,24 @@ def car_vs_ap(rows: Sequence[dict[str, Any]]) -> bytes:
             for r in mine:
                 ax.annotate(str(r["teacher"]), (r["car"], r["ap"]), fontsize=7)
         ax.set_xlabel("CAR (predicted, no fine-tuning)")
-        ax.set_ylabel("AP (measured)")
+        ax.set_ylabel(f"{truth} (measured)")
         ax.legend(fontsize=7)
-        ax.set_title("CAR vs measured AP")
+        ax.set_title(f"CAR vs measured {truth}")
     return _figure_png(draw)
 
 
-def rho_bars(labels: Sequence[str], values: Sequence[float], title: str) -> bytes:
+def rho_bars(labels: Sequence[str], values: Sequence[float], title: str, truth: str = "AP") -> bytes:
     """Horizontal bars of Spearman rho per metric."""
     def draw(ax: Any) -> None:
         ax.barh(list(labels)[::-1], list(values)[::-1], color="#d8743b")
         ax.axvline(0, color="black", linewidth=0.8)
         ax.set_xlim(min(-0.2, min(values) - 0.05), 1.0)
-        ax.set_xlabel("Spearman rho with the AP ranking")
+        ax.set_xlabel(f"Spearman rho with the {truth} ranking")
         ax.set_title(title)
     return _figure_png(draw)
 
 
-def ap_bars(grid: Sequence[dict[str, Any]], title: str) -> bytes:
+def ap_bars(grid: Sequence[dict[str, Any]], title: str, truth: str = "AP (%)") -> bytes:
     """Figure-2-style grouped bars: AP per teacher, one group per student."""
     def draw(ax: Any) -> None:
         students = list(dict.fromkeys(r["student"] for r in grid))
@@ -82,7 +82,7 @@ def ap_bars(grid: Sequence[dict[str, Any]], title: str) -> bytes:
             xs = [i + j * width for i in range(len(students))]
             ax.bar(xs, [ap.get((s, teacher), math.nan) for s in students], width, label=teacher, color=cmap(j % 20))
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(students))], students, fontsize=8)
-        ax.set_ylabel("AP (%)")
+        ax.set_ylabel(truth)
         ax.set_title(title)
         ax.legend(fontsize=6, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _figure_png(draw, size=(11.0, 4.5))
@@ -132,19 +132,21 @@ def build_report(run_dir: str | Path | None, out: str | Path, include_paper: boo
 
         if not (run / "correlation.csv").exists():
             raise FileNotFoundError(f"{run / 'correlation.csv'} is missing: run `teachfit correlate {run}` first")
-        joined = join(read_rankings([run / "ranking.csv"]), read_truth(run / "results.csv"))
+        table, correlated = read_table(run / "correlation.csv")
+        column = correlated.get("truth_column", "ap")  # what correlate measured against (--truth-column)
+        truth = "AP" if column == "ap" else column
+        joined = join(read_rankings([run / "ranking.csv"]), read_truth(run / "results.csv", column), column)
         rows = [r for teachers in joined.values() for r in teachers]
-        table = read_table(run / "correlation.csv")[0]
         students = {r["student"] for r in table}
         table = [r for r in table if r["student"] == ("Average" if len(students) > 1 else next(iter(students), None))]
         defined = [r for r in table if isinstance(r["rho"], float) and math.isfinite(r["rho"])]
         numbers["correlation"] = table
-        images["car_vs_ap"] = car_vs_ap(rows)
+        images["car_vs_ap"] = car_vs_ap(rows, truth)
         if defined:
             images["rho_run"] = rho_bars([r["metric"] for r in defined], [r["rho"] for r in defined],
-                                         "rho per metric (this run)")
-        images["ap_run"] = ap_bars(rows, "Measured AP per teacher (this run)")
-        note = "" if defined else "<p>Every rho is undefined: the measured AP (or each metric) is the same for all teachers.</p>"
+                                         "rho per metric (this run)", truth)
+        images["ap_run"] = ap_bars(rows, f"Measured {truth} per teacher (this run)", "AP (%)" if column == "ap" else column)
+        note = "" if defined else f"<p>Every rho is undefined: the measured {truth} (or each metric) is the same for all teachers.</p>"
         sections.append("<h2>Prediction vs measurement</h2>{car_vs_ap}" + ("{rho_run}" if defined else note)
                         + "{ap_run}" + _table_html(table, ["metric", "rho", "n_teachers"]))
     if include_paper:
