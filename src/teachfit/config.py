@@ -67,20 +67,35 @@ class CommonOptions:
 
 
 @dataclass(kw_only=True)
-class ServerOptions:
-    """How teachfit talks to OpenAI-compatible servers (openai:<model>@<url>)."""
+class ClientOptions:
+    """How teachfit talks to OpenAI-compatible servers (openai:<model>@<url>): teachers and judges
+    in generate/evaluate, served students and references in score."""
 
-    concurrency: int = option(8, "Requests in flight for openai: models.")
-    timeout: float = option(120.0, "Seconds to wait for one server reply before retrying.")
-    max_retries: int = option(5, "Retries of a failed request (429, 5xx, timeouts, broken replies).")
+    concurrency: int = option(8, "Requests in flight per openai: model (teacher, judge, or served student/reference).")
+    timeout: float = option(120.0, "Seconds to wait for one reply of an openai: server before retrying.")
+    max_retries: int = option(5, "Retries of a failed request to an openai: server (429, 5xx, timeouts, broken replies).")
+
+    def client_options(self) -> dict[str, Any]:
+        """Keyword options of an OpenAI-compatible client."""
+        return {"concurrency": self.concurrency, "timeout": self.timeout, "max_retries": self.max_retries}
+
+
+@dataclass(kw_only=True)
+class LlamaCppOptions:
+    """How llama.cpp runs GGUF teachers and judges in this process."""
+
     n_ctx: int = option(4096, "Context size of GGUF models run by llama.cpp.")
     n_threads: Optional[int] = option(None, "CPU threads of GGUF models run by llama.cpp (default: all cores; "
                                             "fewer when other jobs share the cores: its threads spin-wait).")
 
+
+@dataclass(kw_only=True)
+class ServerOptions(LlamaCppOptions, ClientOptions):
+    """Both: the stages whose teachers or judges may be served or run by llama.cpp (generate, evaluate)."""
+
     def server_options(self) -> dict[str, Any]:
         """Keyword options for teachers and judges behind a server or llama.cpp."""
-        return {"concurrency": self.concurrency, "timeout": self.timeout, "max_retries": self.max_retries,
-                "n_ctx": self.n_ctx, "n_threads": self.n_threads}
+        return self.client_options() | {"n_ctx": self.n_ctx, "n_threads": self.n_threads}
 
 
 @dataclass(kw_only=True)
@@ -110,7 +125,7 @@ SCORE_METRICS = ("car", "reward", "ppl_self", "ifd_self", "rsr_self", "ppl_ref",
 
 
 @dataclass(kw_only=True)
-class ScoreConfig(CommonOptions, ServerOptions):
+class ScoreConfig(CommonOptions, ClientOptions):
     """Stage `score`: every (instruction, response) pair -> RUN/scores/<student>.parquet."""
 
     inputs: List[str] = option([], "Response files (.jsonl/.json/.parquet) or run directories.", positional=True)
