@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -97,6 +98,12 @@ def _choice(*choices: str) -> Callable[[str], str]:
     return convert
 
 
+def _env_name(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", text):
+        raise ValueError(f"{text!r} is not an environment variable name")
+    return text
+
+
 # vLLM engine arguments a spec may set (vllm.LLM(**kwargs); teachfit.models.vllm_backend.engine_kwargs)
 VLLM_ENGINE_OPTIONS: dict[str, Callable[[str], Any]] = {
     "tensor_parallel_size": _positive_int, "pipeline_parallel_size": _positive_int,
@@ -108,8 +115,9 @@ VLLM_ENGINE_OPTIONS: dict[str, Callable[[str], Any]] = {
 # options of each prefix after `?` in a spec: key -> converter (raises ValueError on a bad value)
 SPEC_OPTIONS: dict[str, dict[str, Callable[[str], Any]]] = {
     "vllm": VLLM_ENGINE_OPTIONS,
+    # key_env: the environment variable holding the API key (openai_api.key_env_for: the one rule);
     # served students and references (models/served_lm.py): which adapter, and whose chat template
-    "openai": {"server": _choice("auto", "llamacpp", "vllm", "sglang"), "template": str},
+    "openai": {"server": _choice("auto", "llamacpp", "vllm", "sglang"), "template": str, "key_env": _env_name},
 }
 
 
@@ -225,20 +233,23 @@ def register(role: str, prefix: str) -> Callable[[Callable[..., Any]], Callable[
 LOAD_COUNTS: dict[str, int] = {}  # models loaded in this process, by role (a resumed run loads none)
 
 
+def loaders(role: str) -> dict[str, Callable[..., Any]]:
+    """The registered loaders of `role`, by prefix (every backend module imported first)."""
+    for module in BACKEND_MODULES:
+        importlib.import_module(module)
+    return LOADERS.get(role, {})
+
+
 def load(role: str, spec: str | ModelSpec, **options: Any) -> Any:
     """Load a model for `role` ('causal_lm', 'sequence_classifier', 'teacher', 'judge') through the registry."""
     spec = spec if isinstance(spec, ModelSpec) else ModelSpec.parse(spec)
     LOAD_COUNTS[role] = LOAD_COUNTS.get(role, 0) + 1
-    for module in BACKEND_MODULES:
-        importlib.import_module(module)
-    loaders = LOADERS.get(role, {})
-    if spec.prefix not in loaders:
-        raise ModelSpecError(f"no '{role}' backend for prefix '{spec.prefix}:' (have {', '.join(loaders)})")
-    return loaders[spec.prefix](spec, **options)
+    found = loaders(role)
+    if spec.prefix not in found:
+        raise ModelSpecError(f"no '{role}' backend for prefix '{spec.prefix}:' (have {', '.join(found)})")
+    return found[spec.prefix](spec, **options)
 
 
 def has_loader(role: str, prefix: str) -> bool:
     """Whether some backend registers a loader for (role, prefix)."""
-    for module in BACKEND_MODULES:
-        importlib.import_module(module)
-    return prefix in LOADERS.get(role, {})
+    return prefix in loaders(role)

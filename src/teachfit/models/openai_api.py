@@ -3,8 +3,13 @@
 Spec: openai:<model>@<base_url>, e.g. openai:gpt-4o-mini@https://api.openai.com/v1. Requests run
 concurrently up to a bound; 429, 5xx and every transport failure (timeouts, refused or reset
 connections, bodies cut short, replies that are not HTTP or not JSON) are retried with
-exponential backoff. The API key is read from an environment variable (OPENAI_API_KEY unless
-told otherwise) and is never logged, recorded or written: every error message is redacted.
+exponential backoff.
+
+The API key (one rule for teachers, judges and served students, key_env_for): sent only when
+asked, read from the environment variable the spec names (`?key_env=NAME`, to any URL), else
+from OPENAI_API_KEY for https:// URLs only (a plain-http server, e.g. one on localhost, gets no
+key unless its spec names one). It is never logged, recorded or written: every error message is
+redacted.
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ from teachfit.models.base import Generation, GenerationSettings, Messages
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 DEFAULT_TIMEOUT = 120.0  # seconds per socket operation (connect, each read)
 DEFAULT_MAX_RETRIES = 5
+DEFAULT_KEY_ENV = "OPENAI_API_KEY"
 REDACTED = "[REDACTED]"
 
 
@@ -73,6 +79,25 @@ class TransientError(RuntimeError):
     """A failure worth retrying (rate limit, server error, timeout, connection)."""
 
 
+class HTTPStatusError(RuntimeError):
+    """A reply with an HTTP status not worth retrying (400, 401, 404...); `code` is the status."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def key_env_for(spec: ModelSpec, base_url: str, api_key_env: str | None = None) -> str | None:
+    """The environment variable whose value is sent as the API key, or None (send none): the
+    spec's `?key_env=NAME` (or a loader's api_key_env) to any URL, else OPENAI_API_KEY to https only."""
+    named = spec.option("key_env") or api_key_env
+    if named:
+        if not os.environ.get(named):
+            raise ModelSpecError(f"{spec}: key_env={named}, but the environment variable {named} is not set")
+        return named
+    return DEFAULT_KEY_ENV if base_url.startswith("https://") else None
+
+
 def parse_openai_spec(name: str) -> tuple[str, str]:
     """(model, base_url) from '<model>@<base_url>'."""
     model, sep, base_url = name.rpartition("@")
@@ -86,7 +111,7 @@ class OpenAIClient:
 
     def __init__(self, spec: ModelSpec, concurrency: int = 8, max_retries: int = DEFAULT_MAX_RETRIES,
                  timeout: float = DEFAULT_TIMEOUT, backoff: float = 1.0, max_backoff: float = 30.0,
-                 api_key_env: str = "OPENAI_API_KEY"):
+                 api_key_env: str | None = None):
         self.spec = spec
         self.model, self.base_url = parse_openai_spec(spec.name)
         if not (isinstance(max_retries, int) and max_retries >= 0):
@@ -94,16 +119,18 @@ class OpenAIClient:
         if not (isinstance(timeout, (int, float)) and 0 < timeout < float("inf")):
             raise ModelSpecError(f"timeout must be a number of seconds > 0, got {timeout!r}")
         self.concurrency, self.max_retries, self.timeout = concurrency, max_retries, float(timeout)
-        self.backoff, self.max_backoff, self._api_key_env = backoff, max_backoff, api_key_env
+        self.backoff, self.max_backoff = backoff, max_backoff
+        self._api_key_env = key_env_for(spec, self.base_url, api_key_env)
         self.retries = 0  # how many retries this client made, for reports
 
     def redact(self, text: str) -> str:
         """`text` without the API key (whatever a server echoes back)."""
-        return redact(text, os.environ.get(self._api_key_env))
+        named = os.environ.get(self._api_key_env) if self._api_key_env else None
+        return redact(text, named, os.environ.get(DEFAULT_KEY_ENV))
 
     def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self._api_key_env)
+        key = os.environ.get(self._api_key_env) if self._api_key_env else None
         if key:
             headers["Authorization"] = f"Bearer {key}"
         return headers
@@ -113,16 +140,17 @@ class OpenAIClient:
     def _post_once(self, body: dict[str, Any]) -> dict[str, Any]:
         return self._request_once(self.endpoint, body)
 
-    def get_json(self, endpoint: str) -> Any:
-        """GET a JSON document (e.g. /models), with post()'s retries."""
-        return self._with_retries(lambda: self._request_once(endpoint, None))
+    def get_json(self, endpoint: str, timeout: float | None = None, retries: bool = True) -> Any:
+        """GET a JSON document (e.g. /models), with post()'s retries unless told otherwise."""
+        once = lambda: self._request_once(endpoint, None, timeout)  # noqa: E731
+        return self._with_retries(once) if retries else once()
 
-    def _request_once(self, endpoint: str, body: dict[str, Any] | None) -> Any:
+    def _request_once(self, endpoint: str, body: dict[str, Any] | None, timeout: float | None = None) -> Any:
         url = endpoint if endpoint.startswith(("http://", "https://")) else f"{self.base_url}{endpoint}"
         request = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(),
                                          headers=self._headers(), method="GET" if body is None else "POST")
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with urllib.request.urlopen(request, timeout=timeout or self.timeout) as response:
                 raw = response.read()
         except urllib.error.HTTPError as error:
             try:
@@ -131,7 +159,7 @@ class OpenAIClient:
                 detail = "(body unreadable)"
             if error.code in RETRY_STATUS:
                 raise TransientError(f"HTTP {error.code}: {detail}") from None
-            raise RuntimeError(f"HTTP {error.code}: {detail}") from None
+            raise HTTPStatusError(error.code, f"HTTP {error.code}: {detail}") from None
         except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
             # refused / reset connections, timeouts, bodies cut short (IncompleteRead), replies
             # that are not HTTP (BadStatusLine, RemoteDisconnected): all worth another try
