@@ -39,6 +39,9 @@ def test_teacher_spec_settings_and_names():
     assert sampled.name == "smollm2-135m-instruct-t0.8-p0.95" and sampled.settings.max_new_tokens == 64
     assert samples.name == "Model-7B-t0.8-p1-n5" and samples.settings.n == 5
     assert parse_teacher("openai:gpt-4o@http://127.0.0.1:8000/v1?name=g4", defaults).name == "g4"
+    keyed = parse_teacher("openai:gpt-4o@http://127.0.0.1:8000/v1?key_env=MY_KEY&temperature=0.5", defaults)
+    assert keyed.spec.endswith("?key_env=MY_KEY") and keyed.settings.temperature == 0.5  # the key's name, not its value
+    assert keyed.name == "gpt-4o-t0.5-p1"
     with pytest.raises(ValueError, match="unknown setting 'temp'"):
         parse_teacher("hf:x?temp=1", defaults)
     with pytest.raises(ValueError, match="unknown setting 'select'"):  # picking among samples is `teachfit select`

@@ -157,12 +157,12 @@ def _teacher_text(item: Any, checker: _Checker, where: tuple) -> str:
         checker.fail(where, "a teacher is a spec string or a mapping with 'spec' and settings")
     from teachfit.models import SPEC_OPTIONS
 
-    engine_keys = tuple(SPEC_OPTIONS["vllm"]) if str(item["spec"]).startswith("vllm:") else ()
+    engine_keys = tuple(SPEC_OPTIONS.get(str(item["spec"]).partition(":")[0], {}))  # vllm: engine, openai: key_env
     for key in item:
         if key not in TEACHER_KEYS and key not in engine_keys:
             near = difflib.get_close_matches(str(key), TEACHER_KEYS + engine_keys, n=1)
             checker.fail(where + (key,), f"unknown teacher setting '{key}'" + (f" (did you mean '{near[0]}'?)" if near else "")
-                         + (f"; vllm: engine options: {', '.join(engine_keys)}" if engine_keys else ""))
+                         + (f"; spec options: {', '.join(engine_keys)}" if engine_keys else ""))
     value = {True: "true", False: "false"}
     settings = "&".join(f"{k}={value.get(item[k], item[k]) if isinstance(item[k], bool) else item[k]}"
                         for k in TEACHER_KEYS[1:] + engine_keys if k in item)

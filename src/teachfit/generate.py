@@ -63,11 +63,11 @@ def parse_teacher(text: str, defaults: GenerationSettings) -> TeacherRequest:
             pairs = parse_qsl(query, strict_parsing=True)
         except ValueError:
             raise ValueError(f"teacher '{text}': settings must look like ?temperature=0.8&top_p=0.95") from None
-        spec_keys = SPEC_OPTIONS.get("vllm", {}) if spec.startswith("vllm:") else {}
+        spec_keys = SPEC_OPTIONS.get(spec.partition(":")[0], {})  # vllm: engine options, openai: key_env
         for key, value in pairs:
             if key == "name":
                 name = value
-            elif key in spec_keys:  # an engine option: stays with the spec (ModelSpec.parse checks it)
+            elif key in spec_keys:  # a spec option: stays with the spec (ModelSpec.parse checks it)
                 engine.append((key, value))
             elif key in SETTING_TYPES:
                 try:
@@ -75,12 +75,12 @@ def parse_teacher(text: str, defaults: GenerationSettings) -> TeacherRequest:
                 except ValueError:
                     raise ValueError(f"teacher '{text}': {key}={value!r} is not a {SETTING_TYPES[key].__name__}") from None
             else:
-                extra = f"; engine options: {', '.join(spec_keys)}" if spec_keys else ""
+                extra = f"; spec options: {', '.join(spec_keys)}" if spec_keys else ""
                 raise ValueError(f"teacher '{text}': unknown setting '{key}' (known: {', '.join(SETTING_TYPES)}, name{extra})")
     settings = replace(defaults, **overrides)
     validate_settings(settings, text)
     name = name or dataset_name(spec, settings)
-    if engine:  # `vllm:M?tensor_parallel_size=4...`: checked now, recorded in each answer's `model`
+    if engine:  # `vllm:M?tensor_parallel_size=4...`, `openai:M@URL?key_env=K`: checked now, kept in `model`
         spec = str(ModelSpec.parse(f"{spec}?{'&'.join(f'{k}={v}' for k, v in engine)}"))
     try:
         safe_name(name, "dataset name")
