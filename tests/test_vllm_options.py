@@ -49,7 +49,7 @@ def test_teacher_specs_keep_engine_options_apart_from_sampling_settings():
     assert request.name == "qwen72" and request.settings.temperature == 0.8
     assert request.spec == "vllm:Qwen/Qwen2.5-72B-Instruct?max_model_len=8192&tensor_parallel_size=4"  # recorded as `model`
     assert parse_teacher(BIG, GenerationSettings()).name == "Qwen2.5-72B-Instruct"
-    with pytest.raises(ValueError, match="engine options: tensor_parallel_size"):
+    with pytest.raises(ValueError, match="spec options: tensor_parallel_size"):
         parse_teacher("vllm:m?tp=4", GenerationSettings())
     with pytest.raises(ValueError, match="unknown setting 'tensor_parallel_size'"):
         parse_teacher("hf:gpt2?tensor_parallel_size=4", GenerationSettings())  # engine options are vLLM's only
