@@ -161,11 +161,11 @@ def test_learned_position_model_truncates_long_pairs_at_its_positions(tmp_path, 
 
 
 def test_without_the_unconditional_pass_loss_self_is_unchanged(tmp_path, tiny_llama):
-    """--metrics car,ppl_self (the CAR-only fast path) skips loss(y): loss(y|x) is the same, IFD is absent,
+    """--metrics ppl_self,rsr_self (like the CAR-only fast path) skips loss(y): loss(y|x) is the same, IFD is absent,
     and half the tokens go through the model."""
     data = write_pairs(tmp_path / "t.jsonl", PAIRS)
     full = ScoreOptions(dtype="float32")
-    fast = ScoreOptions(dtype="float32", metrics=["car,ppl_self"])
+    fast = ScoreOptions(dtype="float32", metrics=["ppl_self,rsr_self"])
     loaded = load("causal_lm", f"hf:{tiny_llama}", dtype="float32")
     scorers = [LMScorer(loaded, "self", full), LMScorer(loaded, "self", fast)]
     rows = [list(score_pairs(read_pairs([data]), [s], tmp_path / f"c{i}", s.options)) for i, s in enumerate(scorers)]

@@ -66,31 +66,43 @@ class LMScorer:
 
     def compute(self, pairs: Sequence[Pair]) -> list[dict[str, Any]]:
         """Per-pair losses (nats per response token) and the metrics derived from them."""
-        tokenizer, max_length = self.loaded.tokenizer, self.max_length
-        conditional, unconditional = [], []
-        for pair in pairs:
-            try:
-                conditional.append(encode_pair(tokenizer, pair.instruction, pair.response, max_length))
-            except ValueError as error:
-                raise InputError(pair.source or pair.id, None, f"{error} (pair {pair.id})") from None
-            if self.options.unconditional_for(self.role):  # loss(y): only IFD needs it, CAR does not
-                unconditional.append(encode_response_alone(tokenizer, pair.response, max_length))
-        nll = response_nll(self.loaded.model, tokenizer, conditional + unconditional, self.options.plan,
+        encoded = encode_pairs(self.loaded.tokenizer, pairs, self.max_length, self.options.unconditional_for(self.role))
+        nll = response_nll(self.loaded.model, self.loaded.tokenizer, encoded, self.options.plan,
                            self.loaded.device, on_batch=self._count, ranks=True)
-        rows = []
-        for i, cond in enumerate(conditional):
-            (sum_c, n_c, ranks_c) = nll[i]
-            sum_u, n_u, _ = nll[len(pairs) + i] if unconditional else (math.nan, 0, 0)
-            rows.append(lm_metrics(sum_c / n_c, sum_u / n_u if n_u else math.nan, self.role, ranks_c / n_c)
-                        | {f"n_response_tokens{self._suffix}": n_c, f"truncated{self._suffix}": cond.truncated})
-        return rows
-
-    @property
-    def _suffix(self) -> str:
-        return "" if self.role == "self" else f"_{self.role}"
+        return rows_from_nll(nll, [e.truncated for e in encoded[: len(pairs)]], self.role)
 
     def _count(self, tokens: int) -> None:
         self.tokens_done += tokens
+
+
+def encode_pairs(tokenizer: Any, pairs: Sequence[Pair], max_length: int, unconditional: bool) -> list[Any]:
+    """Each pair rendered by teachfit's template (template.encode_pair), then, when `unconditional`
+    (loss(y): only IFD needs it, CAR does not), each response alone, in the same order. A prompt
+    that leaves no room for the response is an InputError naming the pair."""
+    conditional = []
+    for pair in pairs:
+        try:
+            conditional.append(encode_pair(tokenizer, pair.instruction, pair.response, max_length))
+        except ValueError as error:
+            raise InputError(pair.source or pair.id, None, f"{error} (pair {pair.id})") from None
+    alone = [encode_response_alone(tokenizer, pair.response, max_length) for pair in pairs] if unconditional else []
+    return conditional + alone
+
+
+def rows_from_nll(nll: Sequence[tuple[float, int, float]], truncated: Sequence[bool], role: str) -> list[dict[str, Any]]:
+    """Metric rows of n pairs from (sum of -log p in nats, response tokens, sum of clipped ranks)
+    per sequence: the first n are loss(y|x), any n more loss(y) in the same order (what every LM
+    scorer computes: in-process, served, vLLM). A rank sum that is not finite (a server that
+    reports no ranks) leaves RSR out."""
+    n, suffix = len(truncated), "" if role == "self" else f"_{role}"
+    rows = []
+    for i in range(n):
+        sum_c, n_c, ranks_c = nll[i]
+        sum_u, n_u, _ = nll[n + i] if len(nll) > n else (math.nan, 0, 0)
+        rank = ranks_c / n_c if math.isfinite(ranks_c) else None
+        rows.append(lm_metrics(sum_c / n_c, sum_u / n_u if n_u else math.nan, role, rank)
+                    | {f"n_response_tokens{suffix}": n_c, f"truncated{suffix}": truncated[i]})
+    return rows
 
 
 def lm_metrics(loss_conditional: float, loss_unconditional: float, role: str,

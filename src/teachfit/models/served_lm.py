@@ -248,20 +248,11 @@ class ServedLMScorer(OpenAIClient):
 
     def compute(self, pairs: Sequence[Any]) -> list[dict[str, Any]]:
         """Per-pair losses (nats per response token) and the metrics derived from them."""
-        from teachfit.score import lm_metrics
+        from teachfit.score import rows_from_nll
 
-        with_uncond = self.options.unconditional_for(self.role)
-        jobs, truncated = self._jobs(pairs, with_uncond)
+        jobs, truncated = self._jobs(pairs, self.options.unconditional_for(self.role))
         nll = self.map(self._ids_nll if self.adapter.token_ids else self._text_nll, jobs)
-        suffix = "" if self.role == "self" else f"_{self.role}"
-        rows = []
-        for i in range(len(pairs)):
-            sum_c, n_c, ranks_c = nll[i]
-            sum_u, n_u, _ = nll[len(pairs) + i] if with_uncond else (math.nan, 0, 0.0)
-            rank = ranks_c / n_c if math.isfinite(ranks_c) else None  # vLLM reports ranks; the others do not
-            rows.append(lm_metrics(sum_c / n_c, sum_u / n_u if n_u else math.nan, self.role, rank)
-                        | {f"n_response_tokens{suffix}": n_c, f"truncated{suffix}": truncated[i]})
-        return rows
+        return rows_from_nll(nll, truncated, self.role)  # vLLM reports ranks (RSR); the others do not
 
 
 @register("lm_scorer", "openai")

@@ -143,27 +143,10 @@ class VLLMScorer:
 
     def compute(self, pairs: Sequence[Any]) -> list[dict[str, Any]]:
         """Per-pair losses (nats per response token) and the metrics derived from them."""
-        from teachfit.records import InputError
-        from teachfit.score import lm_metrics
-        from teachfit.template import encode_pair, encode_response_alone
+        from teachfit.score import encode_pairs, rows_from_nll
 
-        conditional, unconditional = [], []
-        for pair in pairs:
-            try:
-                conditional.append(encode_pair(self.tokenizer, pair.instruction, pair.response, self.max_length))
-            except ValueError as error:
-                raise InputError(pair.source or pair.id, None, f"{error} (pair {pair.id})") from None
-            if self.options.unconditional_for(self.role):
-                unconditional.append(encode_response_alone(self.tokenizer, pair.response, self.max_length))
-        nll = self._nll(conditional + unconditional)
-        suffix = "" if self.role == "self" else f"_{self.role}"
-        rows = []
-        for i, cond in enumerate(conditional):
-            sum_c, n_c, ranks_c = nll[i]
-            sum_u, n_u, _ = nll[len(pairs) + i] if unconditional else (math.nan, 0, 0)
-            rows.append(lm_metrics(sum_c / n_c, sum_u / n_u if n_u else math.nan, self.role, ranks_c / n_c)
-                        | {f"n_response_tokens{suffix}": n_c, f"truncated{suffix}": cond.truncated})
-        return rows
+        encoded = encode_pairs(self.tokenizer, pairs, self.max_length, self.options.unconditional_for(self.role))
+        return rows_from_nll(self._nll(encoded), [e.truncated for e in encoded[: len(pairs)]], self.role)
 
 
 @register("lm_scorer", "vllm")
