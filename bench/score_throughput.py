@@ -1,18 +1,28 @@
 """Scoring throughput: a naive one-pair-at-a-time HF loop vs teachfit, same pairs, same model.
 
-Model: GPT-2 size (768 wide, 12 layers, vocabulary 50257), random weights, built here. Pairs:
-instruction 40-160 tokens, response 100-700 tokens (realistic SFT lengths). Both methods compute
-loss(y|x) and loss(y) for every pair. Each method runs in its own process so that peak RSS is
-its own. Prints tokens/s of both, the ratio, the fraction of this CPU's bf16 matmul limit
-(measured in the same run), peak RSS, and peak RSS of teachfit's streaming scorer at N and 4N
-pairs (flat memory).
+Model: GPT-2 size (768 wide, 12 layers, vocabulary 50257), random weights, built here. Pairs
+(`--lengths`): `longtail` (default) has instructions of 40-160 words and responses log-normal
+around 300 words with a tail to 1,500 (what real SFT data looks like); `uniform` has responses of
+100-700 words. Every method runs in its own process, so peak RSS is its own. Rows:
 
-    .venv/bin/python bench/score_throughput.py [--pairs 32] [--rsr]   (--rsr: only the cost of RSR rank counting)
+  naive, all columns    loss(y|x) and loss(y), full logits, fp32, one pair at a time
+  naive, CAR only       loss(y|x) only
+  teachfit, all columns response_nll: length-sorted batches, LM head only on response positions
+  teachfit, CAR only    the same with `--metrics car` (no loss(y) pass)
+  teachfit, compiled    (--compile) the body under torch.compile; its warm-up is reported apart
+
+then the command-line path as a user meets it (start-up, model load, reading, cache, Parquet
+included): the naive loop as a script vs `teachfit score` with and without `--metrics car`; where
+teachfit's time goes (body, LM head, log-softmax, the rest); and the fraction of this CPU's
+matmul limit (fp32 and bf16, measured in the same run) that the body reaches.
+
+    .venv/bin/python bench/score_throughput.py [--pairs 48] [--lengths longtail|uniform] [--compile]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import resource
@@ -24,6 +34,8 @@ from pathlib import Path
 
 WORDS = ("the model learns to answer questions about science history code and math with short clear "
          "steps while the student copies the teacher style because compatible data is easier to fit").split()
+NON_EMBEDDING = 12 * 12 * 768 ** 2  # GPT-2 size: 12 layers x (4 attention + 8 MLP) x d^2 parameters
+HEAD = 768 * 50257
 
 
 def build(folder: Path) -> None:
@@ -35,37 +47,50 @@ def build(folder: Path) -> None:
 
     torch.manual_seed(0)
     tokenizer = build_tokenizer()
-    config = GPT2Config(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12,
+    config = GPT2Config(vocab_size=50257, n_positions=2048, n_embd=768, n_layer=12, n_head=12,
                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     GPT2LMHeadModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
 
 
-def make_pairs(path: Path, n: int, seed: int = 0) -> None:
-    """n JSONL pairs with realistic, varied lengths."""
+def response_words(rng: random.Random, lengths: str) -> int:
+    """Words in one response: log-normal around 300 clipped to [20, 1500], or uniform 100-700."""
+    if lengths == "uniform":
+        return rng.randint(100, 700)
+    return int(min(1500, max(20, rng.lognormvariate(math.log(300), 0.6))))
+
+
+def make_pairs(path: Path, n: int, lengths: str, seed: int = 0) -> None:
+    """n JSONL pairs (with a reward field, so the CLI computes CAR without a reward model)."""
     rng = random.Random(seed)
     with path.open("w") as handle:
         for i in range(n):
             instruction = " ".join(rng.choice(WORDS) for _ in range(rng.randint(40, 160)))
-            response = " ".join(rng.choice(WORDS) for _ in range(rng.randint(100, 700)))
-            handle.write(json.dumps({"id": str(i), "instruction": instruction, "response": response}) + "\n")
+            response = " ".join(rng.choice(WORDS) for _ in range(response_words(rng, lengths)))
+            handle.write(json.dumps({"id": str(i), "instruction": instruction, "response": response,
+                                     "reward": rng.uniform(1, 9)}) + "\n")
 
 
-def naive(folder: Path, data: Path) -> dict:
+def encoded_pairs(tokenizer, data: Path, alone: bool) -> list:
+    """teachfit's encoding of each pair (and of each response alone when `alone`), max 2048 tokens."""
+    from teachfit.records import read_pairs
+    from teachfit.template import encode_pair, encode_response_alone, ensure_chat_template
+
+    ensure_chat_template(tokenizer)
+    pairs = list(read_pairs([data]))
+    conditional = [encode_pair(tokenizer, p.instruction, p.response, 2048) for p in pairs]
+    return conditional + ([encode_response_alone(tokenizer, p.response, 2048) for p in pairs] if alone else [])
+
+
+def naive(folder: Path, data: Path, alone: bool = True) -> dict:
     """One pair at a time, full logits, fp32: what a first script does."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from teachfit.records import read_pairs
-    from teachfit.template import encode_pair, encode_response_alone, ensure_chat_template
-
-    tok = AutoTokenizer.from_pretrained(folder)
-    ensure_chat_template(tok)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    pairs = list(read_pairs([data]))
-    encoded = [e for p in pairs for e in (encode_pair(tok, p.instruction, p.response, 1024),
-                                          encode_response_alone(tok, p.response, 1024))]
-    tokens, losses = 0, []
+    encoded = encoded_pairs(tokenizer, data, alone)
+    losses = []
     started = time.perf_counter()
     with torch.no_grad():
         for e in encoded:
@@ -73,132 +98,154 @@ def naive(folder: Path, data: Path) -> dict:
             logprobs = torch.log_softmax(model(ids).logits[0].float(), dim=-1)
             targets = ids[0, e.response_start:]
             losses.append(-logprobs[e.response_start - 1 : -1].gather(1, targets[:, None]).mean().item())
-            tokens += len(e.input_ids)
-    seconds = time.perf_counter() - started
-    return {"tokens": tokens, "seconds": seconds, "losses": losses}
+    return {"tokens": sum(len(e.input_ids) for e in encoded), "seconds": time.perf_counter() - started,
+            "losses": losses}
 
 
-def teachfit_batched(folder: Path, data: Path, ranks: bool = False) -> dict:
-    """teachfit's scorer: length-sorted batches under a token budget, bf16, head on response positions
-    (with `ranks`, also RSR's clipped token ranks, counted on the same LM-head chunks)."""
-    from teachfit.forward import BatchPlan, response_nll
+def teachfit_batched(folder: Path, data: Path, alone: bool = True, compile_body: bool = False) -> dict:
+    """teachfit's response_nll (optionally with the body compiled: its first pass is the warm-up)."""
+    from teachfit.forward import BatchPlan, compiled, response_nll
     from teachfit.models import load
-    from teachfit.records import read_pairs
-    from teachfit.template import encode_pair, encode_response_alone, ensure_chat_template
 
     loaded = load("causal_lm", f"hf:{folder}", dtype="auto")
-    ensure_chat_template(loaded.tokenizer)
-    pairs = list(read_pairs([data]))
-    encoded = [e for p in pairs for e in (encode_pair(loaded.tokenizer, p.instruction, p.response, 1024),
-                                          encode_response_alone(loaded.tokenizer, p.response, 1024))]
+    encoded = encoded_pairs(loaded.tokenizer, data, alone)
+    model, warmup = loaded.model, 0.0
+    if compile_body:
+        model = compiled(model)
+        started = time.perf_counter()
+        response_nll(model, loaded.tokenizer, encoded, BatchPlan(8192, 64), loaded.device)
+        warmup = time.perf_counter() - started
     started = time.perf_counter()
-    nll = response_nll(loaded.model, loaded.tokenizer, encoded, BatchPlan(8192, 64), loaded.device, ranks=ranks)
-    seconds = time.perf_counter() - started
-    return {"tokens": sum(len(e.input_ids) for e in encoded), "seconds": seconds,
-            "losses": [s / n for s, n, *_ in nll], "dtype": loaded.dtype}
+    nll = response_nll(model, loaded.tokenizer, encoded, BatchPlan(8192, 64), loaded.device, ranks=True)
+    return {"tokens": sum(len(e.input_ids) for e in encoded), "seconds": time.perf_counter() - started,
+            "losses": [s / n for s, n, *_ in nll], "dtype": loaded.dtype, "warmup_seconds": warmup}
 
 
-def rsr_cost(folder: Path, data: Path, rounds: int = 2) -> dict:
-    """response_nll without and with RSR's rank counting, alternated on one loaded model (seconds per run)."""
-    from teachfit.forward import BatchPlan, response_nll
+def breakdown(folder: Path, data: Path) -> dict:
+    """Seconds in the body, the LM head matmul and the log-softmax during one teachfit run (all
+    columns); the rest is Python, padding and bookkeeping."""
+    import torch
+
+    from teachfit import forward
     from teachfit.models import load
-    from teachfit.records import read_pairs
-    from teachfit.template import encode_pair, encode_response_alone, ensure_chat_template
 
     loaded = load("causal_lm", f"hf:{folder}", dtype="auto")
-    ensure_chat_template(loaded.tokenizer)
-    pairs = list(read_pairs([data]))
-    encoded = [e for p in pairs for e in (encode_pair(loaded.tokenizer, p.instruction, p.response, 1024),
-                                          encode_response_alone(loaded.tokenizer, p.response, 1024))]
-    times: dict = {"plain": [], "ranks": []}
-    for _ in range(rounds):
-        for name in times:
+    encoded = encoded_pairs(loaded.tokenizer, data, True)
+    spent = {"body": 0.0, "head": 0.0, "softmax": 0.0}
+
+    def timed(name, function):
+        def wrapper(*args, **kwargs):
             started = time.perf_counter()
-            response_nll(loaded.model, loaded.tokenizer, encoded, BatchPlan(8192, 64), loaded.device, ranks=name == "ranks")
-            times[name].append(time.perf_counter() - started)
-    return times | {"tokens": sum(len(e.input_ids) for e in encoded), "dtype": loaded.dtype}
+            result = function(*args, **kwargs)
+            spent[name] += time.perf_counter() - started
+            return result
+        return wrapper
 
-
-def streaming(folder: Path, data: Path) -> dict:
-    """The full `score_files` path (reading, cache, Parquet writing) over a file."""
-    from teachfit.score import ScoreOptions, score_files
-
-    out = Path(tempfile.mkdtemp()) / "s.parquet"
+    forward.hidden_states = timed("body", forward.hidden_states)
+    forward.head_logits = timed("head", forward.head_logits)
+    torch.log_softmax = timed("softmax", torch.log_softmax)
     started = time.perf_counter()
-    score_files([data], out, f"hf:{folder}", options=ScoreOptions(max_length=1024, token_budget=8192, window=64),
-                show_progress=False)
+    forward.response_nll(loaded.model, loaded.tokenizer, encoded, forward.BatchPlan(8192, 64), loaded.device, ranks=True)
+    total = time.perf_counter() - started
+    lengths = sorted(len(e.input_ids) for e in encoded[: len(encoded) // 2])
+    return spent | {"total": total, "tokens": sum(len(e.input_ids) for e in encoded),
+                    "median_pair_tokens": lengths[len(lengths) // 2], "max_pair_tokens": lengths[-1]}
+
+
+def command_line(folder: Path, data: Path, metrics: str) -> dict:
+    """`teachfit score` as a user runs it (wall time of the whole command)."""
+    out = Path(tempfile.mkdtemp()) / "scores.parquet"
+    command = [sys.executable, "-m", "teachfit.cli", "score", str(data), "--student", f"hf:{folder}",
+               "--reward-column", "reward", "--metrics", metrics, "--out", str(out), "--no-progress"]
+    env = os.environ | {"TEACHFIT_CACHE": str(out.parent / "cache")}
+    started = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True, env=env)
     return {"seconds": time.perf_counter() - started}
 
 
-def bf16_peak() -> float:
-    """GFLOP/s of a large bf16 matmul on this CPU (the limit scoring can approach)."""
+def matmul_peak(dtype_name: str) -> float:
+    """GFLOP/s of a large matmul in this dtype on this CPU (the limit scoring can approach)."""
     import torch
 
-    a = torch.randn(2048, 2048, dtype=torch.bfloat16)
-    b = torch.randn(2048, 2048, dtype=torch.bfloat16)
+    dtype = getattr(torch, dtype_name)
+    a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
     for _ in range(3):
         a @ b
-    started, reps = time.perf_counter(), 20
+    started, reps = time.perf_counter(), 10
     for _ in range(reps):
         a @ b
     return 2 * 2048 ** 3 * reps / (time.perf_counter() - started) / 1e9
 
 
+METHODS = {"naive": lambda f, d: naive(f, d), "naive_car": lambda f, d: naive(f, d, alone=False),
+           "teachfit": lambda f, d: teachfit_batched(f, d), "teachfit_car": lambda f, d: teachfit_batched(f, d, alone=False),
+           "teachfit_compiled": lambda f, d: teachfit_batched(f, d, compile_body=True), "breakdown": breakdown,
+           "peaks": lambda f, d: {"float32": matmul_peak("float32"), "bfloat16": matmul_peak("bfloat16")}}
+
+
 def child(method: str, folder: str, data: str) -> None:
     """Run one method and print its result with this process's peak RSS."""
-    methods = {"naive": naive, "teachfit": teachfit_batched, "streaming": streaming,
-               "rsr_cost": rsr_cost}
-    result = methods[method](Path(folder), Path(data))
+    result = METHODS[method](Path(folder), Path(data))
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(result))
 
 
 def run_child(method: str, folder: Path, data: Path) -> dict:
+    """A method in its own process; `wall` is the whole process, start-up and model load included."""
+    started = time.perf_counter()
     out = subprocess.run([sys.executable, __file__, "--child", method, str(folder), str(data)],
                          capture_output=True, text=True, check=True, env=os.environ | {"TQDM_DISABLE": "1"})
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return json.loads(out.stdout.strip().splitlines()[-1]) | {"wall": time.perf_counter() - started}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--pairs", type=int, default=32)
+    parser.add_argument("--pairs", type=int, default=48)
+    parser.add_argument("--lengths", choices=("longtail", "uniform"), default="longtail")
+    parser.add_argument("--compile", action="store_true", help="also time the body under torch.compile")
     parser.add_argument("--child", nargs=3)
-    parser.add_argument("--rsr", action="store_true",
-                        help="only the cost of RSR: teachfit's scorer with and without rank counting, alternated, 2 runs each")
     args = parser.parse_args()
     if args.child:
         return child(*args.child)
     work = Path(tempfile.mkdtemp(prefix="teachfit-bench-"))
     build(work / "model")
-    make_pairs(work / "pairs.jsonl", args.pairs)
-    if args.rsr:
-        result = run_child("rsr_cost", work / "model", work / "pairs.jsonl")
-        print(f"pairs: {args.pairs} ({result['tokens']} tokens incl. loss(y) sequences), model: GPT-2 size, "
-              f"dtype {result['dtype']}, one process, runs alternated")
-        for name, label in (("plain", "loss only      "), ("ranks", "loss + RSR rank")):
-            rates = [result["tokens"] / s for s in result[name]]
-            print(f"teachfit, {label}: {max(rates):8.0f} tokens/s best  (runs: {', '.join(f'{r:.0f}' for r in rates)})")
-        print(f"cost of rank counting: {min(result['ranks']) / min(result['plain']) - 1:+.1%} time (best vs best)")
-        return
-    make_pairs(work / "pairs4x.jsonl", 4 * args.pairs, seed=1)
-    base = run_child("naive", work / "model", work / "pairs.jsonl")
-    fast = run_child("teachfit", work / "model", work / "pairs.jsonl")
-    small = run_child("streaming", work / "model", work / "pairs.jsonl")
-    large = run_child("streaming", work / "model", work / "pairs4x.jsonl")
-    peak = bf16_peak()
-    non_embedding = 12 * 12 * 768 ** 2  # 12 layers x (4 attention + 8 MLP) x d^2 parameters
-    gap = max(abs(a - b) for a, b in zip(base["losses"], fast["losses"]))
-    rate_naive = base["tokens"] / base["seconds"]
-    rate_fast = fast["tokens"] / fast["seconds"]
-    body_flops = 2 * non_embedding * fast["tokens"]  # 2 FLOPs per parameter per token
-    print(f"pairs: {args.pairs} ({fast['tokens']} tokens incl. loss(y) sequences), model: GPT-2 size, dtype {fast['dtype']}")
-    print(f"naive HF loop   : {rate_naive:8.0f} tokens/s   peak RSS {base['peak_rss_mb']:7.0f} MB")
-    print(f"teachfit        : {rate_fast:8.0f} tokens/s   peak RSS {fast['peak_rss_mb']:7.0f} MB")
-    print(f"ratio           : {rate_fast / rate_naive:.2f}x   (max |loss difference| {gap:.4f} nats, bf16 vs fp32)")
-    print(f"bf16 matmul peak: {peak:.0f} GFLOP/s; teachfit body FLOPs reach {body_flops / fast['seconds'] / 1e9:.0f} "
-          f"GFLOP/s = {body_flops / fast['seconds'] / 1e9 / peak:.0%} of it (LM head FLOPs not counted)")
-    print(f"streaming score : peak RSS {small['peak_rss_mb']:.0f} MB at {args.pairs} pairs, "
-          f"{large['peak_rss_mb']:.0f} MB at {4 * args.pairs} pairs (ratio {large['peak_rss_mb'] / small['peak_rss_mb']:.2f})")
+    data = work / "pairs.jsonl"
+    make_pairs(data, args.pairs, args.lengths)
+    names = ["naive", "naive_car", "teachfit", "teachfit_car"] + (["teachfit_compiled"] if args.compile else [])
+    results = {name: run_child(name, work / "model", data) for name in names}
+    split = run_child("breakdown", work / "model", data)
+    cli = {m: command_line(work / "model", data, m) for m in ("all", "car")}
+    peaks = run_child("peaks", work / "model", data)
+    base, full = results["naive"], results["teachfit"]
+    print(f"pairs: {args.pairs} ({args.lengths}; pair tokens median {split['median_pair_tokens']}, max "
+          f"{split['max_pair_tokens']}), model: GPT-2 size, teachfit dtype {full['dtype']}, torch threads "
+          f"{os.cpu_count()} cores")
+    print("| method | pairs/s | tokens/s | vs naive (same columns) | peak RSS MB |\n|---|---|---|---|---|")
+    labels = {"naive": "naive, all columns", "naive_car": "naive, CAR only", "teachfit": "teachfit, all columns",
+              "teachfit_car": "teachfit, CAR only (--metrics car)", "teachfit_compiled": "teachfit, compiled body"}
+    for name in names:
+        r = results[name]
+        same = results["naive_car" if name.endswith("_car") else "naive"]
+        print(f"| {labels[name]} | {args.pairs / r['seconds']:.2f} | {r['tokens'] / r['seconds']:.0f} | "
+              f"{same['seconds'] / r['seconds']:.2f}x | {r['peak_rss_mb']:.0f} |")
+    if args.compile:
+        print(f"compile warm-up: {results['teachfit_compiled']['warmup_seconds']:.0f} s")
+    gap = max(abs(a - b) for a, b in zip(base["losses"], full["losses"]))
+    print(f"max |loss difference| teachfit vs naive: {gap:.2e} nats")
+    print(f"CAR only vs naive all columns: {base['seconds'] / results['teachfit_car']['seconds']:.2f}x pairs/s")
+    print("\ncommand line, whole command (start-up, model load, reading, cache, Parquet included):")
+    print(f"| naive script, all columns | {base['wall']:.1f} s |\n| naive script, CAR only | {results['naive_car']['wall']:.1f} s |")
+    for metrics, r in cli.items():
+        same = base if metrics == "all" else results["naive_car"]
+        print(f"| teachfit score --metrics {metrics} | {r['seconds']:.1f} s ({same['wall'] / r['seconds']:.2f}x) |")
+    rest = split["total"] - split["body"] - split["head"] - split["softmax"]
+    print("\nwhere teachfit's time goes (all columns): " + ", ".join(
+        f"{k} {split[k]:.1f} s ({split[k] / split['total']:.0%})" for k in ("body", "head", "softmax"))
+          + f", the rest {rest:.1f} s ({rest / split['total']:.0%})")
+    body_rate = 2 * NON_EMBEDDING * split["tokens"] / split["body"] / 1e9
+    print(f"matmul limit here: fp32 {peaks['float32']:.0f} GFLOP/s, bf16 {peaks['bfloat16']:.0f} GFLOP/s; the body "
+          f"runs at {body_rate:.0f} GFLOP/s = {body_rate / peaks['float32']:.0%} of fp32, "
+          f"{body_rate / peaks['bfloat16']:.0%} of bf16 (attention FLOPs not counted)")
 
 
 if __name__ == "__main__":

@@ -78,6 +78,16 @@ def hidden_states(model: Any, ids: Any, mask: Any | None) -> Any:
     return backbone(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
 
 
+def compiled(model: Any) -> Any:
+    """The model with its body under torch.compile, shapes dynamic (batches differ in length, so a
+    static graph would recompile for each). The first batches pay the compilation: see
+    bench/score_throughput.py --compile for what it costs and gains on your hardware."""
+    torch = require("torch", "hf")
+    backbone = model.base_model
+    backbone.forward = torch.compile(backbone.forward, dynamic=True)
+    return model
+
+
 def head_logits(model: Any, hidden: Any) -> Any:
     """The LM head on selected hidden states [rows, hidden] -> fp32 logits [rows, vocab],
     with the final logit soft-capping of models that use it (Gemma 2)."""
