@@ -130,3 +130,13 @@ def test_evaluate_answers_and_a_second_item_of_a_bench_are_refused_at_their_line
     path.write_text(GOOD + evaluate)
     result = subprocess.run([sys.executable, "-m", "teachfit.cli", "run", str(path)], capture_output=True, text=True)
     assert result.returncode == 2 and f"{path}:10: " in result.stderr and "Traceback" not in result.stderr
+
+
+def test_paths_in_listed_sections_are_relative_to_the_file(tmp_path):
+    """evaluate may be a list: each item's path keys resolve like a single section's."""
+    path = tmp_path / "sub" / "e.yaml"
+    path.parent.mkdir()
+    path.write_text(GOOD + "evaluate:\n  - {bench: ifeval, ifeval_prompts: ../prompts.jsonl}\n"
+                           "  - {bench: rating, judge: packaged:smollm2-135m-instruct}\n")
+    first, second = load_experiment(path).stages["evaluate"]
+    assert first.ifeval_prompts == str(path.parent / "../prompts.jsonl") and second.bench == "rating"

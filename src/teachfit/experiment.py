@@ -220,6 +220,15 @@ def bench_name(bench: str) -> str:
     return bench if bench in BENCH_NAMES else Path(bench).stem
 
 
+def _resolve_paths(stage: str, section: Any, base: Path) -> Any:
+    """A section (or one item of a listed section) with its path keys made relative to the file."""
+    if not isinstance(section, dict):
+        return section
+    return {k: ([resolve_path(p, base) for p in v] if isinstance(v, list) else resolve_path(v, base))
+            if k in PATH_KEYS.get(stage, ()) and v is not None and v not in BENCH_NAMES else v
+            for k, v in section.items()}
+
+
 def _sections(experiment: Experiment, stage: str) -> list[tuple[tuple, Any]]:
     """(where in the file, config) of each section of a stage that may be a list (select, evaluate)."""
     configs = experiment.stages.get(stage)
@@ -279,10 +288,8 @@ def load_experiment(path: str | Path, run_dir: str | Path | None = None) -> Expe
             teachers = section.get("teacher") or []
             section["teacher"] = [_teacher_text(t, checker, ("generate", "teacher", i))
                                   for i, t in enumerate(teachers if isinstance(teachers, list) else [teachers])]
-        if isinstance(section, dict):
-            section = {k: ([resolve_path(p, base) for p in v] if isinstance(v, list) else resolve_path(v, base))
-                       if k in PATH_KEYS.get(stage, ()) and v is not None and v not in BENCH_NAMES else v
-                       for k, v in section.items()}
+        section = [_resolve_paths(stage, item, base) for item in section] if isinstance(section, list) \
+            else _resolve_paths(stage, section, base)
         cls, forbidden = STAGE_CONFIGS[stage], RUN_OWNED.get(stage, set())
         if stage in LISTED:
             items = section if isinstance(section, list) else [section]
