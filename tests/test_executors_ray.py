@@ -56,6 +56,7 @@ def test_score_command_with_the_ray_executor(tmp_path, cluster, tiny_llama, tiny
     run = tmp_path / "a" / "study"
     result = subprocess.run([sys.executable, "-m", "teachfit.cli", "score", str(run), "--student", f"hf:{tiny_llama}",
                              "--dtype", "float32", "--window", "3", "--out", str(tmp_path / "ray.parquet"),
+                             "--metrics", "ppl_self,rsr_self,length",  # what the study computed (no IFD stage)
                              "--executor", "ray", "--num-workers", "2", "--no-progress"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     name = f"{Path(tiny_llama).name}.parquet"

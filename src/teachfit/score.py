@@ -100,8 +100,10 @@ def rows_from_nll(nll: Sequence[tuple[float, int, float]], truncated: Sequence[b
         sum_c, n_c, ranks_c = nll[i]
         sum_u, n_u, _ = nll[n + i] if len(nll) > n else (math.nan, 0, 0)
         rank = ranks_c / n_c if math.isfinite(ranks_c) else None
-        rows.append(lm_metrics(sum_c / n_c, sum_u / n_u if n_u else math.nan, role, rank)
-                    | {f"n_response_tokens{suffix}": n_c, f"truncated{suffix}": truncated[i]})
+        metrics = lm_metrics(sum_c / n_c, sum_u / n_u if n_u else math.nan, role, rank)
+        if len(nll) == n:  # loss(y) not asked for: its columns are left out, not filled with NaN
+            metrics = {k: v for k, v in metrics.items() if k not in (f"loss_{role}_uncond", f"ifd_{role}", f"ifd_loss_ratio_{role}")}
+        rows.append(metrics | {f"n_response_tokens{suffix}": n_c, f"truncated{suffix}": truncated[i]})
     return rows
 
 
