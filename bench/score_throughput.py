@@ -1,9 +1,9 @@
 """Scoring throughput: a naive one-pair-at-a-time HF loop vs teachfit, same pairs, same model.
 
 Model: GPT-2 size (768 wide, 12 layers, vocabulary 50257), random weights, built here. Pairs
-(`--lengths`): `longtail` (default) has instructions of 40-160 words and responses log-normal
-around 300 words with a tail to 1,500 (what real SFT data looks like); `uniform` has responses of
-100-700 words. Every method runs in its own process, so peak RSS is its own. Rows:
+(`--lengths`): `longtail` (default) has instructions of 40-160 tokens and responses log-normal
+around 300 tokens with a tail to 1,500 (what real SFT data looks like); `uniform` has responses of
+100-700 tokens. Every method runs in its own process, so peak RSS is its own. Rows:
 
   naive, all columns    loss(y|x) and loss(y), full logits, fp32, one pair at a time
   naive, CAR only       loss(y|x) only
@@ -53,11 +53,19 @@ def build(folder: Path) -> None:
     tokenizer.save_pretrained(folder)
 
 
-def response_words(rng: random.Random, lengths: str) -> int:
-    """Words in one response: log-normal around 300 clipped to [20, 1500], or uniform 100-700."""
+TOKENS_PER_WORD = 3.6  # the bench's small tokenizer splits these words into ~3.6 tokens each (measured)
+
+
+def response_tokens(rng: random.Random, lengths: str) -> int:
+    """Tokens in one response: log-normal around 300 clipped to [20, 1500], or uniform 100-700."""
     if lengths == "uniform":
         return rng.randint(100, 700)
     return int(min(1500, max(20, rng.lognormvariate(math.log(300), 0.6))))
+
+
+def words(rng: random.Random, tokens: int) -> str:
+    """About `tokens` tokens of text."""
+    return " ".join(rng.choice(WORDS) for _ in range(max(1, round(tokens / TOKENS_PER_WORD))))
 
 
 def make_pairs(path: Path, n: int, lengths: str, seed: int = 0) -> None:
@@ -65,8 +73,8 @@ def make_pairs(path: Path, n: int, lengths: str, seed: int = 0) -> None:
     rng = random.Random(seed)
     with path.open("w") as handle:
         for i in range(n):
-            instruction = " ".join(rng.choice(WORDS) for _ in range(rng.randint(40, 160)))
-            response = " ".join(rng.choice(WORDS) for _ in range(response_words(rng, lengths)))
+            instruction = words(rng, rng.randint(40, 160))
+            response = words(rng, response_tokens(rng, lengths))
             handle.write(json.dumps({"id": str(i), "instruction": instruction, "response": response,
                                      "reward": rng.uniform(1, 9)}) + "\n")
 
@@ -195,7 +203,10 @@ def run_child(method: str, folder: Path, data: Path) -> dict:
     started = time.perf_counter()
     out = subprocess.run([sys.executable, __file__, "--child", method, str(folder), str(data)],
                          capture_output=True, text=True, check=True, env=os.environ | {"TQDM_DISABLE": "1"})
-    return json.loads(out.stdout.strip().splitlines()[-1]) | {"wall": time.perf_counter() - started}
+    result = json.loads(out.stdout.strip().splitlines()[-1]) | {"wall": time.perf_counter() - started}
+    shown = {k: v for k, v in result.items() if k != "losses"}
+    print(f"[{method}] {json.dumps(shown)}", file=sys.stderr, flush=True)  # each result as it comes (long runs)
+    return result
 
 
 def main() -> None:
