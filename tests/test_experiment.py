@@ -92,7 +92,7 @@ def test_score_computes_what_the_later_stages_use(tmp_path, extra, expected):
     path.write_text(GOOD.replace("  max_length: 1024\n", f"  max_length: 1024\n  reward_column: r\n{extra}"))
     score = load_experiment(path).stages["score"]
     assert score.metrics == expected
-    assert score.unconditional == (not expected or "ifd_self" in expected)
+    assert score.unconditional_for("self") == (not expected or "ifd_self" in expected)
     path.write_text(path.read_text() + "correlate: {}\n")
     if "metrics" not in extra:
         assert load_experiment(path).stages["score"].metrics == []  # correlate compares every column

@@ -175,11 +175,6 @@ class ScoreConfig(CommonOptions, ClientOptions):
         return self.wants(f"ifd_{role}")
 
     @property
-    def unconditional(self) -> bool:
-        """loss(y) under the student (see unconditional_for)."""
-        return self.unconditional_for("self")
-
-    @property
     def plan(self) -> Any:
         """The batching plan (teachfit.forward.BatchPlan) these options describe."""
         from teachfit.forward import BatchPlan
