@@ -226,9 +226,10 @@ def test_correlate_truth_column(tmp_path):
 def test_generated_answers_are_kept_per_bench_and_remade_for_another_max_new_tokens(tmp_path, tiny_chatml, monkeypatch):
     """--model's answers go to answers/<model>--ifeval.jsonl (another bench's file is left alone),
     a re-run with another max_new_tokens makes them again, and the model is loaded with the
-    evaluate options that one place builds (n_ctx and n_threads included)."""
+    evaluate options that one place builds (n_ctx, n_threads and the generation batch included)."""
     import teachfit.models
     from teachfit.config import EvaluateConfig
+    from teachfit.models.hf import HFTeacher
     from teachfit.evaluate import model_load_options, result_labels
     from teachfit.truth import run_truth
 
@@ -239,24 +240,31 @@ def test_generated_answers_are_kept_per_bench_and_remade_for_another_max_new_tok
         return real_load(role, spec, **options)
 
     monkeypatch.setattr(teachfit.models, "load", load)
+    real_generate, batches = HFTeacher.generate, []
+    monkeypatch.setattr(HFTeacher, "generate", lambda self, c, *a: batches.append(len(c)) or real_generate(self, c, *a))
     out, name = tmp_path / "eval", Path(tiny_chatml).name
     other = out / "answers" / f"{name}--rating.jsonl"
     other.parent.mkdir(parents=True)
     other.write_text('{"instruction_id": "x", "sample": 0, "response": "kept"}\n')
     config = EvaluateConfig(model=f"hf:{tiny_chatml}", bench="ifeval", ifeval_prompts=str(SAMPLE), limit=2,
-                            max_new_tokens=2, bootstrap=0, dtype="float32", n_ctx=512, n_threads=1, progress=False)
+                            max_new_tokens=2, bootstrap=0, dtype="float32", n_ctx=512, n_threads=1, progress=False,
+                            generation_batch_size=1)
     run_truth(config, out, out / "results.csv")
+    assert batches == [1, 1]  # two prompts, one at a time
     answers = out / "answers" / f"{name}--ifeval.jsonl"
     assert [json.loads(l)["gen_response_configs"]["max_new_tokens"] for l in answers.open()] == [2, 2]
     assert other.read_text() == '{"instruction_id": "x", "sample": 0, "response": "kept"}\n'
     assert (out / f"scores-{name}--ifeval.json").exists()
     assert seen == [("teacher", model_load_options(config))]
     assert seen[0][1]["n_threads"] == 1 and seen[0][1]["n_ctx"] == 512 and seen[0][1]["dtype"] == "float32"
+    assert seen[0][1]["batch_size"] == 1
     run_truth(config, out, out / "results.csv")
     assert len(seen) == 1  # every answer reused: nothing loaded
     from dataclasses import replace
     run_truth(replace(config, max_new_tokens=3), out, out / "results.csv")
     assert len(seen) == 2 and {json.loads(l)["gen_response_configs"]["max_new_tokens"] for l in answers.open()} == {3}
+    run_truth(replace(config, max_new_tokens=4, generation_batch_size=2), out, out / "results.csv")
+    assert batches[-1] == 2  # both prompts in one batch
     assert result_labels(replace(config, student_name="s")) == {"student": "s", "teacher": ""}
     assert result_labels(EvaluateConfig(bench="ifeval", answers=str(RESPONSES), teacher_name="t")) == {
         "student": RESPONSES.stem, "teacher": "t"}

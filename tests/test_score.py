@@ -200,3 +200,19 @@ def test_sample_scores_the_same_instructions_for_every_teacher_and_extends(tmp_p
         lines = sum(len(p.read_text().splitlines()) for p in cache.rglob("shard-*.jsonl"))
         assert lines == 2 * 2 * n  # student and length scorers, each pair once in all
     assert chosen[0] < chosen[1]
+
+
+def test_batch_plan_default_budget_follows_the_device():
+    """No --token-budget: small batches on a CPU, large on an accelerator; a given budget is kept;
+    an unsettled plan is refused rather than guessed."""
+    from teachfit.forward import DEFAULT_TOKEN_BUDGET, BatchPlan, plan_batches
+
+    assert BatchPlan().on("cpu").token_budget == DEFAULT_TOKEN_BUDGET["cpu"] < DEFAULT_TOKEN_BUDGET["accelerator"]
+    assert BatchPlan(max_batch_size=3).on("cuda:1") == BatchPlan(DEFAULT_TOKEN_BUDGET["accelerator"], 3)
+    assert BatchPlan(100, 2).on("cpu") == BatchPlan(100, 2)
+    assert ScoreOptions().plan == BatchPlan() and ScoreOptions(token_budget=512).plan.token_budget == 512
+    # 10 sequences of 500 tokens: 4 per batch under the CPU's 2048, every one together under 16384
+    assert [len(b) for b in plan_batches([500] * 10, BatchPlan().on("cpu"))] == [4, 4, 2]
+    assert [len(b) for b in plan_batches([500] * 10, BatchPlan().on("cuda"))] == [10]
+    with pytest.raises(ValueError, match="plan.on"):
+        plan_batches([500], BatchPlan())

@@ -231,7 +231,8 @@ def elapsed(started: float) -> float:
 
 
 # what the loaders of a model under test (teachfit.models.load("teacher", ...)) take
-MODEL_LOAD_KEYS = ("dtype", "device", "trust_remote_code", "n_ctx", "n_threads", "concurrency", "timeout", "max_retries")
+MODEL_LOAD_KEYS = ("dtype", "device", "trust_remote_code", "n_ctx", "n_threads", "concurrency", "timeout", "max_retries",
+                   "batch_size")
 
 
 def model_load_options(config: Any) -> dict[str, Any]:

@@ -71,7 +71,7 @@ def rate(config: Any, pairs: Sequence[tuple[str, str]]) -> tuple[list[dict[str, 
     from teachfit.records import Pair
     from teachfit.reward import load_reward
 
-    scorer = load_reward(config.judge, "auto", BatchPlan(16384, 64), 4096, **config.load_options())
+    scorer = load_reward(config.judge, "auto", BatchPlan(), 4096, **config.load_options())
     values = scorer.compute([Pair(str(i), text, answer, "") for i, (text, answer) in enumerate(pairs)])
     return values, scorer.kind
 

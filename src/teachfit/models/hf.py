@@ -172,7 +172,7 @@ class HFTeacher:
     response depends on the batch it was in; greedy decoding does not.
     """
 
-    def __init__(self, loaded: LoadedModel, batch_size: int = 8):
+    def __init__(self, loaded: LoadedModel, batch_size: int = 32):
         self.loaded, self.batch_size = loaded, batch_size
         from teachfit.template import ensure_chat_template
 
@@ -221,6 +221,6 @@ class HFTeacher:
 
 @register("teacher", "hf")
 def load_hf_teacher(spec: ModelSpec, dtype: str = "auto", device: str = "auto", trust_remote_code: bool = False,
-                    batch_size: int = 8, **_: Any) -> HFTeacher:
+                    batch_size: int = 32, **_: Any) -> HFTeacher:
     """Teacher loader for hf: specs."""
     return HFTeacher(load_causal_lm(spec, dtype, device, trust_remote_code), batch_size)
