@@ -13,7 +13,7 @@ around 300 tokens with a tail to 1,500 (what real SFT data looks like); `uniform
 
 then the command-line path as a user meets it (start-up, model load, reading, cache, Parquet
 included): the naive loop as a script vs `teachfit score` with and without `--metrics car`; where
-teachfit's time goes (body, LM head, log-softmax, the rest); and the fraction of this CPU's
+teachfit's time goes (body, LM head, log-softmax, the rest); its speed by tokens per batch; and the fraction of this CPU's
 matmul limit (fp32 and bf16, measured in the same run) that the body reaches.
 
     .venv/bin/python bench/score_throughput.py [--pairs 48] [--lengths longtail|uniform] [--compile]
@@ -121,12 +121,28 @@ def teachfit_batched(folder: Path, data: Path, alone: bool = True, compile_body:
     if compile_body:
         model = compiled(model)
         started = time.perf_counter()
-        response_nll(model, loaded.tokenizer, encoded, BatchPlan(8192, 64), loaded.device)
+        response_nll(model, loaded.tokenizer, encoded, BatchPlan(), loaded.device)
         warmup = time.perf_counter() - started
     started = time.perf_counter()
-    nll = response_nll(model, loaded.tokenizer, encoded, BatchPlan(8192, 64), loaded.device, ranks=True)
+    nll = response_nll(model, loaded.tokenizer, encoded, BatchPlan(), loaded.device, ranks=True)
     return {"tokens": sum(len(e.input_ids) for e in encoded), "seconds": time.perf_counter() - started,
             "losses": [s / n for s, n, *_ in nll], "dtype": loaded.dtype, "warmup_seconds": warmup}
+
+
+def budgets(folder: Path, data: Path) -> dict:
+    """tokens/s of teachfit's CAR-only pass at several token budgets (tokens per batch): where the
+    CPU default of forward.DEFAULT_TOKEN_BUDGET comes from."""
+    from teachfit.forward import BatchPlan, response_nll
+    from teachfit.models import load
+
+    loaded = load("causal_lm", f"hf:{folder}", dtype="auto")
+    encoded = encoded_pairs(loaded.tokenizer, data, False)
+    rates = {}
+    for budget in (512, 2048, 8192):
+        started = time.perf_counter()
+        response_nll(loaded.model, loaded.tokenizer, encoded, BatchPlan(budget), loaded.device)
+        rates[str(budget)] = sum(len(e.input_ids) for e in encoded) / (time.perf_counter() - started)
+    return {"tokens_per_second": rates}
 
 
 def breakdown(folder: Path, data: Path) -> dict:
@@ -153,7 +169,7 @@ def breakdown(folder: Path, data: Path) -> dict:
     forward.head_logits = timed("head", forward.head_logits)
     torch.log_softmax = timed("softmax", torch.log_softmax)
     started = time.perf_counter()
-    forward.response_nll(loaded.model, loaded.tokenizer, encoded, forward.BatchPlan(8192, 64), loaded.device, ranks=True)
+    forward.response_nll(loaded.model, loaded.tokenizer, encoded, forward.BatchPlan(), loaded.device, ranks=True)
     total = time.perf_counter() - started
     lengths = sorted(len(e.input_ids) for e in encoded[: len(encoded) // 2])
     return spent | {"total": total, "tokens": sum(len(e.input_ids) for e in encoded),
@@ -162,32 +178,35 @@ def breakdown(folder: Path, data: Path) -> dict:
 
 def command_line(folder: Path, data: Path, metrics: str) -> dict:
     """`teachfit score` as a user runs it (wall time of the whole command)."""
-    out = Path(tempfile.mkdtemp()) / "scores.parquet"
+    out = folder.parent / f"cli-{metrics}" / "scores.parquet"
     command = [sys.executable, "-m", "teachfit.cli", "score", str(data), "--student", f"hf:{folder}",
                "--reward-column", "reward", "--metrics", metrics, "--out", str(out), "--no-progress"]
     env = os.environ | {"TEACHFIT_CACHE": str(out.parent / "cache")}
     started = time.perf_counter()
     subprocess.run(command, check=True, capture_output=True, env=env)
-    return {"seconds": time.perf_counter() - started}
+    result = {"seconds": time.perf_counter() - started}
+    print(f"[teachfit score --metrics {metrics}] {json.dumps(result)}", file=sys.stderr, flush=True)
+    return result
 
 
-def matmul_peak(dtype_name: str) -> float:
-    """GFLOP/s of a large matmul in this dtype on this CPU (the limit scoring can approach)."""
+def matmul_peak(dtype_name: str, seconds: float = 5.0) -> float:
+    """GFLOP/s of a 1024-square matmul in this dtype on this CPU (the limit scoring can approach),
+    repeated for about `seconds` (a CPU without native bf16 emulates it slowly: bounded by time)."""
     import torch
 
     dtype = getattr(torch, dtype_name)
-    a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
-    for _ in range(3):
+    a, b = torch.randn(1024, 1024, dtype=dtype), torch.randn(1024, 1024, dtype=dtype)
+    a @ b
+    started, reps = time.perf_counter(), 0
+    while reps < 3 or time.perf_counter() - started < seconds:
         a @ b
-    started, reps = time.perf_counter(), 10
-    for _ in range(reps):
-        a @ b
-    return 2 * 2048 ** 3 * reps / (time.perf_counter() - started) / 1e9
+        reps += 1
+    return 2 * 1024 ** 3 * reps / (time.perf_counter() - started) / 1e9
 
 
 METHODS = {"naive": lambda f, d: naive(f, d), "naive_car": lambda f, d: naive(f, d, alone=False),
            "teachfit": lambda f, d: teachfit_batched(f, d), "teachfit_car": lambda f, d: teachfit_batched(f, d, alone=False),
-           "teachfit_compiled": lambda f, d: teachfit_batched(f, d, compile_body=True), "breakdown": breakdown,
+           "teachfit_compiled": lambda f, d: teachfit_batched(f, d, compile_body=True), "breakdown": breakdown, "budgets": budgets,
            "peaks": lambda f, d: {"float32": matmul_peak("float32"), "bfloat16": matmul_peak("bfloat16")}}
 
 
@@ -218,13 +237,19 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         return child(*args.child)
-    work = Path(tempfile.mkdtemp(prefix="teachfit-bench-"))
+    with tempfile.TemporaryDirectory(prefix="teachfit-bench-") as work:
+        run(Path(work), args)
+
+
+def run(work: Path, args: argparse.Namespace) -> None:
+    """Every method on the same model and pairs, then the tables."""
     build(work / "model")
     data = work / "pairs.jsonl"
     make_pairs(data, args.pairs, args.lengths)
     names = ["naive", "naive_car", "teachfit", "teachfit_car"] + (["teachfit_compiled"] if args.compile else [])
     results = {name: run_child(name, work / "model", data) for name in names}
     split = run_child("breakdown", work / "model", data)
+    per_budget = run_child("budgets", work / "model", data)["tokens_per_second"]
     cli = {m: command_line(work / "model", data, m) for m in ("all", "car")}
     peaks = run_child("peaks", work / "model", data)
     base, full = results["naive"], results["teachfit"]
@@ -249,14 +274,16 @@ def main() -> None:
     for metrics, r in cli.items():
         same = base if metrics == "all" else results["naive_car"]
         print(f"| teachfit score --metrics {metrics} | {r['seconds']:.1f} s ({same['wall'] / r['seconds']:.2f}x) |")
+    print("\nteachfit CAR only, tokens/s by tokens per batch: " + ", ".join(
+        f"{budget}: {rate:.0f}" for budget, rate in per_budget.items()))
     rest = split["total"] - split["body"] - split["head"] - split["softmax"]
     print("\nwhere teachfit's time goes (all columns): " + ", ".join(
         f"{k} {split[k]:.1f} s ({split[k] / split['total']:.0%})" for k in ("body", "head", "softmax"))
           + f", the rest {rest:.1f} s ({rest / split['total']:.0%})")
     body_rate = 2 * NON_EMBEDDING * split["tokens"] / split["body"] / 1e9
-    print(f"matmul limit here: fp32 {peaks['float32']:.0f} GFLOP/s, bf16 {peaks['bfloat16']:.0f} GFLOP/s; the body "
-          f"runs at {body_rate:.0f} GFLOP/s = {body_rate / peaks['float32']:.0%} of fp32, "
-          f"{body_rate / peaks['bfloat16']:.0%} of bf16 (attention FLOPs not counted)")
+    limit = max(peaks["float32"], peaks["bfloat16"])  # bf16 is the limit only where the CPU has it natively
+    print(f"matmul limit here: fp32 {peaks['float32']:.0f} GFLOP/s, bf16 {peaks['bfloat16']:.1f} GFLOP/s; the body "
+          f"runs at {body_rate:.0f} GFLOP/s = {body_rate / limit:.0%} of the faster one (attention FLOPs not counted)")
 
 
 if __name__ == "__main__":
