@@ -13,8 +13,8 @@ around 300 tokens with a tail to 1,500 (what real SFT data looks like); `uniform
 
 then the command-line path as a user meets it (start-up, model load, reading, cache, Parquet
 included): the naive loop as a script vs `teachfit score` with and without `--metrics car`; where
-teachfit's time goes (body, LM head, log-softmax, the rest); its speed by tokens per batch; and the fraction of this CPU's
-matmul limit (fp32 and bf16, measured in the same run) that the body reaches.
+teachfit's time goes (body, LM head, log-softmax, the rest); its speed by tokens per batch; and the
+fraction of this CPU's matmul limit (fp32 and bf16, measured in the same run) that the body reaches.
 
     .venv/bin/python bench/score_throughput.py [--pairs 48] [--lengths longtail|uniform] [--compile]
 """

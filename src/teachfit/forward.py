@@ -25,8 +25,8 @@ RANK_CLIP = 100
 
 # Tokens per batch when none is given. A GPU wants large batches. On a CPU large batches are slower:
 # the matmuls gain nothing from them, while a big batch's activations fall out of the caches
-# (measured on 2 cores, GPT-2 size, long-tailed pairs: 205 tokens/s at 512, 1024 or 2048 tokens a
-# batch, 136 at 8192; bench/score_throughput.py).
+# (bench/score_throughput.py on 2 cores, GPT-2 size, long-tailed pairs: 215, 214 and 141 tokens/s
+# at 512, 2048 and 8192 tokens a batch).
 DEFAULT_TOKEN_BUDGET = {"cpu": 2048, "accelerator": 16384}
 
 
