@@ -51,7 +51,16 @@ def check_resumed(tmp_path: Path, run: Path, path: Path, tiny_llama: str, tiny_c
     assert len(keys) == len(set(keys)) == 3 * N  # student, judge, length: every pair exactly once
     reference = experiment(tmp_path / "uninterrupted", tiny_llama, tiny_chatml)
     run_experiment(reference, show=lambda *_: None)
-    assert outputs(run, tiny_llama) == outputs(tmp_path / "uninterrupted" / "study", tiny_llama)
+    (responses, scores), (responses_ref, scores_ref) = (outputs(run, tiny_llama),
+                                                        outputs(tmp_path / "uninterrupted" / "study", tiny_llama))
+    assert responses == responses_ref
+    # equal up to fp32 rounding: the pairs a resumed run still has to score fall into other batches
+    # than an uninterrupted run's (other shapes, other summation order in the matmuls)
+    assert [sorted(row) for row in scores] == [sorted(row) for row in scores_ref]
+    for row, row_ref in zip(scores, scores_ref):
+        for key, value in row.items():
+            expected = pytest.approx(row_ref[key], rel=1e-6) if isinstance(value, float) else row_ref[key]
+            assert value == expected, (row["id"], key)
 
 
 def test_kill_during_generate_then_during_score(tmp_path, tiny_llama, tiny_chatml):
