@@ -229,8 +229,8 @@ def test_generated_answers_are_kept_per_bench_and_remade_for_another_max_new_tok
     evaluate options that one place builds (n_ctx, n_threads and the generation batch included)."""
     import teachfit.models
     from teachfit.config import EvaluateConfig
-    from teachfit.models.hf import HFTeacher
     from teachfit.evaluate import model_load_options, result_labels
+    from teachfit.models.hf import HFTeacher
     from teachfit.truth import run_truth
 
     real_load, seen = teachfit.models.load, []

@@ -172,7 +172,7 @@ class HFTeacher:
     response depends on the batch it was in; greedy decoding does not.
     """
 
-    def __init__(self, loaded: LoadedModel, batch_size: int = 32):
+    def __init__(self, loaded: LoadedModel, batch_size: int):
         self.loaded, self.batch_size = loaded, batch_size
         from teachfit.template import ensure_chat_template
 
