@@ -43,7 +43,7 @@ def test_a_good_file_gives_configs_with_its_values(tmp_path):
     (GOOD.replace("  student: packaged:gemma3-270m\n", ""), 3, ["'score' needs 'student'"]),
     (GOOD.replace("packaged:gemma3-270m", "packaged:gemma9"), 4, ["unknown packaged model 'gemma9'"]),
     (GOOD.replace("rank:", "rnak:"), 6, ["unknown section 'rnak'", "did you mean 'rank'"]),
-    (GOOD.replace("  beta: 2", "  beta: -1"), 7, ["beta", ">= 0"]),
+    (GOOD.replace("  beta: 2", "  beta: -1"), 7, ["'rank.beta': must be a finite number >= 0"]),
     (GOOD.replace("  beta: 2", "  reward_transform: log"), 7, ["'log' is not one of raw, shift, sigmoid"]),
     (GOOD + "generate:\n  instructions: [i.jsonl]\n  teacher:\n    - hf:x?temperature=hot\n", 11, ["temperature='hot'"]),
     (GOOD + "generate:\n  instructions: [i.jsonl]\n  teacher:\n    - hf:x?name=../../evil\n", 11, ["cannot be used"]),

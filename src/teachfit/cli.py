@@ -80,7 +80,7 @@ def config_from_flags(cls: type, values: dict[str, Any], config_file: Optional[P
         return cls(**(defaults | base | given))
     except configs.ConfigValueError as error:
         flag = "--" + error.key.replace("_", "-")
-        raise InputError(flag, None, str(error).split(": ", 1)[1]) from None
+        raise InputError(flag, None, error.message) from None
 
 
 def stage_command(name: str, cls: type, **extras: tuple[Any, Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

@@ -30,7 +30,7 @@ class ConfigValueError(ValueError):
     """A config value that cannot mean anything; `key` names the field."""
 
     def __init__(self, key: str, message: str):
-        self.key = key
+        self.key, self.message = key, message
         super().__init__(f"{key}: {message}")
 
 

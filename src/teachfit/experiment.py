@@ -115,7 +115,7 @@ class _Checker:
         try:
             return cls(**values)
         except ConfigValueError as error:
-            self.fail(where + (error.key,), f"'{label}.{error}")
+            self.fail(where + (error.key,), f"'{label}.{error.key}': {error.message}")
         except (TypeError, ValueError) as error:
             self.fail(where, f"'{label}': {error}")
 
