@@ -29,10 +29,20 @@ def test_markers_remember_the_fingerprint(tmp_path):
 
 
 def test_file_digest_follows_content_not_time(tmp_path):
+    import os
+
     a = tmp_path / "a.jsonl"
     a.write_text("x\n")
+    os.utime(a, ns=(1_600_000_000_000_000_000, 1_600_000_000_000_000_000))
+    before = a.stat()
     first = file_digest([a])
-    a.write_text("x\n")
-    assert file_digest([a]) == first
+    # the same bytes with another modification time (a day later, then a second earlier): the same digest
+    for shift in (86_400 * 10**9, -10**9):
+        os.utime(a, ns=(before.st_mtime_ns + shift, before.st_mtime_ns + shift))
+        assert a.stat().st_mtime_ns != before.st_mtime_ns and file_digest([a]) == first
+    # other bytes of the same size, the modification time put back exactly: a different digest
     a.write_text("y\n")
+    os.utime(a, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = a.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
     assert file_digest([a]) != first
