@@ -239,6 +239,17 @@ def test_the_select_stage_joins_texts_from_the_recorded_inputs(tmp_path):
     written = [json.loads(line) for line in (tmp_path / "sel.jsonl").open()]
     assert [w["teacher"] for w in written] == [r["teacher"] for r in select_pairs(rows, "reward").rows]
     assert summary["n_selected"] == len(written)
+    # the texts are the source pairs' own: read back from the response files here, line by line
+    source = {}
+    for path in files:
+        for line in open(path, encoding="utf-8"):
+            record = json.loads(line)
+            source[(record["teacher"], record["id"])] = (record["instruction"], record["response"])
+    assert len(set(source.values())) == len(source) == len(rows)  # every pair's texts are its own
+    for w in written:
+        user, assistant = w["messages"]
+        assert (user["role"], assistant["role"]) == ("user", "assistant")
+        assert (user["content"], assistant["content"]) == source[(w["teacher"], w["id"])], w
 
 
 def test_a_tiny_trl_sft_step_trains_on_the_selection(tmp_path, tiny_chatml):
