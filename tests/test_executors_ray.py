@@ -1,6 +1,9 @@
 """The Ray executor on a real local cluster (one per module, always shut down): scores and
-generations equal the local executor's, with one completion marker per shard."""
+generations equal an independent local run's (its own run directory and cache), with one
+completion marker per shard, and the workers did the work: the driver loads no model and puts
+no computed result into any cache (its pass after the shards finds every pair cached)."""
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -21,7 +24,31 @@ def cluster():
         ray.shutdown()
 
 
-def test_ray_results_equal_local(tmp_path, cluster, tiny_llama, tiny_chatml):
+class DriverWatch:
+    """What this process (the Ray driver; Ray runs tasks in worker processes) loads and computes:
+    models loaded (teachfit.models.LOAD_COUNTS) and results put into a result cache (every
+    computed pair goes there: ResultCache.put_many)."""
+
+    def __init__(self, monkeypatch):
+        from teachfit.models import LOAD_COUNTS
+        from teachfit.store import ResultCache
+
+        self.counts, self.loads_before, self.computed = LOAD_COUNTS, dict(LOAD_COUNTS), []
+        put_many = ResultCache.put_many
+
+        def recording(cache, items):
+            items = list(items)
+            self.computed.extend(key for key, _ in items)
+            return put_many(cache, items)
+
+        monkeypatch.setattr(ResultCache, "put_many", recording)
+
+    def loads(self) -> dict:
+        return {role: n - self.loads_before.get(role, 0) for role, n in self.counts.items()
+                if n != self.loads_before.get(role, 0)}
+
+
+def test_ray_results_equal_local(tmp_path, cluster, tiny_llama, tiny_chatml, monkeypatch):
     from teachfit.pipeline import run_experiment
 
     local = write_study(tmp_path / "local", tiny_llama, tiny_chatml, "local")
@@ -29,23 +56,49 @@ def test_ray_results_equal_local(tmp_path, cluster, tiny_llama, tiny_chatml):
     started = time.perf_counter()
     run_experiment(local, show=lambda *_: None)
     local_seconds = time.perf_counter() - started
+    driver = DriverWatch(monkeypatch)  # from here on: the Ray run, whose driver must only plan and merge
     started = time.perf_counter()
     run_experiment(distributed, show=lambda *_: None)
     ray_seconds = time.perf_counter() - started
     print(f"local {local_seconds:.1f}s, ray (2 workers, cluster already up) {ray_seconds:.1f}s")
+    assert driver.loads() == {}, f"the driver loaded models itself: {driver.loads()}"
+    assert driver.computed == [], f"the driver computed {len(driver.computed)} results the workers left"
     name = f"{Path(tiny_llama).name}.parquet"
     local_rows = read_table(tmp_path / "local" / "study" / "scores" / name)[0]
     ray_rows = read_table(tmp_path / "ray" / "study" / "scores" / name)[0]
-    assert local_rows == ray_rows  # bit for bit
+    assert len(ray_rows) == 8 and local_rows == ray_rows  # bit for bit, each computed in its own cache
     texts = [(tmp_path / d / "study" / "responses" / "t.jsonl").read_text().splitlines() for d in ("local", "ray")]
     strip = lambda line: {k: v for k, v in json.loads(line).items() if k not in ("seconds", "backend")}  # noqa: E731
     assert [strip(l) for l in texts[0]] == [strip(l) for l in texts[1]]
     markers = list((tmp_path / "ray" / "study" / ".markers" / "score").glob("*.done"))
     assert len(markers) == 2  # one completion marker per shard
+    # each worker wrote its own cache shard for each scorer (8 pairs in windows of 3: ranks get 2 and 1 windows)
+    for folder in (tmp_path / "ray" / "study" / ".cache" / "scores").iterdir():
+        assert len(list(folder.glob("shard-*.jsonl"))) == 2, folder
+
+
+GUARDED_CLI = """import json, sys
+from teachfit.models import LOAD_COUNTS
+from teachfit.store import ResultCache
+computed, put_many = [], ResultCache.put_many
+def recording(cache, items):
+    items = list(items)
+    computed.extend(key for key, _ in items)
+    return put_many(cache, items)
+ResultCache.put_many = recording
+report, sys.argv = sys.argv[1], ["teachfit"] + sys.argv[2:]
+from teachfit.cli import main
+try:
+    main()
+finally:
+    with open(report, "w") as handle:
+        json.dump({"loads": LOAD_COUNTS, "computed": len(computed)}, handle)
+"""
 
 
 def test_score_command_with_the_ray_executor(tmp_path, cluster, tiny_llama, tiny_chatml):
-    """`teachfit score RUN --executor ray` (its own cluster, in a subprocess) equals the local scores."""
+    """`teachfit score RUN --executor ray` (its own cluster, in a subprocess) on a copy of a local
+    run without its cache equals the local scores; the subprocess's driver loads and computes nothing."""
     import subprocess
     import sys
 
@@ -53,12 +106,20 @@ def test_score_command_with_the_ray_executor(tmp_path, cluster, tiny_llama, tiny
 
     path = write_study(tmp_path / "a", tiny_llama, tiny_chatml, "local")
     run_experiment(path, show=lambda *_: None)
-    run = tmp_path / "a" / "study"
-    result = subprocess.run([sys.executable, "-m", "teachfit.cli", "score", str(run), "--student", f"hf:{tiny_llama}",
+    local_run, ray_run = tmp_path / "a" / "study", tmp_path / "b" / "study"
+    shutil.copytree(local_run, ray_run, ignore=shutil.ignore_patterns(".cache", ".markers", "scores"))
+    assert not (ray_run / ".cache").exists()  # the Ray run starts from the responses alone
+    script, report = tmp_path / "guarded_cli.py", tmp_path / "driver.json"
+    script.write_text(GUARDED_CLI)
+    result = subprocess.run([sys.executable, str(script), str(report), "score", str(ray_run),
+                             "--student", f"hf:{tiny_llama}",
                              "--dtype", "float32", "--window", "3", "--out", str(tmp_path / "ray.parquet"),
                              "--metrics", "ppl_self,rsr_self,length",  # what the study computed (no IFD stage)
                              "--executor", "ray", "--num-workers", "2", "--no-progress"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+    driver = json.loads(report.read_text())
+    assert driver == {"loads": {}, "computed": 0}, driver  # the workers did all of it
     name = f"{Path(tiny_llama).name}.parquet"
-    assert read_table(tmp_path / "ray.parquet")[0] == read_table(run / "scores" / name)[0]
-    assert len(list((run / ".markers" / "score").glob("*.done"))) == 2
+    ray_rows = read_table(tmp_path / "ray.parquet")[0]
+    assert len(ray_rows) == 8 and ray_rows == read_table(local_run / "scores" / name)[0]
+    assert len(list((ray_run / ".markers" / "score").glob("*.done"))) == 2
