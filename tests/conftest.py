@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -129,6 +130,60 @@ def installed(name: str = "smollm2-135m-instruct") -> bool:
         return True
     except PackagedModelError:
         return False
+
+
+# --- what a test needs from outside the checkout: one rule each for skipping or failing ---
+
+REQUIRE_PACKAGED = "TEACHFIT_REQUIRE_PACKAGED"  # `make test` (hence CI) sets it: a missing model fails
+SMOLLM = "smollm2-135m-instruct"
+SHARED = Path(__file__).resolve().parents[2] / "shared"  # ../shared beside the clone (CI has it)
+
+
+def _importable(module: str) -> bool:
+    import importlib
+
+    try:
+        importlib.import_module(module)
+        return True
+    except ImportError:
+        return False
+
+
+def require_packaged(*modules: str, model: str = SMOLLM) -> None:
+    """Skip the calling test when the packaged `model` or a module it runs on (e.g.
+    "llama_cpp.server.app") is missing; fail instead when TEACHFIT_REQUIRE_PACKAGED is set, as
+    `make test` sets it (the set-up installs both, so a missing one is a broken set-up, not a
+    skip). Tests declare the need with `@pytest.mark.packaged(*modules, model=...)`."""
+    missing = [f"module {m}" for m in modules if not _importable(m)]
+    if not installed(model):
+        from teachfit.models.packaged import PACKAGED
+
+        missing.append(f"packaged model {model} ({PACKAGED[model].install_hint()})")
+    if not missing:
+        return
+    message = f"needs {', '.join(missing)}"
+    if os.environ.get(REQUIRE_PACKAGED, "") not in ("", "0"):
+        pytest.fail(f"{message}; {REQUIRE_PACKAGED} is set, so this fails instead of skipping", pytrace=False)
+    pytest.skip(f"{message} (make test installs it)")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """`@pytest.mark.packaged(...)`: checked before any fixture starts a server with the model."""
+    for mark in item.iter_markers("packaged"):
+        require_packaged(*mark.args, **mark.kwargs)
+
+
+def shared_path(relative: str) -> Path:
+    """A file under ../shared (the paper's text, the official IFEval prompts): skipped where the
+    checkout has no ../shared beside it, a failure when CI=true (CI has it)."""
+    path = SHARED / relative
+    if not path.exists():
+        message = f"{path} is not beside this checkout"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{message}; CI=true, so this fails instead of skipping", pytrace=False)
+        pytest.skip(message)
+    return path
 
 
 def free_port() -> int:

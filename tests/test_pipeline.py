@@ -51,6 +51,7 @@ def cached_lines(run: Path) -> int:
     return sum(len(p.read_text().splitlines()) for p in (run / ".cache" / "scores").rglob("shard-*.jsonl"))
 
 
+@pytest.mark.packaged("llama_cpp")  # the judge of the first bench is the packaged SmolLM2
 def test_every_stage_then_a_second_run_loads_nothing(tmp_path, tiny_llama, tiny_chatml):
     bench = write_pairs(tmp_path / "bench.jsonl", [{"id": "b0", "instruction": "Name a fruit."},
                                                     {"id": "b1", "instruction": "Name a colour."}])
@@ -82,7 +83,6 @@ correlate:
   bootstrap: 20
 report: {{}}
 """
-    pytest.importorskip("llama_cpp")
     path = write_experiment(tmp_path, tiny_llama, [f"hf:{tiny_chatml}?name=greedy",
                                                    f"hf:{tiny_chatml}?temperature=1.0&name=sampled"], more=more)
     first = run_experiment(path, show=lambda *_: None)

