@@ -11,11 +11,12 @@ import pytest
 
 pytest.importorskip("if_verifiable")
 
+from conftest import shared_path  # noqa: E402
 from teachfit import ifeval  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 SAMPLE, RESPONSES = DATA / "ifeval_sample.jsonl", DATA / "ifeval_sample_responses.jsonl"
-OFFICIAL = Path(__file__).resolve().parents[2] / "shared" / "ifeval" / "input_data.jsonl"
+OFFICIAL = "ifeval/input_data.jsonl"  # the official 541 prompts under ../shared (conftest.shared_path)
 CLI = [sys.executable, "-m", "teachfit.cli"]
 
 
@@ -189,10 +190,10 @@ def test_punkt_offline(tmp_path, monkeypatch):
     assert ifeval.check(prompt, "One. Two. Three.", checkers)["follow_strict"] == [False]
 
 
-@pytest.mark.skipif(not OFFICIAL.exists(), reason="the official IFEval prompts are not beside this checkout")
 def test_every_official_prompt_is_checkable_offline():
+    official = shared_path(OFFICIAL)  # skipped without ../shared, a failure when CI=true
     checkers = ifeval.registry()
-    prompts = ifeval.load_prompts(str(OFFICIAL), checkers)
+    prompts = ifeval.load_prompts(str(official), checkers)
     assert len(prompts) == 541 and sum(len(p.instruction_ids) for p in prompts) == 834
     response = "Here it is.\nThis is an *answer*, with two sentences. It ends here.\nP.S. Bye"
     rows = [ifeval.check(p, response, checkers) for p in prompts]  # raises if any checker cannot run
