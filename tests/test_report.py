@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from conftest import synthetic
+from teachfit.run import RunDir
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
@@ -25,7 +26,7 @@ def write_run(folder):
             writer.writeheader()
             writer.writerows(rows)
     from teachfit.config import CorrelateConfig
-    from teachfit.stages import run_correlate
+    from teachfit.correlate import run_correlate
 
     run_correlate(CorrelateConfig(run_dir=str(folder), bootstrap=50), None)
     return metric_rows
@@ -35,7 +36,7 @@ def test_report_files_and_numbers(tmp_path):
     from teachfit.report import build_report
 
     rows = write_run(tmp_path)
-    result = build_report(tmp_path, tmp_path / "report.html", include_paper=True)
+    result = build_report(RunDir(tmp_path), tmp_path / "report.html", include_paper=True)
     assert result["images"] == ["ap_run", "car_ranking", "car_vs_ap", "paper_figure2", "paper_table4", "rho_run"]
     for name in result["images"]:
         png = (tmp_path / "report_png" / f"{name}.png").read_bytes()

@@ -232,7 +232,7 @@ def test_the_select_stage_joins_texts_from_the_recorded_inputs(tmp_path):
     write_table(tmp_path / "scores" / "scores.parquet", rows, {"inputs": files})
     from teachfit.config import SelectConfig
     from teachfit.run import RunDir
-    from teachfit.stages import run_select
+    from teachfit.select import run_select
 
     summary = run_select(SelectConfig(inputs=[str(tmp_path)], by="reward", out=str(tmp_path / "sel.jsonl"),
                                       format="messages"), RunDir(tmp_path))

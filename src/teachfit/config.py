@@ -18,9 +18,15 @@ from typing import Any, List, Optional
 
 
 def option(default: Any = MISSING, help: str = "", choices: tuple[str, ...] | None = None,
-           positional: bool = False, flag: str | None = None) -> Any:
-    """A config field with its help text (and allowed values, positional-ness, a flag name)."""
-    metadata = {"help": help, "choices": choices, "positional": positional, "flag": flag}
+           positional: bool = False, flag: str | None = None, path: bool = False, model: bool = False,
+           run_owned: bool = False, names: tuple[str, ...] = ()) -> Any:
+    """A config field with its help text and what a study file needs to know of it: allowed values,
+    whether it is a positional argument (and its flag name), whether it names a file (`path`:
+    relative to the study file) or a model spec (`model`: a local model's path is relative to the
+    study file too; `names` are values that are not paths), and whether the run directory supplies
+    it (`run_owned`: a study may not set it)."""
+    metadata = {"help": help, "choices": choices, "positional": positional, "flag": flag, "path": path,
+                "model": model, "run_owned": run_owned, "names": names}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -109,7 +115,7 @@ class ServerOptions(LlamaCppOptions, ClientOptions):
 class GenerateConfig(CommonOptions, ServerOptions):
     """Stage `generate`: instructions x teachers -> RUN/responses/<dataset>.jsonl."""
 
-    instructions: List[str] = option([], "Instruction files (.jsonl/.json/.parquet); may be repeated.")
+    instructions: List[str] = option([], "Instruction files (.jsonl/.json/.parquet); may be repeated.", path=True)
     teacher: List[str] = option([], "Teacher spec, repeatable; per-teacher settings as "
                                     "SPEC?temperature=0.8&top_p=0.95&n=5&name=NAME.")
     temperature: float = option(0.0, "Default temperature (0 = greedy, the paper's default).")
@@ -120,6 +126,7 @@ class GenerateConfig(CommonOptions, ServerOptions):
     limit: Optional[int] = option(None, "Use only the first N instructions.")
     per_category: Optional[int] = option(None, "Use only the first N instructions of each category.")
     skip_invalid: bool = option(False, "Skip and report bad instructions instead of stopping.")
+    out: Optional[str] = option(None, "Run directory; datasets go to OUT/responses/<name>.jsonl.", run_owned=True)
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -136,10 +143,13 @@ SCORE_METRICS = ("car", "reward", "ppl_self", "ifd_self", "rsr_self", "ppl_ref",
 class ScoreConfig(CommonOptions, ClientOptions):
     """Stage `score`: every (instruction, response) pair -> RUN/scores/<student>.parquet."""
 
-    inputs: List[str] = option([], "Response files (.jsonl/.json/.parquet) or run directories.", positional=True)
-    student: List[str] = option([], "The student (base model) whose loss measures compatibility; repeat for several.")
-    reference: Optional[str] = option(None, "Reference LM for the -Ref metrics (GPT-2 in the paper).")
-    reward_model: Optional[str] = option(None, "Reward model: a sequence classifier or an instruct judge.")
+    inputs: List[str] = option([], "Response files (.jsonl/.json/.parquet) or run directories.", positional=True,
+                               run_owned=True)
+    student: List[str] = option([], "The student (base model) whose loss measures compatibility; repeat for several.",
+                                model=True)
+    reference: Optional[str] = option(None, "Reference LM for the -Ref metrics (GPT-2 in the paper).", model=True)
+    reward_model: Optional[str] = option(None, "Reward model: a sequence classifier or an instruct judge.",
+                                          model=True)
     reward_kind: str = option("auto", "auto | classifier | judge (probability-weighted 1-9 rating).",
                               choices=("auto", "classifier", "judge"))
     reward_column: Optional[str] = option(None, "Take each pair's reward from this field of the input files.")
@@ -154,7 +164,8 @@ class ScoreConfig(CommonOptions, ClientOptions):
     sample: Optional[int] = option(None, "Score only N instructions, the same for every teacher (a seeded hash "
                                          "picks them: a larger N later contains them, so nothing is recomputed).")
     seed: int = option(0, "Seed of --sample.")
-    out: Optional[str] = option(None, "Output .parquet for one student (default: RUN/scores/<student>.parquet).")
+    out: Optional[str] = option(None, "Output .parquet for one student (default: RUN/scores/<student>.parquet).",
+                                run_owned=True)
     skip_invalid: bool = option(False, "Skip and count bad rows instead of stopping at the first.")
 
     def __post_init__(self) -> None:
@@ -195,7 +206,8 @@ class ScoreConfig(CommonOptions, ClientOptions):
 class RankConfig:
     """Stage `rank`: scores -> RUN/ranking.csv and ranking.json (one table per student)."""
 
-    scores: List[str] = option([], "Score files written by `teachfit score`, or run directories.", positional=True)
+    scores: List[str] = option([], "Score files written by `teachfit score`, or run directories.", positional=True,
+                               run_owned=True)
     beta: float = option(3.0, "Weight of compatibility in CAR = r / (1 + beta * L).")
     reward_transform: str = option("raw", "raw | shift (min reward -> 0) | sigmoid; for negative rewards.",
                                    choices=("raw", "shift", "sigmoid"))
@@ -203,6 +215,8 @@ class RankConfig:
     seed: int = option(0, "Bootstrap seed.")
     target: Optional[float] = option(None, "Also estimate the pairs per teacher needed for the recommendation to "
                                            "be on top in this share of bootstrap resamples (e.g. 0.95).")
+    csv: Optional[str] = option(None, "Also write the table as CSV here.", run_owned=True)
+    json_out: Optional[str] = option(None, "Also write the rankings as JSON here.", run_owned=True)
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -221,7 +235,7 @@ SELECT_METHODS = ("car", "car-instance", "grape", "persyn", "reward", "random")
 class SelectConfig:
     """Stage `select`: scores -> one response per instruction, the training set (RUN/selections/)."""
 
-    inputs: List[str] = option([], "A run directory, or score files.", positional=True)
+    inputs: List[str] = option([], "A run directory, or score files.", positional=True, run_owned=True)
     by: str = option("car-instance", "car | car-instance | grape | persyn | reward | random.", choices=SELECT_METHODS)
     teacher: Optional[str] = option(None, "Choose only among this dataset's responses (best-/worst-of-N of one teacher).")
     worst: bool = option(False, "Pick the lowest score instead of the highest (worst-of-N).")
@@ -230,7 +244,8 @@ class SelectConfig:
     reward_transform: str = option("raw", "raw | shift | sigmoid (car-instance).", choices=("raw", "shift", "sigmoid"))
     seed: int = option(0, "Seed of the random baseline.")
     name: Optional[str] = option(None, "Name of the selection (default: from the method and teacher).")
-    out: Optional[str] = option(None, "Also write the selection here (.jsonl, .parquet, or a folder for datasets).")
+    out: Optional[str] = option(None, "Also write the selection here (.jsonl, .parquet, or a folder for datasets).",
+                                run_owned=True)
     format: str = option("messages", "messages | alpaca | sharegpt.", choices=("messages", "alpaca", "sharegpt"))
 
     def __post_init__(self) -> None:
@@ -243,9 +258,11 @@ class SelectConfig:
 class TrainConfig(CommonOptions):
     """Stage `train`: SFT of a student on a dataset; the defaults are the paper's Table 5."""
 
-    data: List[str] = option([], "Run directory or response files.", positional=True)
-    student: Optional[str] = option(None, "Base model to fine-tune (hf:, gguf:, packaged: are all trainable).")
-    out: Optional[str] = option(None, "Checkpoint directory (model, tokenizer with chat template, logs).")
+    data: List[str] = option([], "Run directory or response files.", positional=True, run_owned=True)
+    student: Optional[str] = option(None, "Base model to fine-tune (hf:, gguf:, packaged: are all trainable).",
+                                    model=True, run_owned=True)
+    out: Optional[str] = option(None, "Checkpoint directory (model, tokenizer with chat template, logs).",
+                                run_owned=True)
     teacher: List[str] = option([], "Train on these datasets only (names in the run); repeatable.")
     learning_rate: float = option(2e-5, "Peak learning rate [paper: 2e-5].")
     num_train_epochs: float = option(2.0, "Epochs [paper: 2].")
@@ -281,34 +298,47 @@ class TrainConfig(CommonOptions):
         return self.effective_batch_size // per_step
 
 
+BENCH_NAMES = ("offline", "alpaca_eval", "arena_hard", "ifeval", "rating")  # benches by name, not files
+
+
+def bench_name(bench: str) -> str:
+    """The name a bench goes by in results.csv and file names: its own, or a file's stem."""
+    from pathlib import Path
+
+    return bench if bench in BENCH_NAMES else Path(bench).stem
+
+
 @dataclass(kw_only=True)
 class EvaluateConfig(CommonOptions, ServerOptions):
     """Stage `evaluate`: a model's answers judged against a baseline (AE2 WR/LC, AH WR, AP)."""
 
     model: Optional[str] = option(None, "The model to evaluate: a checkpoint (hf:DIR) or any teacher spec "
-                                        "(in an experiment: every trained checkpoint).")
-    judge: Optional[str] = option(None, "Judge: openai:<model>@<url> or gguf:/packaged: (llama.cpp).")
-    out: Optional[str] = option(None, "Output folder (default: RUN/evaluations).")
+                                        "(in an experiment: every trained checkpoint).", model=True, run_owned=True)
+    judge: Optional[str] = option(None, "Judge: openai:<model>@<url> or gguf:/packaged: (llama.cpp).", model=True)
+    out: Optional[str] = option(None, "Output folder (default: RUN/evaluations).", run_owned=True)
     bench: str = option("offline", "offline (shipped, 40 prompts) | alpaca_eval | arena_hard | FILE: judged against "
                                    "a baseline; or ifeval (verifiable instructions, no judge; see --ifeval-prompts) | "
-                                   "rating (the --judge's expected 1-9 rating of the answers to the offline prompts).")
+                                   "rating (the --judge's expected 1-9 rating of the answers to the offline prompts).",
+                       path=True, names=BENCH_NAMES)
     ifeval_prompts: Optional[str] = option(None, "--bench ifeval: the prompts FILE in the official input_data.jsonl "
-                                                 "layout (default: $TEACHFIT_IFEVAL).")
+                                                 "layout (default: $TEACHFIT_IFEVAL).", path=True)
     answers: Optional[str] = option(None, "--bench ifeval | rating: score these answers (JSONL with prompt, response, "
-                                          "as IFEval's input_response_data) instead of generating them with --model.")
+                                          "as IFEval's input_response_data) instead of generating them with --model.",
+                                   run_owned=True)
     limit: Optional[int] = option(None, "--bench ifeval: a subset of N prompts stratified by instruction type "
                                         "(every type first, then at random; --seed picks; a larger N contains it).")
     bootstrap: int = option(1000, "Bootstrap resamples of the --bench ifeval | rating 95% intervals (0 to skip).")
-    baseline: Optional[str] = option(None, "Baseline answers FILE, or a MODEL spec to generate them.")
+    baseline: Optional[str] = option(None, "Baseline answers FILE, or a MODEL spec to generate them.", path=True,
+                                      model=True)
     style: str = option("both", "ae2 | ah | both (both gives AP).", choices=("ae2", "ah", "both"))
     judge_config: List[str] = option([], "Judge files of your own (YAML + prompt file, like teachfit/data/judges/); "
                                          "each one's `style` says AE2 (preference) or AH (verdict). Default: the "
-                                         "shipped ones for --style.")
+                                         "shipped ones for --style.", path=True)
     max_new_tokens: int = option(512, "Most tokens per answer (greedy decoding).")
     constraint: str = option("grammar", "Constrain judge output: grammar (llama.cpp) | guided_choice (vLLM) | none.",
                              choices=("grammar", "guided_choice", "none"))
-    student_name: Optional[str] = option(None, "Label for results.csv (default: from the checkpoint).")
-    teacher_name: Optional[str] = option(None, "Label for results.csv (default: from the checkpoint).")
+    student_name: Optional[str] = option(None, "Label for results.csv (default: from the checkpoint).", run_owned=True)
+    teacher_name: Optional[str] = option(None, "Label for results.csv (default: from the checkpoint).", run_owned=True)
     seed: int = option(0, "Seed of the AE2 position shuffle, the --limit subset and the bootstrap.")
     concurrency: int = option(4, "Judge requests in flight (openai: judges).")
 
@@ -329,26 +359,40 @@ class EvaluateConfig(CommonOptions, ServerOptions):
 class CorrelateConfig:
     """Stage `correlate`: Spearman rho of each metric's ranking vs the measured AP (Table 4)."""
 
-    run_dir: Optional[str] = option(None, "Run directory with ranking.csv and results.csv.", positional=True)
-    metrics: List[str] = option([], "Ranking CSV/JSON files from `teachfit rank`.")
-    truth: Optional[str] = option(None, "Measured results CSV: student, teacher, ap (or ae2_lc and ah_wr).")
+    run_dir: Optional[str] = option(None, "Run directory with ranking.csv and results.csv.", positional=True,
+                                   run_owned=True)
+    metrics: List[str] = option([], "Ranking CSV/JSON files from `teachfit rank`.", run_owned=True)
+    truth: Optional[str] = option(None, "Measured results CSV: student, teacher, ap (or ae2_lc and ah_wr).",
+                                  run_owned=True)
     truth_column: str = option("ap", "The measured column to correlate with: ap, or e.g. ifeval_prompt_loose, "
                                      "ifeval_inst_strict, rating_mean (rows without it are left out).")
     bootstrap: int = option(1000, "Bootstrap resamples over teachers for rho's interval.")
     fit_beta: bool = option(False, "Choose beta by leave-one-teacher-out.")
-    out: Optional[str] = option(None, "Write correlation.csv here (default: RUN/correlation.csv).")
+    out: Optional[str] = option(None, "Write correlation.csv here (default: RUN/correlation.csv).", run_owned=True)
 
 
 @dataclass(kw_only=True)
 class ReportConfig:
     """Stage `report`: one self-contained HTML page (ranking, CAR vs AP, rho per metric)."""
 
-    run_dir: Optional[str] = option(None, "Run directory (ranking.csv, correlation.csv, results.csv).", positional=True)
+    run_dir: Optional[str] = option(None, "Run directory (ranking.csv, correlation.csv, results.csv).", positional=True,
+                                   run_owned=True)
     paper: bool = option(False, "Add the paper's Figure 2 and Table 4.")
-    out: Optional[str] = option(None, "HTML file (default: RUN/report.html, or report.html).")
+    out: Optional[str] = option(None, "HTML file (default: RUN/report.html, or report.html).", run_owned=True)
 
 
-STAGE_CONFIGS: dict[str, type] = {
-    "generate": GenerateConfig, "score": ScoreConfig, "select": SelectConfig, "rank": RankConfig,
-    "train": TrainConfig, "evaluate": EvaluateConfig, "correlate": CorrelateConfig, "report": ReportConfig,
-}
+@dataclass(kw_only=True)
+class ExecutorConfig:
+    """Where generation and scoring run: `local` (this process) or `ray` (sharded over workers)."""
+
+    type: str = option("local", "local | ray: shard the work over Ray workers (pip install 'teachfit[ray]').",
+                       choices=("local", "ray"), flag="--executor")
+    address: Optional[str] = option(None, "Ray cluster address ('auto' joins a running cluster; none starts one).",
+                                    flag="--ray-address")
+    num_workers: int = option(2, "Ray workers; each loads its model once and takes one shard.")
+    num_gpus_per_worker: float = option(0.0, "GPUs per Ray worker (1 for one model replica per GPU).")
+    num_cpus_per_worker: float = option(1.0, "CPUs per Ray worker.")
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        check_positive(self, "num_workers", "num_cpus_per_worker")

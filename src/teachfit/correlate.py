@@ -16,7 +16,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from teachfit.metrics import bootstrap_draws, car, percentile_interval, spearman
+from teachfit.config import CorrelateConfig
 from teachfit.rank import METRIC_DIRECTIONS
+from teachfit.stage import Stage
 
 CORRELATED = ("car", "reward", "ppl_self", "ifd_self", "rsr_self", "ppl_ref", "ifd_ref", "length", "size_b")
 DIRECTIONS = METRIC_DIRECTIONS | {"size_b": +1}
@@ -219,3 +221,53 @@ def correlation_text(report: dict[str, Any]) -> str:
                      f"choices mean {fit['loo_mean']:.2f} +- {fit['loo_std']:.2f}, same as the full fit in "
                      f"{fit['loo_share_same_as_full']:.0%} of folds")
     return "\n".join(lines)
+
+
+# ---- the stage ---------------------------------------------------------------------------------
+def run_correlate(config: CorrelateConfig, run: Any = None, executor: Any = None) -> dict[str, Any]:
+    """Rankings + measured results -> Spearman rho per metric (RUN/correlation.csv)."""
+    from pathlib import Path
+
+    from teachfit.records import InputError, write_table
+    from teachfit.run import RunDir
+
+    run = run or (RunDir(config.run_dir) if config.run_dir else None)
+    files = [Path(m) for m in config.metrics] + ([run.ranking_csv] if run and run.ranking_csv.exists() else [])
+    truth = Path(config.truth) if config.truth else run.results_csv if run else None
+    out = Path(config.out) if config.out else run.correlation_csv if run else None
+    if not files or truth is None:
+        raise ValueError("give a run directory, or --metrics files and --truth")
+    joined = join(read_rankings(files), read_truth(truth, config.truth_column), config.truth_column)
+    if not joined:
+        raise InputError(truth, None, f"no (student, teacher) appears in both {', '.join(map(str, files))} and {truth}")
+    table = correlation_table(joined, config.bootstrap)
+    report = {"correlation": table, "beta_sweep": beta_sweep(joined), "truth_column": config.truth_column}
+    if config.fit_beta:
+        report["fit_beta"] = fit_beta(joined)
+    if out:
+        write_table(out, table, {"metrics": [str(f) for f in files], "truth": str(truth), "truth_column": config.truth_column,
+                                 "beta_sweep": report["beta_sweep"], "fit_beta": report.get("fit_beta")})
+    return report
+
+
+def _units(config: CorrelateConfig, plan: Any, run: Any) -> list[Any]:
+    from dataclasses import replace
+
+    from teachfit.stage import Unit
+
+    return [Unit("correlate", replace(config, run_dir=str(run.root)), inputs=[run.ranking_csv, run.results_csv],
+                 outputs=[run.correlation_csv])]
+
+
+def _plan(config: CorrelateConfig, plan: Any) -> None:
+    if "rank" not in plan.sections:  # the measured side: evaluate's results.csv, or one put in the run directory
+        plan.fail(("correlate",), "'correlate' needs a 'rank' section (the predicted ranking)")
+
+
+STAGE = Stage(
+    name="correlate", config=CorrelateConfig, run=run_correlate, plan=_plan, units=_units, needs=("rank", "evaluate"),
+    help="Spearman rho of each metric's teacher ranking against the measured AP ranking (paper Table 4).",
+    summary=lambda report: {"metrics": len(report["correlation"]), "truth_column": report["truth_column"]},
+    line=lambda report: f"{len(report['correlation'])} metrics correlated with {report['truth_column']}",
+    text=lambda report: correlation_text(report),
+)

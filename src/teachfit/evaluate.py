@@ -304,7 +304,7 @@ def run_evaluation(config: Any, out: str | Path, labels: dict[str, str] | None =
     baseline, write answers/<model>--<bench>.jsonl, judgments/<model>--<bench>-<judge file>.jsonl
     and scores-<model>--<bench>.json under `out` and one row (student/teacher/model/bench) into
     `results_csv` (default: out/results.csv); return the scores."""
-    from teachfit.generate import short_model_name
+    from teachfit.teachers import short_model_name
     from teachfit.judging import load_judge
     from teachfit.models import ModelSpec
     from teachfit.versions import versions

@@ -10,90 +10,16 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
-from urllib.parse import parse_qsl
 
+from teachfit.config import GenerateConfig
 from teachfit.instructions import Instruction
 from teachfit.models.base import GenerationSettings, user_messages
-
-SETTING_TYPES = {"temperature": float, "top_p": float, "max_new_tokens": int, "seed": int, "n": int}
-
-
-@dataclass(frozen=True)
-class TeacherRequest:
-    """One dataset to generate: a model spec, its sampling settings and the dataset's name."""
-
-    spec: str
-    settings: GenerationSettings
-    name: str
-
-
-def short_model_name(spec: str) -> str:
-    """A readable name from a spec: the last path or id component, without .gguf."""
-    body = spec.split(":", 1)[1] if ":" in spec else spec
-    body = body.split("@")[0].split("?")[0].rstrip("/")
-    return re.sub(r"\.gguf$", "", body.split("/")[-1]) or "teacher"
-
-
-def dataset_name(spec: str, settings: GenerationSettings) -> str:
-    """`<model>` for greedy decoding, with -t<T>-p<P> for sampling and -n<N> for N samples."""
-    name = short_model_name(spec)
-    if settings.temperature > 0:
-        name += f"-t{settings.temperature:g}-p{settings.top_p:g}"
-    if settings.n > 1:
-        name += f"-n{settings.n}"
-    return name
-
-
-def parse_teacher(text: str, defaults: GenerationSettings) -> TeacherRequest:
-    """Parse `SPEC[?key=value&...]`; keys: temperature, top_p, max_new_tokens, seed, n, name.
-    The dataset name (given or derived) must be a safe file name (teachfit.run.safe_name)."""
-    from teachfit.run import safe_name
-
-    from teachfit.models import SPEC_OPTIONS, ModelSpec
-
-    spec, name, overrides, engine = text, None, {}, []
-    if "?" in text and "=" in text.rsplit("?", 1)[1]:
-        spec, query = text.rsplit("?", 1)
-        try:
-            pairs = parse_qsl(query, strict_parsing=True)
-        except ValueError:
-            raise ValueError(f"teacher '{text}': settings must look like ?temperature=0.8&top_p=0.95") from None
-        spec_keys = SPEC_OPTIONS.get(spec.partition(":")[0], {})  # vllm: engine options, openai: key_env
-        for key, value in pairs:
-            if key == "name":
-                name = value
-            elif key in spec_keys:  # a spec option: stays with the spec (ModelSpec.parse checks it)
-                engine.append((key, value))
-            elif key in SETTING_TYPES:
-                try:
-                    overrides[key] = SETTING_TYPES[key](value)
-                except ValueError:
-                    raise ValueError(f"teacher '{text}': {key}={value!r} is not a {SETTING_TYPES[key].__name__}") from None
-            else:
-                extra = f"; spec options: {', '.join(spec_keys)}" if spec_keys else ""
-                raise ValueError(f"teacher '{text}': unknown setting '{key}' (known: {', '.join(SETTING_TYPES)}, name{extra})")
-    settings = replace(defaults, **overrides)
-    validate_settings(settings, text)
-    name = name or dataset_name(spec, settings)
-    if engine:  # `vllm:M?tensor_parallel_size=4...`, `openai:M@URL?key_env=K`: checked now, kept in `model`
-        spec = str(ModelSpec.parse(f"{spec}?{'&'.join(f'{k}={v}' for k, v in engine)}"))
-    try:
-        safe_name(name, "dataset name")
-    except ValueError as error:
-        raise ValueError(f"teacher '{text}': {error}") from None
-    return TeacherRequest(spec=spec, settings=settings, name=name)
-
-
-def validate_settings(settings: GenerationSettings, label: str) -> None:
-    """Reject settings that cannot mean anything, naming the teacher."""
-    if settings.temperature < 0 or not 0 < settings.top_p <= 1 or settings.max_new_tokens < 1 or settings.n < 1:
-        raise ValueError(f"teacher '{label}': need temperature >= 0, 0 < top_p <= 1, max_new_tokens >= 1, n >= 1")
-
+from teachfit.stage import Plan, Stage, Unit
+from teachfit.teachers import TeacherRequest, parse_teacher
 
 def _record_key(record: dict[str, Any]) -> tuple[str, int]:
     return str(record["instruction_id"]), int(record["sample"])
@@ -286,3 +212,99 @@ def _generate_sharded(instructions: Sequence[Instruction], request: TeacherReque
         shard.unlink()
     return {"dataset": request.name, "already_done": len(done), "generated": len(read_done(path, request)) - len(done),
             "errors": errors, "shards": world}
+
+
+# ---- the stage ---------------------------------------------------------------------------------
+def pick_instructions(config: GenerateConfig) -> list[Instruction]:
+    """The instructions a generate config names, after per_category and limit."""
+    from teachfit.instructions import read_instructions
+
+    items = read_instructions(config.instructions, skip_invalid=config.skip_invalid)
+    if config.per_category:
+        taken: dict[str, int] = {}
+        chosen = []
+        for item in items:
+            if taken.get(item.category, 0) < config.per_category:
+                chosen.append(item)
+                taken[item.category] = taken.get(item.category, 0) + 1
+        items = chosen
+    return items[: config.limit] if config.limit else items
+
+
+def teacher_requests(config: GenerateConfig) -> list[TeacherRequest]:
+    """The datasets a generate config asks for (teacher specs with their sampling settings)."""
+    defaults = GenerationSettings(config.temperature, config.top_p, config.max_new_tokens, config.seed, config.n)
+    return [parse_teacher(text, defaults) for text in config.teacher]
+
+
+def run_generate(config: GenerateConfig, run: Any, executor: Any = None) -> dict[str, Any]:
+    """instructions x teachers -> RUN/responses/<dataset>.jsonl (resumes; a new teacher runs alone)."""
+    if not config.teacher or not config.instructions:
+        raise ValueError("give --instructions and at least one --teacher")
+    items = pick_instructions(config)
+    if not items:
+        raise ValueError(f"no instructions in {', '.join(config.instructions)}")
+    summaries = generate(items, teacher_requests(config), run, config.load_options() | config.server_options(),
+                         show_progress=config.progress, executor=executor)
+    return {"instructions": len(items), "datasets": summaries,
+            "failed": sum(s["errors"] for s in summaries), "generated": sum(s["generated"] for s in summaries)}
+
+
+def _plan(config: GenerateConfig, plan: Plan) -> None:
+    """Every teacher parses and names a dataset no other entry of the study names."""
+    for key in ("teacher", "instructions"):
+        if not getattr(config, key):
+            plan.fail(("generate",), f"'generate' needs '{key}'")
+    defaults = GenerationSettings(config.temperature, config.top_p, config.max_new_tokens, config.seed, config.n)
+    for index, text in enumerate(config.teacher):
+        try:
+            name = parse_teacher(text, defaults).name
+        except ValueError as error:
+            plan.fail(("generate", "teacher", index), str(error))
+        plan.add("dataset", name, ("generate", "teacher", index), f"generate teacher {index + 1} ({text})")
+
+
+def _units(config: GenerateConfig, plan: Plan, run: Any) -> list[Unit]:
+    requests = teacher_requests(config)
+
+    def work() -> str:
+        items = pick_instructions(config)
+        missing = sum(len(items) * r.settings.n - len(read_done(run.responses(r.name), r)) for r in requests)
+        return f"{missing} answers to generate ({len(items)} instructions x {len(requests)} teachers)"
+
+    return [Unit("generate", config, inputs=[Path(p) for p in config.instructions],
+                 outputs=[run.responses(r.name) for r in requests], work=work)]
+
+
+def _line(stats: dict[str, Any]) -> str:
+    parts = [f"{s['dataset']} {s['generated']} new + {s['already_done']} done"
+             + (f", {s['errors']} failed" if s["errors"] else "") for s in stats["datasets"]]
+    return f"{stats['instructions']} instructions: " + "; ".join(parts)
+
+
+def _text(stats: dict[str, Any]) -> str:
+    speed = {s["dataset"]: f", {s['tokens_per_second']} tok/s" if s.get("tokens_per_second") else "" for s in stats["datasets"]}
+    return "\n".join(f"{s['dataset']}: {s['generated']} new, {s['already_done']} already done, {s['errors']} failed"
+                     f"{speed[s['dataset']]}" for s in stats["datasets"])
+
+
+def _failed(stats: dict[str, Any]) -> str | None:
+    done = stats["generated"] + sum(s["already_done"] for s in stats["datasets"])
+    return f"all {stats['failed']} answers failed (see the error fields); re-run to retry" if stats["failed"] and not done else None
+
+
+def _run_dir_of(config: GenerateConfig) -> Any:
+    from teachfit.run import RunDir
+
+    if not config.out:
+        raise ValueError("give --out (the run directory)")
+    return RunDir(config.out)
+
+
+STAGE = Stage(
+    name="generate", config=GenerateConfig, run=run_generate, plan=_plan, units=_units, line=_line, sharded=True,
+    text=_text, failed=_failed, run_dir_of=_run_dir_of,
+    help="Generate responses to an instruction set with one or more teachers (greedy or sampled, N samples).",
+    summary=lambda stats: {k: v for k, v in stats.items() if k != "datasets"} | {
+        "datasets": [{k: s[k] for k in ("dataset", "generated", "already_done", "errors")} for s in stats["datasets"]]},
+)

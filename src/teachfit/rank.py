@@ -9,11 +9,15 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from teachfit import metrics
+from teachfit.config import RankConfig
+from teachfit.run import RunDir
+from teachfit.stage import Stage
 
 # Direction of each metric when ranking teachers: +1 higher is better, -1 lower is better.
 # Reward, CAR and length follow the paper; perplexity ranks lower (more compatible) first; IFD
@@ -315,3 +319,93 @@ def pairs_needed(
     return out | {"top_share": top_share, "pairs_needed": needed, "optimistic_pairs_needed": optimistic,
                   "enough": needed is not None and needed <= min(counts.values()), "limiting_teacher": limiting,
                   "rivals": {t: {k: v for k, v in r.items() if k != "per_pair_var"} for t, r in rivals.items()}}
+
+
+# ---- the stage ---------------------------------------------------------------------------------
+def score_files_of(inputs: Sequence[str], run: Any) -> list[Path]:
+    """Score files named directly or inside run directories, else the run's own."""
+
+    files = [f for p in map(Path, inputs) for f in (RunDir(p).score_files() if p.is_dir() else [p])]
+    return files or (run.score_files() if run else [])
+
+
+def selection_rows(run: Any, scores: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Score rows of every selection in the run, relabelled with the selection's name, so that
+    selections are ranked beside whole teachers. A torn or edited selection line is an InputError
+    naming its file and line."""
+    from teachfit.records import InputError, iter_raw_records
+
+    by_pair = {(str(r["teacher"]), str(r["id"])): r for r in scores}
+    rows = []
+    for path in run.selection_files():
+        for line, record in iter_raw_records(path):
+            if isinstance(record, InputError):
+                raise record
+            if not isinstance(record, dict) or "teacher" not in record or "id" not in record:
+                raise InputError(path, line, "not a selection record (it needs 'teacher' and 'id'): "
+                                             "re-run `teachfit select` to write it again")
+            row = by_pair.get((str(record["teacher"]), str(record["id"])))
+            if row is not None:
+                rows.append(dict(row, teacher=path.stem))
+    return rows
+
+
+def run_rank(config: RankConfig, run: Any, executor: Any = None) -> dict[str, Ranking]:
+    """Scores -> one ranking per student, written to RUN/ranking.csv and ranking.json (a
+    `student` column tells them apart), and to --csv / --json-out. Returns the rankings, by student."""
+    from teachfit.atomic import write_json_atomic
+    from teachfit.records import read_table, write_table
+
+    files = score_files_of(config.scores, run)
+    if not files:
+        raise ValueError("no score files: run `teachfit score` first")
+    rankings = {}
+    for path in files:
+        rows, meta = read_table(path)
+        student = student_of(meta) or path.stem
+        if run is not None:
+            rows = rows + selection_rows(run, rows)
+        ranking = rank_teachers(rows, beta=config.beta, reward_transform=config.reward_transform,
+                                n_bootstrap=config.bootstrap, seed=config.seed, student=student)
+        ranking.settings["scores"] = str(path)
+        if config.target:
+            ranking.settings["pairs_needed"] = pairs_needed(rows, config.beta, config.reward_transform, config.target,
+                                                            n_bootstrap=config.bootstrap or 1000, seed=config.seed)
+        rankings[student] = ranking
+    table = [r for k in rankings.values() for r in k.rows]
+    data = {s: k.to_dict() for s, k in rankings.items()}
+    settings = {"stage": "rank", "beta": config.beta, "reward_transform": config.reward_transform}
+    if run is not None:
+        write_table(run.ranking_csv, table, settings)
+        write_json_atomic(run.ranking_json, data)
+    if config.csv:
+        write_table(Path(config.csv), table, settings)
+    if config.json_out:
+        write_json_atomic(Path(config.json_out), data if len(data) > 1 else next(iter(data.values())))
+    return rankings
+
+
+def _units(config: RankConfig, plan: Any, run: Any) -> list[Any]:
+    from teachfit.stage import Unit
+    from teachfit.teachers import student_name
+
+    def inputs() -> list[Path]:
+        return [run.scores(student_name(s)) for s in plan.sections["score"].student] + run.selection_files()
+
+    return [Unit("rank", config, inputs=inputs, outputs=[run.ranking_csv, run.ranking_json])]
+
+
+def _plan(config: RankConfig, plan: Any) -> None:
+    if "score" not in plan.sections:
+        plan.fail(("rank",), "'rank' needs a 'score' section (it ranks its scores)")
+
+
+STAGE = Stage(
+    name="rank", config=RankConfig, run=run_rank, plan=_plan, units=_units, needs=("score", "select"),
+    run_dir_of=lambda config: RunDir.among(config.scores),
+    text=lambda rankings: "\n\n".join(markdown_table(k) for k in rankings.values()),
+    help="Rank teachers for each student by CAR and every baseline metric, and recommend one "
+         "(a run directory gets ranking.csv and ranking.json).",
+    summary=lambda rankings: {"recommended": {s: k.recommended for s, k in rankings.items()}},
+    line=lambda rankings: "; ".join(f"{s}: recommended {k.recommended}" for s, k in rankings.items()),
+)

@@ -14,7 +14,9 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+from teachfit.config import ReportConfig
 from teachfit.models import require
+from teachfit.stage import Stage
 
 
 def _figure_png(draw: Any, size: tuple[float, float] = (7.5, 4.0)) -> bytes:
@@ -105,8 +107,9 @@ th{{background:#f2f2f2}}img{{max-width:100%;display:block;margin:1em 0}}pre{{bac
 document.body.dataset.loaded=String(ok);}});</script></body></html>"""
 
 
-def build_report(run_dir: str | Path | None, out: str | Path, include_paper: bool = False) -> dict[str, Any]:
-    """Write the HTML page to `out` and its PNGs beside it (out's folder /report_png); returns what it contains."""
+def build_report(run: Any, out: str | Path, include_paper: bool = False) -> dict[str, Any]:
+    """Write the HTML page of a run (a RunDir, or None for the paper alone) to `out` and its PNGs
+    beside it (out's folder /report_png); returns what it contains."""
     from teachfit.records import read_table
 
     out = Path(out)
@@ -115,9 +118,8 @@ def build_report(run_dir: str | Path | None, out: str | Path, include_paper: boo
     sections: list[str] = []
     images: dict[str, bytes] = {}
     numbers: dict[str, Any] = {}
-    run = Path(run_dir) if run_dir else None
-    if run and (run / "ranking.csv").exists():
-        ranking, settings = read_table(run / "ranking.csv")
+    if run and run.ranking_csv.exists():
+        ranking, settings = read_table(run.ranking_csv)
         ranking = sorted(ranking, key=lambda r: -float(r["car"]))  # best first, whatever the file's order
         numbers["ranking"] = ranking
         columns = [c for c in ("teacher", "car", "car_ci_low", "car_ci_high", "top_share", "reward", "L", "ppl_self",
@@ -127,15 +129,15 @@ def build_report(run_dir: str | Path | None, out: str | Path, include_paper: boo
                         f"<p>Recommended teacher: <b>{html.escape(str(ranking[0]['teacher']))}</b></p>"
                         + _table_html(ranking, columns) + "{car_ranking}")
         sections.append("<h2>Settings</h2><pre>" + html.escape(json.dumps(settings, indent=2)) + "</pre>")
-    if run and (run / "results.csv").exists() and (run / "ranking.csv").exists():
+    if run and run.results_csv.exists() and run.ranking_csv.exists():
         from teachfit.correlate import join, read_rankings, read_truth
 
-        if not (run / "correlation.csv").exists():
-            raise FileNotFoundError(f"{run / 'correlation.csv'} is missing: run `teachfit correlate {run}` first")
-        table, correlated = read_table(run / "correlation.csv")
+        if not run.correlation_csv.exists():
+            raise FileNotFoundError(f"{run.correlation_csv} is missing: run `teachfit correlate {run.root}` first")
+        table, correlated = read_table(run.correlation_csv)
         column = correlated.get("truth_column", "ap")  # what correlate measured against (--truth-column)
         truth = "AP" if column == "ap" else column
-        joined = join(read_rankings([run / "ranking.csv"]), read_truth(run / "results.csv", column), column)
+        joined = join(read_rankings([run.ranking_csv]), read_truth(run.results_csv, column), column)
         rows = [r for teachers in joined.values() for r in teachers]
         students = {r["student"] for r in table}
         table = [r for r in table if r["student"] == ("Average" if len(students) > 1 else next(iter(students), None))]
@@ -160,7 +162,7 @@ def build_report(run_dir: str | Path | None, out: str | Path, include_paper: boo
                         + _table_html([{"metric": m, "rho": v} for m, v in zip(table4["metrics"], table4["average"])],
                                       ["metric", "rho"]))
     if not sections:
-        raise FileNotFoundError(f"nothing to report: no ranking.csv in {run_dir} (and --paper not given)")
+        raise FileNotFoundError(f"nothing to report: no ranking.csv in {run.root if run else '.'} (and --paper not given)")
     body = "".join(sections)
     for name, png in images.items():
         (png_dir / f"{name}.png").write_bytes(png)
@@ -168,3 +170,30 @@ def build_report(run_dir: str | Path | None, out: str | Path, include_paper: boo
         body = body.replace("{" + name + "}", f'<img alt="{name}" src="data:image/png;base64,{data}">')
     out.write_text(PAGE.format(n_images=len(images), body=body), encoding="utf-8")
     return {"html": str(out), "images": sorted(images), "numbers": numbers}
+
+
+# ---- the stage ---------------------------------------------------------------------------------
+def run_report(config: ReportConfig, run: Any = None, executor: Any = None) -> dict[str, Any]:
+    """The run's tables and plots -> one self-contained HTML page."""
+    from teachfit.run import RunDir
+
+    run = run or (RunDir(config.run_dir) if config.run_dir else None)
+    out = Path(config.out) if config.out else run.report_html if run else Path("report.html")
+    return build_report(run, out, config.paper)
+
+
+def _units(config: ReportConfig, plan: Any, run: Any) -> list[Any]:
+    from dataclasses import replace
+
+    from teachfit.stage import Unit
+
+    return [Unit("report", replace(config, run_dir=str(run.root)), outputs=[run.report_html],
+                 inputs=[run.ranking_csv, run.results_csv, run.correlation_csv])]
+
+
+STAGE = Stage(
+    name="report", config=ReportConfig, run=run_report, units=_units, needs=("rank", "evaluate", "correlate"),
+    help="One self-contained HTML page with the ranking, CAR vs AP, rho per metric and AP bars (PNGs beside it).",
+    summary=lambda result: {"html": result["html"], "images": result["images"]},
+    line=lambda result: f"wrote {result['html']} with {len(result['images'])} plots ({', '.join(result['images'])})",
+)

@@ -9,7 +9,9 @@
     RUN/evaluations/             answers/, judgments/, scores-*.json
     RUN/results.csv, correlation.csv, report.html
     RUN/.cache/<kind>/           the one cache root (content-hash shards)
-    RUN/.markers/<stage>.json    completion markers: what a finished stage was computed from
+    RUN/.markers/<unit>.json     completion markers: what a finished unit was computed from, and
+                                 the digest of each output it wrote
+    RUN/.lock                    held by the one `teachfit run` working in this directory
 
 No stage builds a path of a run by hand; a name that comes from user input (a dataset or
 student name) is checked by `safe_name` before it becomes a file name, so nothing a user
@@ -17,13 +19,17 @@ writes can point outside the run directory.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
+import socket
+import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator, Sequence
 
+from teachfit.atomic import write_json_atomic
 from teachfit.records import InputError
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
@@ -57,25 +63,32 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:32]
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a unique temporary file, fsync, then rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        handle.write(json.dumps(data, indent=2, default=str))
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 class RunDir:
     """Every path of one run, its manifest, completion markers and cache."""
+
+    CHECKPOINT_METADATA = "teachfit_train.json"  # written last into a checkpoint: it is finished
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.root)!r})"
+
+    @classmethod
+    def among(cls, paths: Sequence[str]) -> "RunDir | None":
+        """The run directory among a command line's positional paths: the first folder, if any."""
+        folders = [Path(p) for p in paths if Path(p).is_dir()]
+        return cls(folders[0]) if folders else None
+
+    def own(self, path: Path) -> Path:
+        """`path` when writing there stays inside the run directory; an InputError when the path, or
+        a folder on the way to it, is a symbolic link that leads out of it (a write would land there)."""
+        root = self.root.resolve()
+        for part in (path.parent, path):
+            if (part.is_symlink() or part.exists()) and not part.resolve().is_relative_to(root):
+                raise InputError(part, None, f"is a link that leads out of the run directory {self.root} "
+                                             f"(to {part.resolve()}); teachfit writes only inside it: remove the link")
+        return path
 
     # ---- stage outputs -------------------------------------------------------------------
     @property
@@ -84,7 +97,7 @@ class RunDir:
 
     def responses(self, dataset: str) -> Path:
         """RUN/responses/<dataset>.jsonl."""
-        return self.responses_dir / f"{safe_name(dataset, 'dataset name')}.jsonl"
+        return self.own(self.responses_dir / f"{safe_name(dataset, 'dataset name')}.jsonl")
 
     def response_files(self) -> list[Path]:
         """Every dataset of the run (responses/*.jsonl), sorted."""
@@ -96,7 +109,7 @@ class RunDir:
 
     def scores(self, student: str) -> Path:
         """RUN/scores/<student>.parquet."""
-        return self.scores_dir / f"{safe_name(student, 'student name')}.parquet"
+        return self.own(self.scores_dir / f"{safe_name(student, 'student name')}.parquet")
 
     def score_files(self) -> list[Path]:
         """Every student's scores, sorted."""
@@ -108,24 +121,28 @@ class RunDir:
 
     def selection(self, name: str) -> Path:
         """RUN/selections/<name>.jsonl."""
-        return self.selections_dir / f"{safe_name(name, 'selection name')}.jsonl"
+        return self.own(self.selections_dir / f"{safe_name(name, 'selection name')}.jsonl")
+
+    def selection_files(self) -> list[Path]:
+        """Every selection of the run, sorted."""
+        return sorted(self.selections_dir.glob("*.jsonl")) if self.selections_dir.is_dir() else []
 
     @property
     def ranking_csv(self) -> Path:
-        return self.root / "ranking.csv"
+        return self.own(self.root / "ranking.csv")
 
     @property
     def ranking_json(self) -> Path:
-        return self.root / "ranking.json"
+        return self.own(self.root / "ranking.json")
 
     def checkpoint(self, student: str, dataset: str) -> Path:
         """RUN/checkpoints/<student>--<dataset>/."""
-        return self.root / "checkpoints" / f"{safe_name(student, 'student name')}--{safe_name(dataset, 'dataset name')}"
+        return self.own(self.root / "checkpoints" / f"{safe_name(student, 'student name')}--{safe_name(dataset, 'dataset name')}")
 
     def checkpoints(self) -> list[Path]:
         """Finished checkpoints (those with teachfit_train.json), sorted."""
         folder = self.root / "checkpoints"
-        return sorted(p for p in folder.iterdir() if (p / "teachfit_train.json").exists()) if folder.is_dir() else []
+        return sorted(p for p in folder.iterdir() if (p / self.CHECKPOINT_METADATA).exists()) if folder.is_dir() else []
 
     @property
     def evaluations_dir(self) -> Path:
@@ -133,15 +150,15 @@ class RunDir:
 
     @property
     def results_csv(self) -> Path:
-        return self.root / "results.csv"
+        return self.own(self.root / "results.csv")
 
     @property
     def correlation_csv(self) -> Path:
-        return self.root / "correlation.csv"
+        return self.own(self.root / "correlation.csv")
 
     @property
     def report_html(self) -> Path:
-        return self.root / "report.html"
+        return self.own(self.root / "report.html")
 
     # ---- cache, manifest, markers --------------------------------------------------------
     def cache(self, kind: str) -> Path:
@@ -158,27 +175,81 @@ class RunDir:
 
         write_json_atomic(self.manifest_path, {"config": config, "versions": versions()})
 
-    def _marker(self, stage: str) -> Path:
-        return self.root / ".markers" / f"{safe_name(stage, 'stage')}.json"
+    def _marker(self, unit: str) -> Path:
+        return self.root / ".markers" / f"{safe_name(unit, 'unit name')}.json"
 
-    def is_done(self, stage: str, key: str) -> bool:
-        """True when `stage` finished from inputs and settings whose fingerprint is `key`."""
-        marker = self._marker(stage)
+    def _read_marker(self, unit: str) -> dict[str, Any]:
+        """The marker's data; {} when it is missing, torn, or not a JSON object (never trusted then)."""
         try:
-            return json.loads(marker.read_text()).get("key") == key
-        except (OSError, ValueError):
-            return False
-
-    def mark_done(self, stage: str, key: str, stats: dict[str, Any]) -> None:
-        """Record that `stage` finished (atomic: a kill leaves the old marker or the new one)."""
-        write_json_atomic(self._marker(stage), {"key": key, "stats": stats})
-
-    def done_stats(self, stage: str) -> dict[str, Any]:
-        """The stats recorded when `stage` last finished ({} if never)."""
-        try:
-            return json.loads(self._marker(stage).read_text()).get("stats", {})
+            data = json.loads(self._marker(unit).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return {}
+        return data if isinstance(data, dict) else {}
+
+    def why_not_done(self, unit: str, key: str, outputs: Sequence[Any] = ()) -> str | None:
+        """None when `unit` finished from inputs and settings whose fingerprint is `key` and every
+        output still holds what the unit wrote; else why it must run (in words)."""
+        from teachfit.stage import output_digest, output_name
+
+        marker = self._read_marker(unit)
+        if not marker:
+            return "never finished"
+        if marker.get("key") != key:
+            return "its settings or inputs changed"
+        recorded = marker.get("outputs")
+        if not isinstance(recorded, dict):
+            return "its marker records no outputs"
+        for output in outputs:
+            name = output_name(output, self.root)
+            digest = output_digest(output)
+            if digest is None:
+                return f"{name} is missing"
+            if recorded.get(name) != digest:
+                return f"{name} changed since it was written"
+        return None
+
+    def is_done(self, unit: str, key: str, outputs: Sequence[Any] = ()) -> bool:
+        """True when `unit` is done (see why_not_done)."""
+        return self.why_not_done(unit, key, outputs) is None
+
+    def mark_done(self, unit: str, key: str, stats: dict[str, Any], outputs: Sequence[Any] = ()) -> None:
+        """Record that `unit` finished, with the digest of each output as it is now (atomic: a kill
+        leaves the old marker or the new one)."""
+        from teachfit.stage import output_digest, output_name
+
+        digests = {output_name(o, self.root): output_digest(o) for o in outputs}
+        write_json_atomic(self._marker(unit), {"key": key, "outputs": digests, "stats": stats})
+
+    def done_stats(self, unit: str) -> dict[str, Any]:
+        """The stats recorded when `unit` last finished ({} if never)."""
+        stats = self._read_marker(unit).get("stats", {})
+        return stats if isinstance(stats, dict) else {}
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold RUN/.lock while a study runs here: a second `teachfit run` on this directory stops
+        with one line naming the holder. The operating system releases the lock when its process
+        dies, so a lock left by a killed run is taken over without a word."""
+        import fcntl
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / ".lock"
+        handle = path.open("a+", encoding="utf-8")
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise InputError(self.root, None, f"another teachfit run is working in this run directory ({holder}); "
+                                                  "wait for it to finish or stop it") from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+            handle.flush()
+            yield
+        finally:
+            handle.close()
 
     def shard_marker(self, stage: str, key: str, rank: int, world: int) -> Path:
         """RUN/.markers/<stage>/<key>-<rank>-of-<world>.done: one executor shard finished."""

@@ -27,6 +27,9 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from teachfit import metrics
+from teachfit.config import SelectConfig
+from teachfit.run import RunDir
+from teachfit.stage import Plan, Stage, Unit
 
 METHODS = ("car", "car-instance", "grape", "persyn", "reward", "random")
 FORMATS = ("messages", "alpaca", "sharegpt")
@@ -255,3 +258,91 @@ def write_selection(selection: Selection, pairs: Iterable[Any] | None, out: str 
     else:
         raise ValueError(f"unknown output format '{out.suffix}': use .jsonl, .parquet or a folder (no suffix)")
     return summary
+
+
+# ---- the stage ---------------------------------------------------------------------------------
+def selection_name(config: SelectConfig) -> str:
+    """`<method>` or `<teacher>-<best|worst>-<method>`, unless the config names it."""
+    from teachfit.run import safe_name
+
+    if config.name:
+        return safe_name(config.name, "selection name")
+    stem = f"{config.teacher}-" if config.teacher else ""
+    return safe_name(f"{stem}{'worst' if config.worst else 'best'}-{config.by}" if config.teacher or config.worst
+                     else config.by, "selection name")
+
+
+def run_select(config: SelectConfig, run: Any, executor: Any = None) -> dict[str, Any]:
+    """Scores -> one response per instruction (RUN/selections/<name>.jsonl, and config.out)."""
+    from teachfit.records import read_pairs, read_table
+    from teachfit.rank import score_files_of
+
+    files = score_files_of(config.inputs, run)
+    if not files:
+        raise ValueError("no score files to select from: run `teachfit score` first")
+    rows, meta = read_table(files[0])  # every student's file has the same pairs; the first student selects
+    if config.teacher:
+        rows = [r for r in rows if str(r["teacher"]) == config.teacher]
+        if not rows:
+            raise ValueError(f"no scored pairs of teacher '{config.teacher}' in {files[0]}")
+    selection = select_pairs(rows, config.by, beta=config.beta, alpha=config.alpha, seed=config.seed,
+                             reward_transform=config.reward_transform, worst=config.worst)
+    pairs = list(read_pairs([Path(p) for p in meta.get("inputs", [])]))
+    # the run's own copy is in the messages format, which train and rank read; --out in the one asked for
+    outs = [(run.selection(selection_name(config)), "messages")] if run else []
+    outs += [(Path(config.out), config.format)] if config.out else []
+    if not outs:
+        raise ValueError("give --out (or a run directory)")
+    summary = {}
+    for out, fmt in outs:
+        summary = write_selection(selection, pairs, out, fmt)
+    return summary | {"written": [str(out) for out, _ in outs]}
+
+
+def _plan(items: list[SelectConfig], plan: Plan) -> None:
+    """Each selection has a name of its own (it is a dataset beside the teachers': train and rank
+    use both) and chooses among a dataset the study has."""
+    if "score" not in plan.sections:
+        plan.fail(("select",), "'select' needs a 'score' section (its scores choose the pairs)")
+    listed = isinstance(plan.raw.get("select"), list)
+    for index, item in enumerate(items):
+        where = ("select", index) if listed else ("select",)
+        try:
+            name = selection_name(item)
+        except ValueError as error:
+            plan.fail(where + ("name",), str(error))
+        if item.teacher and item.teacher not in plan.of("dataset"):
+            plan.fail(where + ("teacher",), f"'{item.teacher}' is not a dataset of this study "
+                                            f"(datasets: {', '.join(plan.of('dataset')) or 'none'})")
+        plan.add("dataset", name, where, f"select item {index + 1} (by {item.by})")
+        plan.add("selection", name, where, f"select item {index + 1} (by {item.by})")
+
+
+def _units(items: list[SelectConfig], plan: Plan, run: Any) -> list[Unit]:
+    from teachfit.teachers import student_name
+
+    scores = [run.scores(student_name(s)) for s in plan.sections["score"].student[:1]]
+    responses = [run.responses(name) for name in plan.of("dataset") if name not in plan.of("selection")]
+    return [Unit(f"select-{selection_name(item)}", item, inputs=scores + responses,
+                 outputs=[run.selection(selection_name(item))]) for item in items]
+
+
+def _line(summary: dict[str, Any]) -> str:
+    shares = ", ".join(f"{t} {s:.0%}" for t, s in (summary.get("share") or {}).items())
+    chosen = summary.get("selection") or {}
+    means = ", ".join(f"mean {k} {chosen[k]:.3f}" for k in ("reward", "loss_self")
+                      if isinstance(chosen.get(k), (int, float)) and math.isfinite(chosen[k]))
+    missing = len(summary.get("missing") or [])
+    return (f"selected {chosen.get('n_pairs', 0)} responses by {summary.get('method')} ({shares})" + (f"; {means}" if means else "")
+            + (f"; {missing} instructions without a usable candidate" if missing else "")
+            + f" -> {', '.join(summary['written'])}")
+
+
+STAGE = Stage(
+    name="select", config=SelectConfig, run=run_select, plan=_plan, units=_units, line=_line, listed=True,
+    run_dir_of=lambda config: RunDir.among(config.inputs),
+    needs=("score",),
+    help="The training set: one response per instruction, from one teacher (car) or mixed per instruction "
+         "(car-instance, grape, persyn, reward, random); best-/worst-of-N with --teacher.",
+    summary=lambda s: {k: v for k, v in s.items() if k in ("selection", "share", "written", "format")},
+)

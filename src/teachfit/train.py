@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 from teachfit.config import TrainConfig
 from teachfit.models import require
+from teachfit.stage import Stage
 
 
 def tokenize_for_training(pairs: Sequence[Any], tokenizer: Any, max_length: int) -> tuple[list[dict[str, list[int]]], dict[str, int]]:
@@ -135,3 +136,58 @@ def train_student(data: Sequence[str | Path], student: str, out: str | Path, con
                "seconds": round(seconds, 1), "versions": versions()}
     (out / "teachfit_train.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+# ---- the stage ---------------------------------------------------------------------------------
+def run_train(config: TrainConfig, run: Any = None, executor: Any = None) -> dict[str, Any]:
+    """SFT of config.student on config.data (filtered to config.teacher datasets) into config.out."""
+    if not config.data:
+        raise ValueError("give a run directory or response files")
+    if not config.student or not config.out:
+        raise ValueError("give --student and --out")
+    return train_student(config.data, config.student, config.out, config, config.teacher or None,
+                         show_progress=config.progress)
+
+
+def checkpoints(plan: Any) -> list[tuple[str, str]]:
+    """(student spec, dataset) of every checkpoint a study trains: each student on every teacher's
+    dataset and every selection, or on those train.teacher names."""
+    wanted = plan.sections["train"].teacher
+    datasets = [name for name in plan.of("dataset") if not wanted or name in wanted]
+    return [(student, dataset) for student in plan.sections["score"].student for dataset in datasets]
+
+
+def _plan(config: TrainConfig, plan: Any) -> None:
+    if "score" not in plan.sections:
+        plan.fail(("train",), "'train' needs a 'score' section (its students are the ones trained)")
+    for index, name in enumerate(config.teacher):
+        if name not in plan.of("dataset"):
+            plan.fail(("train", "teacher", index), f"'{name}' is not a dataset of this study "
+                                                   f"(datasets: {', '.join(plan.of('dataset')) or 'none'})")
+
+
+def _units(config: TrainConfig, plan: Any, run: Any) -> list[Any]:
+    from dataclasses import replace
+
+    from teachfit.stage import Unit
+    from teachfit.teachers import student_name
+
+    units = []
+    for student, dataset in checkpoints(plan):
+        source = run.selection(dataset) if dataset in plan.of("selection") else run.responses(dataset)
+        out = run.checkpoint(student_name(student), dataset)
+        job = replace(config, data=[str(source)], student=student, out=str(out), teacher=[])
+        units.append(Unit(f"train-{out.name}", job, inputs=[source], outputs=[out],
+                          work=f"1 checkpoint ({student} on {dataset})"))
+    return units
+
+
+STAGE = Stage(
+    name="train", config=TrainConfig, run=run_train, plan=_plan, units=_units, needs=("generate", "select"),
+    help="Fine-tune (SFT) a student on a teacher's dataset with the paper's recipe; resumes when re-run. "
+         "Multi-GPU: `accelerate launch -m teachfit.cli train ...` or `torchrun --nproc-per-node N -m teachfit.cli "
+         "train ...` (the gradient accumulation is recomputed so the effective batch stays the same).",
+    summary=lambda stats: {k: stats[k] for k in ("global_step", "train_loss", "counts")},
+    line=lambda stats: (f"trained {stats['global_step']} steps on {stats['counts']['pairs']} pairs in "
+                        f"{stats['seconds']}s, train loss {stats['train_loss']:.4f}"),
+)

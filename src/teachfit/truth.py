@@ -20,7 +20,7 @@ JUDGE_FREE = ("ifeval", "rating")
 
 def display_name(config: Any) -> str:
     """The name of the evaluated answers in file names: the model's, else the answers file's."""
-    from teachfit.generate import short_model_name
+    from teachfit.teachers import short_model_name
 
     return short_model_name(config.model) if config.model else Path(config.answers).stem
 

@@ -29,6 +29,6 @@ def make_executor(config: Any = None) -> Any:
     if config is None or config == "local" or getattr(config, "type", None) == "local":
         return LocalExecutor()
     from teachfit.executors.ray import RayExecutor
-    from teachfit.experiment import ExecutorConfig
+    from teachfit.config import ExecutorConfig
 
     return RayExecutor(config if not isinstance(config, str) else ExecutorConfig(type=config))

@@ -1,0 +1,148 @@
+"""The `score` stage: every pair x every student -> RUN/scores/<student>.parquet.
+
+Scores are cached per pair (teachfit.score), so a re-run, a new teacher or a new student computes
+only what is missing. With an executor of several workers, each worker scores whole windows
+(window index % world == rank) into the shared cache and leaves a completion marker; the driver
+then only reads the cache and writes the table (it loads no model: every pair is cached).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from teachfit.config import ScoreConfig
+from teachfit.run import RunDir
+from teachfit.stage import Plan, Stage, Unit
+
+
+def score_inputs(config: ScoreConfig, run: Any) -> list[Path]:
+    """The response files to score: the config's inputs, else the run's datasets."""
+    from teachfit.records import expand_inputs
+
+    if config.inputs:
+        return expand_inputs(config.inputs)
+    return run.response_files() if run else []
+
+
+def score_shard(task: dict[str, Any]) -> int:
+    """One executor worker: score its share of the pairs into the shared cache (each process
+    writes its own cache shard files), then leave a completion marker. Shards are whole windows,
+    so every batch is the one the local executor would form and the results are equal bit for bit."""
+    from teachfit.atomic import write_json_atomic
+    from teachfit.records import read_pairs
+    from teachfit.score import build_scorers, score_pairs
+
+    config: ScoreConfig = task["config"]
+    scorers = build_scorers(task["student"], config.reference, config.reward_model, config.reward_kind, config,
+                            config.reward_column, task["paths"])
+    rank, world = task["rank"], task["world"]
+    pairs = (p for i, p in enumerate(read_pairs(task["paths"], skip_invalid=config.skip_invalid,
+                                                reward_column=config.reward_column)) if (i // config.window) % world == rank)
+    count = sum(1 for _ in score_pairs(pairs, scorers, task["cache"], config))
+    write_json_atomic(Path(task["marker"]), {"pairs": count})
+    return count
+
+
+def run_score(config: ScoreConfig, run: Any, executor: Any = None) -> dict[str, Any]:
+    """Every pair x every student -> RUN/scores/<student>.parquet (or config.out)."""
+    from teachfit.run import fingerprint
+    from teachfit.score import score_files
+    from teachfit.teachers import student_name
+
+    paths = score_inputs(config, run)
+    if not paths:
+        raise ValueError("nothing to score: give response files or a run directory")
+    if not config.student:
+        raise ValueError("give --student")
+    if config.out and len(config.student) > 1:
+        raise ValueError("--out names one file: score several students into a run directory instead")
+    world = getattr(executor, "world_size", 1)
+    if world > 1 and run is None:
+        raise ValueError("--executor ray needs a run directory (its shards leave completion markers there)")
+    cache = run.cache("scores") if run else Path(config.out or "scores.parquet").parent / ".teachfit_cache" / "scores"
+    results = {}
+    for student in config.student:
+        out = Path(config.out) if config.out else run.scores(student_name(student)) if run else Path("scores.parquet")
+        if world > 1:
+            key = fingerprint(student, config, [str(p) for p in paths])
+            tasks = [{"config": config, "student": student, "paths": paths, "cache": str(cache), "rank": rank,
+                      "world": world, "marker": str(run.shard_marker("score", key, rank, world))}
+                     for rank in range(world) if not run.shard_marker("score", key, rank, world).exists()]
+            executor.map(score_shard, tasks)
+        meta = score_files(paths, out, student, config.reference, config.reward_model, config.reward_kind, config,
+                           cache, show_progress=config.progress, reward_column=config.reward_column)
+        results[student] = {"out": str(out), "counts": meta["counts"], "seconds": meta["seconds"]}
+    return {"students": results}
+
+
+def default_metrics(config: ScoreConfig, plan: Plan) -> None:
+    """Without `score.metrics`, compute what the later stages use: correlate and report compare every
+    column; rank recommends by CAR and select needs no loss(y), so without them the IFD pass is skipped."""
+    from teachfit.config import SCORE_METRICS
+
+    if "metrics" in (plan.raw.get("score") or {}) or {"correlate", "report"} & set(plan.sections):
+        return
+    config.metrics = [name for name in SCORE_METRICS if not name.startswith("ifd_")
+                      and (config.reference or not name.endswith("_ref"))]
+
+
+def _plan(config: ScoreConfig, plan: Plan) -> None:
+    from teachfit.models import ModelSpec
+    from teachfit.teachers import student_name
+
+    if not config.student:
+        plan.fail(("score",), "'score' needs 'student'")
+    if not plan.of("dataset") and "generate" not in plan.sections:
+        plan.fail(("score",), "nothing to score: add a 'generate' section or 'responses' files")
+    for key in ("student", "reference", "reward_model"):
+        value = getattr(config, key)
+        for index, spec in enumerate(value if isinstance(value, list) else [value] if value else []):
+            where = ("score", key, index) if isinstance(value, list) else ("score", key)
+            try:
+                ModelSpec.parse(spec)
+                name = student_name(spec) if key == "student" else None
+            except ValueError as error:
+                plan.fail(where, str(error))
+            if name:
+                plan.add("student", name, where, f"score student {index + 1} ({spec})")
+    default_metrics(config, plan)
+
+
+def _units(config: ScoreConfig, plan: Plan, run: Any) -> list[Unit]:
+    from dataclasses import replace
+
+    from teachfit.score import count_rows
+    from teachfit.teachers import student_name
+
+    datasets = [run.responses(name) for name in plan.of("dataset") if name not in plan.of("selection")]
+
+    def work() -> str:
+        pairs = count_rows([p for p in datasets if p.exists()])
+        if "generate" in plan.sections:  # the answers generate will add
+            from teachfit.generate import pick_instructions, teacher_requests
+
+            generate = plan.sections["generate"]
+            pairs = max(pairs, len(pick_instructions(generate)) * sum(r.settings.n for r in teacher_requests(generate)))
+        return f"up to {pairs} pairs (cached pairs are not recomputed)"
+
+    return [Unit(f"score-{student_name(student)}", replace(config, student=[student]), inputs=datasets,
+                 outputs=[run.scores(student_name(student))], work=work) for student in config.student]
+
+
+def _line(stats: dict[str, Any]) -> str:
+    parts = []
+    for student, s in stats["students"].items():
+        counts = s["counts"]
+        cached = f", {counts['cached']} from cache, {counts['computed']} computed" if "computed" in counts else ""
+        parts.append(f"{student}: scored {counts['scored']} pairs{cached} ({counts['truncated']} truncated, "
+                     f"{counts['skipped']} skipped) in {s['seconds']:.1f}s -> {s['out']}")
+    return "; ".join(parts)
+
+
+STAGE = Stage(
+    name="score", config=ScoreConfig, run=run_score, plan=_plan, units=_units, line=_line, sharded=True,
+    text=lambda stats: _line(stats).replace("; ", "\n"), run_dir_of=lambda config: RunDir.among(config.inputs),
+    needs=("generate",),
+    help="Score every (instruction, response) pair: student loss/PPL/IFD/RSR, reference PPL/IFD, reward, length.",
+    summary=lambda stats: {"students": {s: {k: v for k, v in r.items()} for s, r in stats["students"].items()}},
+)
