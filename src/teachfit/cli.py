@@ -5,13 +5,14 @@ key of the experiment file and an argument of the Python API are one declaration
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import sys
 import typing
 from dataclasses import MISSING, fields
 from pathlib import Path
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, Iterator, List, Optional
 
 import typer
 
@@ -100,7 +101,8 @@ def stage_command(stage: Any) -> None:
 
             executor = make_executor(config_from_flags(configs.ExecutorConfig, executor_values, None, context))
         run = stage.run_dir_of(config) if stage.run_dir_of else None
-        stats = stage.run(config, run, executor)
+        with _interruptible():
+            stats = stage.run(config, run, executor)
         _emit(_plain(stats), as_json, lambda: (stage.text or stage.line)(stats))
         failure = stage.failed(stats)
         if failure:
@@ -111,6 +113,18 @@ def stage_command(stage: Any) -> None:
     command.__annotations__ = {p.name: p.annotation for p in params}
     command.__doc__, command.__name__ = stage.help, stage.name
     app.command(stage.name)(command)
+
+
+@contextlib.contextmanager
+def _interruptible() -> Iterator[None]:
+    """Ctrl-C: one line saying what was kept (a study names the unit and how to resume), exit 130.
+    (typer turns a KeyboardInterrupt into a silent exit 130, so the line is printed here.)"""
+    try:
+        yield
+    except KeyboardInterrupt as interrupt:
+        message = str(interrupt) or "interrupted: what was finished is saved; run the same command again to resume"
+        typer.secho(message, fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(130) from None
 
 
 def _plain(stats: Any) -> Any:
@@ -136,7 +150,8 @@ def run(
     """Run a whole study from one experiment file; a re-run does only what is missing or changed."""
     from teachfit.pipeline import plan_text, run_experiment
 
-    result = run_experiment(experiment, run_dir=run_dir, only=only or None, executor=executor, dry_run=dry_run)
+    with _interruptible():
+        result = run_experiment(experiment, run_dir=run_dir, only=only or None, executor=executor, dry_run=dry_run)
     if dry_run:
         typer.echo(plan_text(result))
 
@@ -215,10 +230,6 @@ def main() -> None:
     except OSError as error:  # e.g. a hub id that cannot be fetched offline, a full disk
         typer.secho(f"error: {type(error).__name__}: {error}", fg=typer.colors.RED, err=True)
         sys.exit(2)
-    except KeyboardInterrupt as interrupt:  # Ctrl-C: say what was kept (a study says how to resume)
-        message = str(interrupt) or "interrupted: what was finished is saved; run the same command again to resume"
-        typer.secho(message, fg=typer.colors.YELLOW, err=True)
-        sys.exit(130)
 
 
 if __name__ == "__main__":
