@@ -117,7 +117,7 @@ class GenerateConfig(CommonOptions, ServerOptions):
 
     instructions: List[str] = option([], "Instruction files (.jsonl/.json/.parquet); may be repeated.", path=True)
     teacher: List[str] = option([], "Teacher spec, repeatable; per-teacher settings as "
-                                    "SPEC?temperature=0.8&top_p=0.95&n=5&name=NAME.")
+                                    "SPEC?temperature=0.8&top_p=0.95&n=5&name=NAME.", model=True)
     temperature: float = option(0.0, "Default temperature (0 = greedy, the paper's default).")
     top_p: float = option(1.0, "Default nucleus sampling top-p.")
     max_new_tokens: int = option(1024, "Most tokens per response.")
@@ -282,7 +282,9 @@ class TrainConfig(CommonOptions):
     seed: int = option(42, "Training seed.")
     logging_steps: int = option(1, "Log every N steps (train_log.csv).")
     save_steps: int = option(100, "Checkpoint every N steps (resume point).")
-    save_total_limit: int = option(2, "Checkpoints kept.")
+    save_total_limit: int = option(2, "Resume copies (checkpoint-N/) kept while training.")
+    keep_checkpoints: bool = option(False, "Keep the resume copies after training finishes (each holds the weights and "
+                                           "the optimizer: 3.1 GB for the 270M student); the final model always stays.")
 
     def __post_init__(self) -> None:
         check_choices(self)

@@ -179,6 +179,7 @@ def load_experiment(path: str | Path, run_dir: str | Path | None = None) -> Expe
     plan.sections = experiment.stages
     for index, source in enumerate(responses):
         plan.add("dataset", Path(source).stem, ("responses", index), f"responses file '{source}'")
+        plan.given[Path(source).stem] = Path(source)
     for stage in STAGES:
         if stage.name in experiment.stages and stage.plan is not None:
             stage.plan(experiment.stages[stage.name], plan)

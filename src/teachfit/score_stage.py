@@ -82,8 +82,9 @@ def default_metrics(config: ScoreConfig, plan: Plan) -> None:
 
     if "metrics" in (plan.raw.get("score") or {}) or {"correlate", "report"} & set(plan.sections):
         return
+    rewarded = config.reward_model or config.reward_column
     config.metrics = [name for name in SCORE_METRICS if not name.startswith("ifd_")
-                      and (config.reference or not name.endswith("_ref"))]
+                      and (config.reference or not name.endswith("_ref")) and (rewarded or name not in ("car", "reward"))]
 
 
 def _plan(config: ScoreConfig, plan: Plan) -> None:
@@ -117,7 +118,8 @@ def _units(config: ScoreConfig, plan: Plan, run: Any) -> list[Unit]:
     datasets = [run.responses(name) for name in plan.of("dataset") if name not in plan.of("selection")]
 
     def work() -> str:
-        pairs = count_rows([p for p in datasets if p.exists()])
+        pairs = count_rows([p if p.exists() else plan.given[p.stem] for p in datasets
+                            if p.exists() or p.stem in plan.given])
         if "generate" in plan.sections:  # the answers generate will add
             from teachfit.generate import pick_instructions, teacher_requests
 

@@ -136,6 +136,7 @@ class Plan:
     raw: dict[str, Any] = field(default_factory=dict)                  # the file's data, as written
     names: dict[str, dict[str, tuple]] = field(default_factory=dict)  # kind -> name -> where
     sections: dict[str, Any] = field(default_factory=dict)             # stage -> config(s)
+    given: dict[str, Path] = field(default_factory=dict)               # dataset -> the `responses:` file it copies
 
     def line(self, where: tuple) -> int | None:
         """The line of `where` in the study file, or of the nearest enclosing key."""
