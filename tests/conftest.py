@@ -229,8 +229,9 @@ class Server:
 
 
 def write_study(folder, student: str, teacher: str, executor: str = "local", n: int = 8, max_new_tokens: int = 6,
-                window: int = 3, judge: bool = False):
-    """An experiment file (generate with one tiny teacher named `t`, then score) and its n instructions."""
+                window: int = 3, judge: bool = False, sampled: bool = False):
+    """An experiment file (generate with one tiny teacher named `t`, and with `sampled` the same
+    teacher at temperature 1 named `s`; then score) and its n instructions."""
     from pathlib import Path
 
     folder = Path(folder)
@@ -242,7 +243,7 @@ def write_study(folder, student: str, teacher: str, executor: str = "local", n: 
     path.write_text(f"""executor: {executor}
 generate:
   instructions: [instructions.jsonl]
-  teacher: ["hf:{teacher}?name=t"]
+  teacher: ["hf:{teacher}?name=t"{f', "hf:{teacher}?name=s&temperature=1.0"' if sampled else ""}]
   max_new_tokens: {max_new_tokens}
   dtype: float32
   progress: false

@@ -51,8 +51,8 @@ class DriverWatch:
 def test_ray_results_equal_local(tmp_path, cluster, tiny_llama, tiny_chatml, monkeypatch):
     from teachfit.pipeline import run_experiment
 
-    local = write_study(tmp_path / "local", tiny_llama, tiny_chatml, "local")
-    distributed = write_study(tmp_path / "ray", tiny_llama, tiny_chatml, "{type: ray, num_workers: 2}")
+    local = write_study(tmp_path / "local", tiny_llama, tiny_chatml, "local", sampled=True)
+    distributed = write_study(tmp_path / "ray", tiny_llama, tiny_chatml, "{type: ray, num_workers: 2}", sampled=True)
     started = time.perf_counter()
     run_experiment(local, show=lambda *_: None)
     local_seconds = time.perf_counter() - started
@@ -66,13 +66,14 @@ def test_ray_results_equal_local(tmp_path, cluster, tiny_llama, tiny_chatml, mon
     name = f"{Path(tiny_llama).name}.parquet"
     local_rows = read_table(tmp_path / "local" / "study" / "scores" / name)[0]
     ray_rows = read_table(tmp_path / "ray" / "study" / "scores" / name)[0]
-    assert len(ray_rows) == 8 and local_rows == ray_rows  # bit for bit, each computed in its own cache
-    texts = [(tmp_path / d / "study" / "responses" / "t.jsonl").read_text().splitlines() for d in ("local", "ray")]
+    assert len(ray_rows) == 16 and local_rows == ray_rows  # bit for bit, each computed in its own cache
     strip = lambda line: {k: v for k, v in json.loads(line).items() if k not in ("seconds", "backend")}  # noqa: E731
-    assert [strip(l) for l in texts[0]] == [strip(l) for l in texts[1]]
+    for dataset in ("t", "s"):  # greedy, and sampled: each answer seeded by (seed, instruction, sample)
+        texts = [(tmp_path / d / "study" / "responses" / f"{dataset}.jsonl").read_text().splitlines() for d in ("local", "ray")]
+        assert sorted(map(json.dumps, map(strip, texts[0]))) == sorted(map(json.dumps, map(strip, texts[1])))
     markers = list((tmp_path / "ray" / "study" / ".markers" / "score").glob("*.done"))
     assert len(markers) == 2  # one completion marker per shard
-    # each worker wrote its own cache shard for each scorer (8 pairs in windows of 3: ranks get 2 and 1 windows)
+    # each worker wrote its own cache shard for each scorer (16 pairs in windows of 3: ranks get 3 windows each)
     for folder in (tmp_path / "ray" / "study" / ".cache" / "scores").iterdir():
         assert len(list(folder.glob("shard-*.jsonl"))) == 2, folder
 

@@ -152,3 +152,35 @@ def test_answers_of_another_spec_or_max_new_tokens_are_made_again(tmp_path, tiny
     assert {json.loads(l)["gen_response_configs"]["max_new_tokens"] for l in path.open()} == {4}
     more = TeacherRequest(spec, GenerationSettings(max_new_tokens=4, n=2), "tiny")  # n alone: sample 0 is kept
     assert len(read_done(path, more)) == 3
+
+
+def test_a_sampled_answer_does_not_depend_on_its_batch_and_draws_from_the_model(tiny_chatml):
+    """HFTeacher seeds each row's draws (Gumbel-max with a per-row generator): the same conversation
+    and seed give the same answer alone or in a batch of others; and the first token's frequencies
+    over many seeds match the model's softmax (an exact sampler, checked against torch)."""
+    import torch
+
+    from teachfit.models import load
+
+    teacher = load("teacher", f"hf:{tiny_chatml}", dtype="float32", batch_size=64)
+    settings = GenerationSettings(temperature=1.0, top_p=1.0, max_new_tokens=6)
+    ask = [[{"role": "user", "content": f"Tell me about {w}."}] for w in ("cats", "the sea", "numbers")]
+    together = [g.text for g in teacher.generate(ask, settings, [11, 12, 13])]
+    alone = [teacher.generate([m], settings, [s])[0].text for m, s in zip(ask, [11, 12, 13])]
+    reordered = [g.text for g in teacher.generate(ask[::-1], settings, [13, 12, 11])][::-1]
+    assert together == alone == reordered
+    greedy = [g.text for g in teacher.generate(ask, GenerationSettings(max_new_tokens=6), [11, 12, 13])]
+    assert together != greedy
+
+    from teachfit.models.hf import seeded_sampler
+
+    n = 4000
+    logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0])
+    for top_p in (1.0, 0.8):  # at temperature 0.7 the probabilities are 0.737, 0.177, 0.087, ...: top-p 0.8 keeps 2
+        rows = seeded_sampler(0.7, top_p, range(n), "cpu")(None, logits.repeat(n, 1))
+        drawn = torch.bincount(rows.argmax(-1), minlength=5).double() / n
+        expected = torch.softmax(logits / 0.7, -1).double()
+        kept = int((expected.cumsum(0) < top_p).sum()) + 1  # the smallest prefix (sorted) reaching top_p
+        expected[kept:] = 0
+        expected /= expected.sum()
+        assert torch.all((drawn - expected).abs() <= 5 * (expected * (1 - expected) / n).sqrt() + 1e-9), (drawn, expected)

@@ -48,7 +48,8 @@ def test_training_lowers_loss_changes_every_parameter_and_resumes(tmp_path, tiny
                                                      for p in PAIRS])  # 8 distinct pairs (duplicates are refused)
     before = {k: v.clone() for k, v in load("causal_lm", f"hf:{tiny_llama}", dtype="float32").model.state_dict().items()}
     out = tmp_path / "ckpt"
-    first = train_student([data], f"hf:{tiny_llama}", out, TrainConfig(**FAST, max_steps=2), show_progress=False)
+    first = train_student([data], f"hf:{tiny_llama}", out, TrainConfig(**FAST, max_steps=2, keep_checkpoints=True),
+                          show_progress=False)
     assert first["global_step"] == 2 and (out / "checkpoint-2").exists()
     second = train_student([data], f"hf:{tiny_llama}", out, TrainConfig(**FAST, max_steps=8), show_progress=False)
     assert second["global_step"] == 8
@@ -94,3 +95,38 @@ def test_cli_train_with_yaml_and_errors(tmp_path, tiny_llama):
     bad = subprocess.run([sys.executable, "-m", "teachfit.cli", "train", str(data), "--student", f"hf:{tiny_llama}",
                           "--out", str(tmp_path / "o3"), "--teacher", "nobody"], capture_output=True, text=True)
     assert bad.returncode == 2 and "for teacher 'nobody'" in bad.stderr
+
+
+KILL_DURING_SAVE = """
+import os, signal, sys
+import transformers
+from teachfit.train import TrainConfig, train_student
+original = transformers.Trainer._save_rng_state
+def save_rng_then_die(self, output_dir):
+    if output_dir.endswith("checkpoint-2"):  # weights and optimizer written, trainer_state.json not yet
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original(self, output_dir)
+transformers.Trainer._save_rng_state = save_rng_then_die
+train_student([sys.argv[1]], sys.argv[2], sys.argv[3], TrainConfig(**{fast}, max_steps=3, save_steps=1), show_progress=False)
+"""
+
+
+def test_a_kill_during_a_checkpoint_save_does_not_break_the_next_run(tmp_path, tiny_llama):
+    """The killed save leaves checkpoint-2 without trainer_state.json: the next run resumes from
+    checkpoint-1, sets checkpoint-2 aside, finishes, removes the resume copies and writes a model
+    card naming the base model and the data."""
+    data = write_pairs(tmp_path / "t.jsonl", PAIRS)
+    out = tmp_path / "ckpt"
+    fast = {k: v for k, v in FAST.items() if k != "save_steps"}
+    killed = subprocess.run([sys.executable, "-c", KILL_DURING_SAVE.format(fast=fast), str(data), f"hf:{tiny_llama}", str(out)],
+                            capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr
+    assert (out / "checkpoint-1" / "trainer_state.json").exists() and not (out / "checkpoint-2" / "trainer_state.json").exists()
+    summary = train_student([data], f"hf:{tiny_llama}", out, TrainConfig(**fast, max_steps=3, save_steps=1), show_progress=False)
+    assert summary["global_step"] == 3
+    log = [int(r["step"]) for r in csv.DictReader((out / "train_log.csv").open())]
+    assert log == [1, 2, 2, 3]  # the killed run logged steps 1 and 2; the next one resumed after step 1
+    assert [p.name.split("-")[1] for p in (out / "incomplete").iterdir()] == ["2"]
+    assert not list(out.glob("checkpoint-*")) and (out / "model.safetensors").exists()
+    card = (out / "README.md").read_text()
+    assert f"hf:{tiny_llama}" in card and str(data) in card and "[None]" not in card

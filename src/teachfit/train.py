@@ -9,13 +9,17 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
+from teachfit.atomic import write_json_atomic, write_text_atomic
 from teachfit.config import TrainConfig
 from teachfit.models import require
+from teachfit.run import RunDir
 from teachfit.stage import Stage
 
 
@@ -61,9 +65,49 @@ def _log_callback(path: Path) -> Any:
     return CsvLog()
 
 
-def _last_checkpoint(out: Path) -> str | None:
-    checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    return str(checkpoints[-1]) if checkpoints else None
+def resume_point(out: Path) -> str | None:
+    """The newest complete `checkpoint-N` under `out`, to resume from. The Trainer writes a
+    checkpoint's trainer_state.json last (after weights, optimizer, scheduler and RNG states), so
+    one without a whole trainer_state.json was cut off by a kill during its save: it is moved
+    aside to out/incomplete/ (said on stderr), never resumed from, and never blocks a later run."""
+    def step(path: Path) -> int:
+        suffix = path.name.rsplit("-", 1)[-1]
+        return int(suffix) if suffix.isdigit() else -1
+
+    for checkpoint in sorted(out.glob("checkpoint-*"), key=step, reverse=True):
+        if step(checkpoint) >= 0 and _complete(checkpoint):
+            return str(checkpoint)
+        aside = out / "incomplete" / f"{checkpoint.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        aside.parent.mkdir(exist_ok=True)
+        checkpoint.rename(aside)
+        print(f"teachfit train: {checkpoint} is incomplete (a kill during its save?): moved to {aside}", file=sys.stderr)
+    return None
+
+
+def _complete(checkpoint: Path) -> bool:
+    try:
+        return isinstance(json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8")), dict)
+    except (OSError, ValueError):
+        return False
+
+
+def model_card(summary: dict[str, Any]) -> str:
+    """A README.md for the checkpoint: its base model and the data it was trained on, with the
+    settings and counts (Hugging Face model-card metadata up front)."""
+    student = str(summary["student"])
+    prefix, _, name = student.partition(":")
+    hub_id = name if prefix == "hf" and name.count("/") == 1 and not Path(name).exists() else None
+    front = ["---", "library_name: transformers", "tags: [teachfit, sft]"] + ([f"base_model: {hub_id}"] if hub_id else [])
+    config = summary["config"]
+    lines = front + ["---", "", f"# {summary.get('teacher') or 'teachfit'} student", "",
+                     f"Fine-tuned from `{student}` with teachfit {summary['versions'].get('teachfit', '')} "
+                     f"(supervised fine-tuning, loss on the response tokens only).", "",
+                     f"- data: {', '.join(f'`{d}`' for d in summary['data'])} ({summary['counts']['pairs']} pairs)",
+                     f"- steps: {summary['global_step']}, final train loss {summary['train_loss']:.4f}",
+                     f"- learning rate {config['learning_rate']}, epochs {config['num_train_epochs']}, "
+                     f"effective batch {config['effective_batch_size']}, max length {config['max_length']}, "
+                     f"LoRA: {config['lora']}", ""]
+    return "\n".join(lines)
 
 
 def build_trainer(pairs: Sequence[Any], loaded: Any, out: Path, config: TrainConfig, show_progress: bool = True,
@@ -123,9 +167,9 @@ def train_student(data: Sequence[str | Path], student: str, out: str | Path, con
         raise ValueError(f"no pairs to train on in {', '.join(map(str, data))}" + (f" for teacher '{', '.join(sorted(keep))}'" if keep else ""))
     loaded = load("causal_lm", student, dtype="float32")
     trainer, counts = build_trainer(pairs, loaded, out, config, show_progress)
-    (out / "teachfit_train_config.json").write_text(json.dumps(asdict(config), indent=2))
+    write_json_atomic(out / "teachfit_train_config.json", asdict(config))
     started = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=_last_checkpoint(out))
+    result = trainer.train(resume_from_checkpoint=resume_point(out))
     seconds = time.perf_counter() - started
     model = trainer.model.merge_and_unload() if config.lora else trainer.model
     model.save_pretrained(out, safe_serialization=True)
@@ -134,7 +178,11 @@ def train_student(data: Sequence[str | Path], student: str, out: str | Path, con
     summary = {"student": student, "teacher": label, "data": [str(d) for d in data], "config": asdict(config),
                "counts": counts, "train_loss": result.training_loss, "global_step": result.global_step,
                "seconds": round(seconds, 1), "versions": versions()}
-    (out / "teachfit_train.json").write_text(json.dumps(summary, indent=2))
+    write_text_atomic(out / "README.md", model_card(summary))  # replaces TRL's card ("fine-tuned version of [None]")
+    if not config.keep_checkpoints:  # the resume copies (weights + optimizer: 3.1 GB each for a 270M student)
+        for checkpoint in out.glob("checkpoint-*"):
+            shutil.rmtree(checkpoint, ignore_errors=True)
+    write_json_atomic(out / RunDir.CHECKPOINT_METADATA, summary)  # last: its presence says the checkpoint is finished
     return summary
 
 

@@ -165,11 +165,39 @@ def load_sequence_classifier(
     return _load(spec, "AutoModelForSequenceClassification", dtype, device, trust_remote_code)
 
 
+def seeded_sampler(temperature: float, top_p: float, seeds: Any, device: Any) -> Any:
+    """Logits processors that make greedy decoding draw a sample, each row from its own seed.
+
+    Temperature and top-p shape the logits as `do_sample` would; then each row draws its token by
+    inverting the cumulative distribution with one uniform number from a generator seeded with
+    that row's seed (advanced once per step), and every other token is masked, so greedy decoding
+    picks the drawn one. Row i's t-th draw depends only on (seed_i, t), never on the other rows
+    of the batch (torch's shared generator would make every answer depend on its batch). Cost:
+    one softmax and one cumulative sum over the vocabulary per step, and one number per row."""
+    torch = require("torch", "hf")
+    transformers = require("transformers", "hf")
+
+    class InverseCdfDraw(transformers.LogitsProcessor):
+        def __init__(self) -> None:
+            self.generators = [torch.Generator(device="cpu").manual_seed(int(seed)) for seed in seeds]
+
+        def __call__(self, input_ids: Any, scores: Any) -> Any:
+            cdf = torch.softmax(scores.float(), -1).cumsum(-1)  # (batch, vocab); masked tokens add 0
+            uniform = torch.cat([torch.rand(1, generator=g) for g in self.generators]).to(scores.device)
+            drawn = torch.searchsorted(cdf, (uniform * cdf[:, -1]).unsqueeze(-1), right=True)
+            drawn = drawn.clamp(max=scores.shape[-1] - 1)  # (batch, 1): the first token whose cdf exceeds u
+            return torch.full_like(scores, float("-inf")).scatter_(1, drawn, 0.0)
+
+    return transformers.LogitsProcessorList([transformers.TemperatureLogitsWarper(temperature),
+                                             transformers.TopPLogitsWarper(top_p), InverseCdfDraw()])
+
+
 class HFTeacher:
     """A transformers causal LM generating with its own chat template, batched (left padding).
 
-    Sampling seeds are set per batch (torch's generator is shared by the batch), so a sampled
-    response depends on the batch it was in; greedy decoding does not.
+    Sampling is seeded per row: each conversation's own seed (from the seed, the instruction and
+    the sample index) drives its draws, so a sampled answer does not depend on the batch it was in,
+    on the executor or on the number of workers (see `seeded_sampler`).
     """
 
     def __init__(self, loaded: LoadedModel, batch_size: int):
@@ -195,9 +223,9 @@ class HFTeacher:
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         batch = tokenizer(prompts, add_special_tokens=False, return_tensors="pt", padding=True).to(self.loaded.device)
-        torch.manual_seed(int(seeds[0]) if len(seeds) else 0)
-        sampling = {"do_sample": True, "temperature": settings.temperature, "top_p": settings.top_p, "top_k": 0} \
-            if settings.temperature > 0 else {"do_sample": False}
+        sampling = {"do_sample": False}  # greedy, or the exact draw of seeded_sampler's Gumbel-max
+        if settings.temperature > 0:
+            sampling["logits_processor"] = seeded_sampler(settings.temperature, settings.top_p, seeds, self.loaded.device)
         started = time.perf_counter()
         with torch.inference_mode():
             output = model.generate(**batch, max_new_tokens=settings.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
