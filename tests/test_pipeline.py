@@ -104,6 +104,7 @@ report: {{}}
     before, lines = loads(), cached_lines(run)
     messages = []
     run_experiment(path, show=messages.append)
+    assert [m for m in messages if "running" in m] == []
     assert loads() == before  # nothing loaded: every stage's marker says it is done
     assert all("done (unchanged)" in m for m in messages if m.startswith("["))
     assert cached_lines(run) == lines

@@ -26,7 +26,22 @@ app = typer.Typer(
     "Models are given as hf:<hub id or dir>, gguf:<file>, packaged:<name> (see `teachfit models`), "
     "openai:<model>@<url> or vllm:<id>. `teachfit run experiment.yaml` runs a whole study from one file.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts are plain: `[paper: 2e-5]` and `'teachfit[ray]'` are shown as written
 )
+def _version(value: bool) -> None:
+    if value:
+        from teachfit.versions import versions
+
+        typer.echo(f"teachfit {versions().get('teachfit', 'unknown')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                          help="Print teachfit's version and stop.")) -> None:
+    """Choose the teacher model that writes your synthetic instruction data, for your student."""
+
+
 CONFIG_FILE_HELP = "YAML file of this command's options (the keys of its experiment-file section); flags override it."
 
 
@@ -84,7 +99,8 @@ def stage_command(stage: Any) -> None:
     hints = typing.get_type_hints(stage.config)
     extras = [(configs.ExecutorConfig, f) for f in fields(configs.ExecutorConfig)] if stage.sharded else []
     params = [inspect.Parameter("context", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)]
-    params += [_parameter(f, hints[f.name]) for f in fields(stage.config)]
+    own = stage.config.__dict__.get("__annotations__", {})  # the command's own options first, shared ones after
+    params += [_parameter(f, hints[f.name]) for f in sorted(fields(stage.config), key=lambda f: f.name not in own)]
     params += [_parameter(f, typing.get_type_hints(cls)[f.name]) for cls, f in extras]
     params.append(inspect.Parameter("config_file", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
                                     default=typer.Option(None, "--config", help=CONFIG_FILE_HELP)))

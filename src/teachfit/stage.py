@@ -76,7 +76,9 @@ def _rows_digest(output: CsvRows) -> str | None:
         return None
     try:
         with output.path.open(newline="", encoding="utf-8") as handle:
-            rows = [r for r in csv.DictReader(handle) if all(r.get(k) == v for k, v in output.match)]
+            # empty cells are left out: another unit's row may add columns to the file, not to this row
+            rows = [{k: v for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(handle)
+                    if all(r.get(k) == v for k, v in output.match)]
     except (OSError, UnicodeDecodeError, csv.Error):
         return None
     if not rows:
