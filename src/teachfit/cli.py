@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
+import os
 import sys
 import typing
 from dataclasses import MISSING, fields
@@ -38,8 +39,24 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _options(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                          help="Print teachfit's version and stop.")) -> None:
+                                          help="Print teachfit's version and stop."),
+             quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars; a study prints only the units "
+                                                                     "it runs and their results."),
+             verbose: bool = typer.Option(False, "--verbose", "-v", help="Also show the warnings of the libraries "
+                                                                         "teachfit uses (hidden by default).")) -> None:
     """Choose the teacher model that writes your synthetic instruction data, for your student."""
+    if quiet:
+        QUIET.append(True)
+    if not verbose:  # what the libraries say about themselves, not about the user's data
+        import warnings
+
+        for category in (FutureWarning, DeprecationWarning):
+            warnings.filterwarnings("ignore", category=category)
+        warnings.filterwarnings("ignore", message=".*pin_memory.*")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # e.g. "Some weights ... lm_head ... not used"
+
+
+QUIET: list[bool] = []  # set by -q for this process
 
 
 CONFIG_FILE_HELP = "YAML file of this command's options (the keys of its experiment-file section); flags override it."
@@ -111,6 +128,8 @@ def stage_command(stage: Any) -> None:
         executor_values = {f.name: kwargs.pop(f.name) for _, f in extras}
         config_file, context, as_json = kwargs.pop("config_file"), kwargs.pop("context"), kwargs.pop("as_json")
         config = config_from_flags(stage.config, kwargs, config_file, context)
+        if QUIET and hasattr(config, "progress"):
+            config.progress = False
         executor = None
         if stage.sharded:
             from teachfit.executors import make_executor
@@ -166,8 +185,10 @@ def run(
     """Run a whole study from one experiment file; a re-run does only what is missing or changed."""
     from teachfit.pipeline import plan_text, run_experiment
 
+    show = (lambda line: typer.echo(line) if "done (unchanged)" not in line else None) if QUIET else typer.echo
     with _interruptible():
-        result = run_experiment(experiment, run_dir=run_dir, only=only or None, executor=executor, dry_run=dry_run)
+        result = run_experiment(experiment, run_dir=run_dir, only=only or None, executor=executor, dry_run=dry_run,
+                                show=show, progress=not QUIET)
     if dry_run:
         typer.echo(plan_text(result))
 

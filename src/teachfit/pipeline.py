@@ -91,10 +91,11 @@ def plan_study(experiment: Experiment, run: RunDir, wanted: Sequence[str]) -> li
 
 
 def run_experiment(path: str | Path, run_dir: str | Path | None = None, only: Sequence[str] | None = None,
-                   executor: str | None = None, dry_run: bool = False, show: Callable[[str], Any] = print
-                   ) -> dict[str, Any]:
+                   executor: str | None = None, dry_run: bool = False, show: Callable[[str], Any] = print,
+                   progress: bool = True) -> dict[str, Any]:
     """Run (or, with dry_run, plan) every unit of a study file; returns per-unit stats (or the
-    plan: one row per unit with its status). One `teachfit run` at a time works in a run directory."""
+    plan: one row per unit with its status). One `teachfit run` at a time works in a run directory.
+    `progress=False` hides every stage's progress bars (whatever the file says)."""
     experiment = load_experiment(path, run_dir)
     if executor:
         experiment.executor = replace(experiment.executor, type=executor)
@@ -103,11 +104,24 @@ def run_experiment(path: str | Path, run_dir: str | Path | None = None, only: Se
     if dry_run:
         return {"run_dir": str(run.root), "plan": plan_study(experiment, run, wanted)}
     with run.lock():
-        return {"run_dir": str(run.root), "stages": _run_units(experiment, run, wanted, path, show)}
+        return {"run_dir": str(run.root), "stages": _run_units(experiment, run, wanted, path, logged(run, show),
+                                                                progress)}
+
+
+def logged(run: RunDir, show: Callable[[str], Any]) -> Callable[[str], Any]:
+    """`show`, also appending each line with its time to RUN/run.log (what every run did, kept)."""
+    import time
+
+    def both(line: str) -> Any:
+        with (run.root / "run.log").open("a", encoding="utf-8") as handle:
+            handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line.strip()}\n")
+        return show(line)
+
+    return both
 
 
 def _run_units(experiment: Experiment, run: RunDir, wanted: Sequence[str], path: Any,
-               show: Callable[[str], Any]) -> dict[str, Any]:
+               show: Callable[[str], Any], progress: bool = True) -> dict[str, Any]:
     from teachfit.executors import make_executor
 
     run.write_manifest({"experiment": str(experiment.path), "sections": experiment.raw,
@@ -128,7 +142,8 @@ def _run_units(experiment: Experiment, run: RunDir, wanted: Sequence[str], path:
                 results[unit.name] = run.done_stats(unit.name)
                 continue
             show(f"[{unit.name}] running ({why})")
-            stats, seconds = timed(stage.run, unit.config, run, runner)
+            config = unit.config if progress or not hasattr(unit.config, "progress") else replace(unit.config, progress=False)
+            stats, seconds = timed(stage.run, config, run, runner)
             line = stage.line(stats)
             summary = stage.summary(stats) | {"seconds": seconds}
             run.mark_done(unit.name, key, summary, unit.outputs)
