@@ -252,6 +252,8 @@ class SelectConfig:
         check_choices(self)
         if not 0 <= self.alpha <= 1:
             raise ConfigValueError("alpha", "must be between 0 and 1")
+        if not (isinstance(self.beta, (int, float)) and math.isfinite(self.beta) and self.beta >= 0):
+            raise ConfigValueError("beta", f"must be a finite number >= 0, got {self.beta!r}")
 
 
 @dataclass(kw_only=True)

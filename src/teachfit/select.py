@@ -106,6 +106,8 @@ def select_pairs(rows: Sequence[dict[str, Any]], method: str, beta: float = 3.0,
         raise ValueError(f"unknown selection method {method!r}; choose one of {', '.join(METHODS)}")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta) or beta < 0:
+        raise ValueError(f"beta must be a finite number >= 0, got {beta}")
     if worst and method == "random":
         raise ValueError("worst=True has no meaning for random selection")
     if not rows:
