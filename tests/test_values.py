@@ -82,3 +82,90 @@ def test_select_pairs_refuses_a_bad_beta_and_keeps_alpha_checked():
             SelectConfig(alpha=alpha)
     assert SelectConfig(beta=0.0, alpha=1.0).beta == 0.0
     assert select_pairs(rows, "car-instance", beta=0.0).rows[0]["selection_score"] == 1.0
+
+
+# ---- 2. select --by reward without a student loss ----------------------------------------------
+def test_select_by_reward_on_scores_without_a_student_loss_through_the_cli(tmp_path, tiny_llama):
+    """Scores made with `score --metrics reward --reward-column r` hold no loss_self: select by
+    reward writes the selection, prints its summary line and the metadata, exit 0."""
+    files = []
+    for teacher, rewards in (("alpha", [1.0, 5.0, 2.0]), ("bravo", [3.0, 4.0, 0.5])):
+        path = tmp_path / f"{teacher}.jsonl"
+        write_jsonl(path, [{"id": f"q{i}", "instruction": f"Question {i}?", "response": f"{teacher} {i}.", "r": r}
+                           for i, r in enumerate(rewards)])
+        files.append(path)
+    scored = cli("score", *files, "--student", f"hf:{tiny_llama}", "--metrics", "reward", "--reward-column", "r",
+                 "--out", tmp_path / "scores.parquet", "--no-progress", "--device", "cpu")
+    assert scored.returncode == 0, scored.stderr
+    from teachfit.files import read_table
+
+    rows, _ = read_table(tmp_path / "scores.parquet")
+    assert all(r.get("loss_self") is None for r in rows)  # really no student loss
+    result = cli("select", tmp_path / "scores.parquet", "--by", "reward", "--out", tmp_path / "sel.jsonl")
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    out = result.stdout + result.stderr
+    assert "selected 3 responses by reward" in out and "mean reward 3.333" in out, out
+    assert "loss_self" not in out.split("selected", 1)[1].splitlines()[0]
+    written = [strict_loads(line) for line in (tmp_path / "sel.jsonl").read_text().splitlines()]
+    assert [(w["teacher"], w["id"]) for w in written] == [("bravo", "q0"), ("alpha", "q1"), ("alpha", "q2")]
+    meta = strict_loads((tmp_path / "sel.jsonl.meta.json").read_text())
+    assert meta["selection"]["loss_self"] is None and meta["selection"]["reward"] == pytest.approx(10 / 3)
+    as_json = cli("select", tmp_path / "scores.parquet", "--by", "reward", "--out", tmp_path / "sel2.jsonl", "--json")
+    assert as_json.returncode == 0, as_json.stderr
+
+
+def test_the_select_line_shows_what_exists():
+    from teachfit.select import _line
+
+    line = _line({"method": "reward", "share": {"a": 1.0}, "selection": {"n_pairs": 2, "reward": 1.5, "loss_self": None},
+                  "missing": [], "written": ["x.jsonl"]})
+    assert line == "selected 2 responses by reward (a 100%); mean reward 1.500 -> x.jsonl"
+    assert "dropped" not in line
+    line = _line({"method": "reward", "share": {}, "selection": {}, "written": ["x.jsonl"], "dropped_nonfinite": 2})
+    assert "2 candidates dropped" in line
+
+
+# ---- 3. non-finite scores -----------------------------------------------------------------------
+def test_select_drops_non_finite_candidates_with_a_count_and_writes_strict_json(tmp_path):
+    scores = scored_folder(tmp_path)
+    for method in ("reward", "car-instance", "persyn", "grape", "car"):
+        out = tmp_path / f"{method}.jsonl"
+        result = cli("select", scores, "--by", method, "--out", out)
+        assert result.returncode == 0, result.stderr
+        written = [strict_loads(line) for line in out.read_text().splitlines()]  # no NaN / Infinity tokens
+        assert all(math.isfinite(w["selection_score"]) for w in written)
+        meta = strict_loads(out.with_name(out.name + ".meta.json").read_text())
+        needs = {"reward": ("reward",), "grape": ("loss_self",)}.get(method, ("reward", "loss_self"))
+        expected = sum(1 for t in REWARDS for i in range(4)
+                       if not all(math.isfinite({"reward": REWARDS, "loss_self": LOSSES}[n][t][i]) for n in needs))
+        assert meta["dropped_nonfinite"] == expected, (method, meta)
+        assert f"{expected} candidates dropped" in result.stdout + result.stderr
+        if method == "reward":  # the +inf reward of bravo/q2 is not chosen: alpha's 3.0 is
+            assert {w["id"]: w["teacher"] for w in written}["q2"] == "alpha"
+            assert meta["teachers"]["bravo"]["n_dropped_nonfinite"] == 1
+            assert meta["teachers"]["bravo"]["reward"] == pytest.approx((2.0 + 1.0 + 0.25) / 3)
+
+
+def test_select_pairs_never_picks_an_infinite_score():
+    from teachfit.select import select_pairs
+
+    rows = [{"id": "q", "teacher": "a", "reward": 1.0, "loss_self": 1.0},
+            {"id": "q", "teacher": "b", "reward": math.inf, "loss_self": 1.0},
+            {"id": "q", "teacher": "c", "reward": 2.0, "loss_self": -math.inf}]
+    for method in ("reward", "car-instance", "persyn", "grape"):
+        selection = select_pairs(rows, method)
+        assert math.isfinite(selection.rows[0]["selection_score"]), method
+        assert selection.summary["dropped_nonfinite"] == (1 if method in ("reward", "grape") else 2)
+    only_bad = [dict(rows[1], id="z")]
+    selection = select_pairs(rows[:1] + only_bad, "reward")
+    assert selection.summary["missing"] == ["z"] and selection.summary["dropped_nonfinite"] == 1
+
+
+def test_rank_drops_infinite_rewards_with_a_count(tmp_path):
+    scores = scored_folder(tmp_path)
+    result = cli("rank", scores, "--bootstrap", "0", "--json-out", tmp_path / "ranking.json")
+    assert result.returncode == 0, result.stderr
+    data = strict_loads((tmp_path / "ranking.json").read_text())
+    assert data["settings"]["dropped_nonfinite"] == 3
+    assert {t["teacher"]: t["n_dropped_nonfinite"] for t in data["teachers"]} == {"alpha": 0, "bravo": 1, "charlie": 2}

@@ -91,7 +91,7 @@ def _scores(method: str, candidates: list[dict[str, Any]], beta: float, transfor
 def _means(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"n_pairs": len(rows)}
     for name in SUMMARY_COLUMNS:
-        values = [v for v in (_value(r, name) for r in rows) if not math.isnan(v)]
+        values = [v for v in (_value(r, name) for r in rows) if math.isfinite(v)]
         out[name] = float(np.mean(values)) if values else None
     return out
 
@@ -117,7 +117,14 @@ def select_pairs(rows: Sequence[dict[str, Any]], method: str, beta: float = 3.0,
     if absent:
         hint = " (score with --reward-model or --reward-column)" if "reward" in absent else ""
         raise ValueError(f"method {method!r} needs the column(s) {absent}, which the scores lack{hint}")
-    usable = [r for r in rows if all(not math.isnan(_value(r, n)) for n in needs)]
+    # a candidate is usable when every value its method needs is a finite number; one whose value is
+    # there but NaN or infinite is dropped and counted (one without the value is simply unscored)
+    usable, nonfinite = [], {}
+    for row in rows:
+        if all(math.isfinite(_value(row, n)) for n in needs):
+            usable.append(row)
+        elif any(row.get(n) is not None for n in needs if not math.isfinite(_value(row, n))):
+            nonfinite[str(row["teacher"])] = nonfinite.get(str(row["teacher"]), 0) + 1
     if not usable:
         raise ValueError(f"no score row has every column method {method!r} needs: {list(needs)}")
 
@@ -156,6 +163,16 @@ def select_pairs(rows: Sequence[dict[str, Any]], method: str, beta: float = 3.0,
         if len(candidates) < counts[key] and method != "car":
             partial.append(key)
         scores = _scores(method, candidates, beta, transform, alpha, rng, teacher_car)
+        finite = np.isfinite(scores)
+        if not finite.all():  # finite values can still give a non-finite score (1 + beta * loss = 0)
+            for row in (r for r, ok in zip(candidates, finite) if not ok):
+                nonfinite[str(row["teacher"])] = nonfinite.get(str(row["teacher"]), 0) + 1
+            candidates, scores = [r for r, ok in zip(candidates, finite) if ok], scores[finite]
+            if not candidates:
+                missing.append(key)
+                continue
+            if key not in partial:
+                partial.append(key)
         signed = -scores if worst else scores
         pick = 0
         for i in range(1, len(candidates)):  # strict comparison: ties stay with the first in name order
@@ -173,8 +190,9 @@ def select_pairs(rows: Sequence[dict[str, Any]], method: str, beta: float = 3.0,
         "method": method, "settings": {"beta": beta, "alpha": alpha, "seed": seed, "reward_transform": reward_transform,
                                        "worst": worst},
         "n_instructions": len(groups), "n_selected": len(selected), "share": share,
-        "selection": _means(selected), "teachers": {t: _means(g) for t, g in sorted(by_teacher.items())},
-        "missing": missing, "partial": partial,
+        "selection": _means(selected),
+        "teachers": {t: _means(g) | {"n_dropped_nonfinite": nonfinite.get(t, 0)} for t, g in sorted(by_teacher.items())},
+        "missing": missing, "partial": partial, "dropped_nonfinite": sum(nonfinite.values()),
     }
     if method == "car":
         summary["car_teacher"], summary["car"] = next(iter(teacher_car.items()))
@@ -246,8 +264,10 @@ def write_selection(selection: Selection, pairs: Iterable[Any] | None, out: str 
         summary["missing"] = list(summary.get("missing", [])) + sorted(unscored)
     else:
         rows = selection.rows
-    records = [format_row(r, fmt) for r in rows]
-    summary = _clean(summary)
+    from teachfit.atomic import strict_json
+
+    records = [strict_json(format_row(r, fmt)) for r in rows]  # strict JSON: no NaN / Infinity tokens
+    summary = strict_json(_clean(summary))
     out = Path(out)
     if out.suffix in (".jsonl", ".parquet"):
         write_table(out, records, summary)
@@ -256,7 +276,7 @@ def write_selection(selection: Selection, pairs: Iterable[Any] | None, out: str 
 
         datasets = require("datasets", "train")
         datasets.Dataset.from_list(records).save_to_disk(str(out))
-        (out / "teachfit_selection.json").write_text(json.dumps(summary, indent=2))
+        (out / "teachfit_selection.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
     else:
         raise ValueError(f"unknown output format '{out.suffix}': use .jsonl, .parquet or a folder (no suffix)")
     return summary
@@ -335,8 +355,10 @@ def _line(summary: dict[str, Any]) -> str:
     means = ", ".join(f"mean {k} {chosen[k]:.3f}" for k in ("reward", "loss_self")
                       if isinstance(chosen.get(k), (int, float)) and math.isfinite(chosen[k]))
     missing = len(summary.get("missing") or [])
+    dropped = summary.get("dropped_nonfinite") or 0
     return (f"selected {chosen.get('n_pairs', 0)} responses by {summary.get('method')} ({shares})" + (f"; {means}" if means else "")
             + (f"; {missing} instructions without a usable candidate" if missing else "")
+            + (f"; {dropped} candidates dropped (NaN or infinite score)" if dropped else "")
             + f" -> {', '.join(summary['written'])}")
 
 
@@ -346,5 +368,5 @@ STAGE = Stage(
     needs=("score",),
     help="The training set: one response per instruction, from one teacher (car) or mixed per instruction "
          "(car-instance, grape, persyn, reward, random); best-/worst-of-N with --teacher.",
-    summary=lambda s: {k: v for k, v in s.items() if k in ("selection", "share", "written", "format")},
+    summary=lambda s: {k: v for k, v in s.items() if k in ("selection", "share", "written", "format", "dropped_nonfinite")},
 )
