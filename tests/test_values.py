@@ -169,3 +169,43 @@ def test_rank_drops_infinite_rewards_with_a_count(tmp_path):
     data = strict_loads((tmp_path / "ranking.json").read_text())
     assert data["settings"]["dropped_nonfinite"] == 3
     assert {t["teacher"]: t["n_dropped_nonfinite"] for t in data["teachers"]} == {"alpha": 0, "bravo": 1, "charlie": 2}
+
+
+# ---- 4. correlate --truth-column ----------------------------------------------------------------
+def write_csv(path, rows):
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_correlate_drops_non_finite_truth_values_with_a_count(tmp_path):
+    metric_rows, truth_rows = synthetic(students=("s1",), n=8)
+    write_csv(tmp_path / "ranking.csv", metric_rows)
+    rows = [{"student": r["student"], "teacher": r["teacher"], "bench": "ifeval", "score": r["ap"]} for r in truth_rows]
+    rows[2]["score"], rows[5]["score"] = "nan", "inf"
+    rows.append({"student": "s1", "teacher": "t7", "bench": "other", "score": ""})  # another bench: no value
+    write_csv(tmp_path / "results.csv", rows)
+    result = cli("correlate", tmp_path, "--truth-column", "score", "--bootstrap", "20", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["dropped_truth"]["count"] == 2
+    assert report["dropped_truth"]["rows"] == [f"{tmp_path / 'results.csv'}:4", f"{tmp_path / 'results.csv'}:7"]
+    car = next(r for r in report["correlation"] if r["metric"] == "car" and r["student"] == "s1")
+    assert car["n_teachers"] == 6 and math.isfinite(car["rho"])
+    text = cli("correlate", tmp_path, "--truth-column", "score", "--bootstrap", "20")
+    assert text.returncode == 0, text.stderr
+    assert "2 results rows with a NaN or infinite score left out" in text.stdout + text.stderr
+    with open(tmp_path / "correlation.csv") as handle:
+        assert all(math.isfinite(float(r["rho"])) for r in csv.DictReader(handle) if r["rho"])
+
+
+def test_correlate_refuses_two_results_rows_for_one_pair(tmp_path):
+    metric_rows, truth_rows = synthetic(students=("s1",), n=5)
+    write_csv(tmp_path / "ranking.csv", metric_rows)
+    rows = [{"student": r["student"], "teacher": r["teacher"], "model": "m", "score": r["ap"]} for r in truth_rows]
+    rows.append({"student": "s1", "teacher": "t1", "model": "m-again", "score": 0.5})
+    write_csv(tmp_path / "results.csv", rows)
+    result = cli("correlate", tmp_path, "--truth-column", "score", "--bootstrap", "20")
+    one_line_error(result, f"{tmp_path / 'results.csv'}:7:", "line 3", "s1", "t1")
+    assert not (tmp_path / "correlation.csv").exists()

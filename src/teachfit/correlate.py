@@ -148,10 +148,17 @@ def read_rankings(paths: Sequence[Any]) -> list[dict[str, Any]]:
 
 
 def read_truth(path: Any, column: str = "ap") -> list[dict[str, Any]]:
-    """Measured results rows (student, teacher, `column`, a number); AP is computed from ae2_lc and
-    ah_wr when absent. Rows without `column` are left out when it is not `ap` (other benches in the
-    same results.csv) and so are the ifeval and rating rows for `ap`; an unknown column, a value
-    that is not a number and none having it are errors (InputError naming the file and line)."""
+    """The finite measured results rows of `path` (read_truth_rows without the rows left out)."""
+    return read_truth_rows(path, column)[0]
+
+
+def read_truth_rows(path: Any, column: str = "ap") -> tuple[list[dict[str, Any]], list[str]]:
+    """Measured results rows (student, teacher, `column`, a finite number) and the `file:line` of
+    each row left out because its value is NaN or infinite; AP is computed from ae2_lc and ah_wr
+    when absent. Rows without `column` are left out when it is not `ap` (other benches in the same
+    results.csv) and so are the ifeval and rating rows for `ap`; an unknown column, a value that is
+    not a number, two rows for one (student, teacher) (one would silently replace the other) and
+    none having a finite value are errors (InputError naming the file and line)."""
     from teachfit.metrics import average_performance
     from teachfit.records import InputError, read_table
 
@@ -162,7 +169,7 @@ def read_truth(path: Any, column: str = "ap") -> list[dict[str, Any]]:
     if rows and not known:
         near = [c for c in columns if c not in ("student", "teacher", "model", "bench")]
         raise InputError(path, None, f"no column '{column}' (columns: {', '.join(near) or 'none'})")
-    out = []
+    out, dropped, seen = [], [], {}
     for number, row in enumerate(rows, start=first):
         if row.get("ap") in (None, "") and row.get("ae2_lc") not in (None, "") and row.get("ah_wr") not in (None, ""):
             row = {**row, "ap": average_performance(_number(path, number, row, "ae2_lc"), _number(path, number, row, "ah_wr"))}
@@ -171,10 +178,155 @@ def read_truth(path: Any, column: str = "ap") -> list[dict[str, Any]]:
         if any(row.get(k) in (None, "") for k in ("student", "teacher", column)):
             wanted = column if column != "ap" else "ap (or ae2_lc and ah_wr)"
             raise InputError(path, number, f"needs columns student, teacher and {wanted}")
-        out.append({**row, column: _number(path, number, row, column)})
+        key = (str(row["student"]), str(row["teacher"]))
+        if key in truth:
+            size = row.get("size_b") if row.get("size_b") not in (None, "") else size_from_name(key[1])
+            joined.setdefault(key[0], []).append({**row, "ap": truth[key], "size_b": size})
+    return joined
+
+
+def _values(rows: Sequence[dict[str, Any]], metric: str) -> list[float] | None:
+    try:
+        values = [DIRECTIONS[metric] * float(r[metric]) for r in rows]
+    except (KeyError, TypeError, ValueError):
+        return None
+    return None if any(math.isnan(v) for v in values) else values
+
+
+def rho_with_interval(values: Sequence[float], ap: Sequence[float], n_bootstrap: int = 1000, seed: int = 0
+                      ) -> tuple[float, float, float]:
+    """rho and its 95% percentile-bootstrap interval, resampling teachers with replacement."""
+    rho = spearman(values, ap)
+    values, ap = np.asarray(values), np.asarray(ap)
+
+    def resampled_rho(idx: np.ndarray) -> float:  # undefined (NaN, dropped) when a resample is constant
+        return spearman(values[idx], ap[idx]) if np.ptp(values[idx]) > 0 and np.ptp(ap[idx]) > 0 else math.nan
+
+    return (rho,) + percentile_interval(bootstrap_draws(resampled_rho, len(values), n_bootstrap, seed))
+
+
+def correlation_table(joined: dict[str, list[dict[str, Any]]], n_bootstrap: int = 1000) -> list[dict[str, Any]]:
+    """One row per (student, metric) with rho, its interval and the number of teachers; plus
+    an `Average` row per metric over the students (the paper's last row)."""
+    rows = []
+    for student, teachers in joined.items():
+        ap = [t["ap"] for t in teachers]
+        for metric in CORRELATED:
+            values = _values(teachers, metric)
+            if values is None or len(teachers) < 3:
+                continue
+            rho, low, high = rho_with_interval(values, ap, n_bootstrap)
+            rows.append({"student": student, "metric": metric, "rho": rho, "ci_low": low, "ci_high": high,
+                         "n_teachers": len(teachers)})
+    for metric in CORRELATED:
+        values = [r["rho"] for r in rows if r["metric"] == metric and not math.isnan(r["rho"])]
+        if values:
+            rows.append({"student": "Average", "metric": metric, "rho": mean(values), "ci_low": math.nan,
+                         "ci_high": math.nan, "n_teachers": len(values)})
+    return rows
+
+
+def _car_rho(teachers: Sequence[dict[str, Any]], beta: float) -> float:
+    values = [car(t["reward_used"], t["L"], beta) for t in teachers]
+    return spearman(values, [t["ap"] for t in teachers])
+
+
+def beta_sweep(joined: dict[str, list[dict[str, Any]]], grid: Sequence[float] = BETA_GRID) -> list[dict[str, Any]]:
+    """rho of CAR at each beta, per student and averaged (needs reward_used and L per teacher)."""
+    rows = []
+    for beta in grid:
+        per_student = {s: _car_rho(t, beta) for s, t in joined.items() if len(t) >= 3}
+        rows.append({"beta": beta, **{f"rho[{s}]": v for s, v in per_student.items()},
+                     "rho_mean": mean(per_student.values()) if per_student else math.nan})
+    return rows
+
+
+def _best_beta(joined: dict[str, list[dict[str, Any]]], grid: Sequence[float]) -> tuple[float, float]:
+    """(mean rho, beta) maximizing mean rho; ties (rho only sees ranks) go to the beta nearest
+    the paper's default of 3."""
+    scored = [(mean(_car_rho(r, b) for r in joined.values() if len(r) >= 3), b) for b in grid]
+    return max(scored, key=lambda item: (round(item[0], 12), -abs(item[1] - 3.0)))
+
+
+def fit_beta(joined: dict[str, list[dict[str, Any]]], grid: Sequence[float] = BETA_GRID) -> dict[str, Any]:
+    """Leave one teacher out: for each held-out teacher, the beta on the grid that maximizes the
+    mean rho over students on the remaining teachers; reports the choices and their spread.
+    Rank correlation cannot tell apart betas that order the teachers identically; such ties go
+    to the beta nearest 3."""
+    teachers = sorted({t["teacher"] for rows in joined.values() for t in rows})
+    choices = []
+    for held_out in teachers:
+        kept = {s: [t for t in rows if t["teacher"] != held_out] for s, rows in joined.items()}
+        choices.append(_best_beta(kept, grid)[1])
+    full = _best_beta(joined, grid)
+    return {"beta": full[1], "rho_mean_at_beta": full[0], "loo_choices": choices,
+            "loo_mean": mean(choices), "loo_std": pstdev(choices),
+            "loo_share_same_as_full": sum(c == full[1] for c in choices) / len(choices)}
+
+
+def read_rankings(paths: Sequence[Any]) -> list[dict[str, Any]]:
+    """Per-teacher metric rows from ranking CSV/JSON files written by `teachfit rank`."""
+    import json
+    from pathlib import Path
+
+    from teachfit.files import read_table
+
+    rows: list[dict[str, Any]] = []
+    for path in map(Path, paths):
+        if path.suffix == ".json":
+            data = json.loads(path.read_text())
+            rows.extend(data["teachers"] if isinstance(data, dict) else data)
+        else:
+            rows.extend(read_table(path)[0])
+    return rows
+
+
+def read_truth(path: Any, column: str = "ap") -> list[dict[str, Any]]:
+    """The finite measured results rows of `path` (read_truth_rows without the rows left out)."""
+    return read_truth_rows(path, column)[0]
+
+
+def read_truth_rows(path: Any, column: str = "ap") -> tuple[list[dict[str, Any]], list[str]]:
+    """Measured results rows (student, teacher, `column`, a finite number) and the `file:line` of
+    each row left out because its value is NaN or infinite; AP is computed from ae2_lc and ah_wr
+    when absent. Rows without `column` are left out when it is not `ap` (other benches in the same
+    results.csv) and so are the ifeval and rating rows for `ap`; an unknown column, a value that is
+    not a number, two rows for one (student, teacher) (one would silently replace the other) and
+    none having a finite value are errors (InputError naming the file and line)."""
+    from teachfit.metrics import average_performance
+    from teachfit.files import read_table
+    from teachfit.records import InputError
+
+    rows = read_table(path)[0]
+    first = 2 if str(path).endswith(".csv") else 1  # the line of the first row (CSV: after the header)
+    columns = list(dict.fromkeys(c for r in rows for c in r))
+    known = column in columns or (column == "ap" and {"ae2_lc", "ah_wr"} <= set(columns))
+    if rows and not known:
+        near = [c for c in columns if c not in ("student", "teacher", "model", "bench")]
+        raise InputError(path, None, f"no column '{column}' (columns: {', '.join(near) or 'none'})")
+    out, dropped, seen = [], [], {}
+    for number, row in enumerate(rows, start=first):
+        if row.get("ap") in (None, "") and row.get("ae2_lc") not in (None, "") and row.get("ah_wr") not in (None, ""):
+            row = {**row, "ap": average_performance(_number(path, number, row, "ae2_lc"), _number(path, number, row, "ah_wr"))}
+        if row.get(column) in (None, "") and (column != "ap" or row.get("bench") in ("ifeval", "rating")):
+            continue
+        if any(row.get(k) in (None, "") for k in ("student", "teacher", column)):
+            wanted = column if column != "ap" else "ap (or ae2_lc and ah_wr)"
+            raise InputError(path, number, f"needs columns student, teacher and {wanted}")
+        key = (str(row["student"]), str(row["teacher"]))
+        if key in seen:
+            raise InputError(path, number, f"a second row for student '{key[0]}' and teacher '{key[1]}' (the first "
+                                           f"is line {seen[key]}): one would replace the other; keep one of them")
+        seen[key] = number
+        value = _number(path, number, row, column)
+        if not math.isfinite(value):
+            dropped.append(f"{path}:{number}")
+            continue
+        out.append({**row, column: value})
     if not out:
-        raise InputError(path, None, f"no row has a value in column '{column}'")
-    return out
+        nonfinite = f" ({len(dropped)} NaN or infinite)" if dropped else ""
+        raise InputError(path, None, f"no row has a finite value in column '{column}'{nonfinite}")
+    return out, dropped
 
 
 def _number(path: Any, line: int, row: dict[str, Any], column: str) -> float:
@@ -215,12 +367,22 @@ def correlation_text(report: dict[str, Any]) -> str:
     lines.append("")
     lines.append("CAR beta sweep (mean rho over students): " + ", ".join(
         f"{r['beta']:g}: {r['rho_mean']:.3f}" for r in report["beta_sweep"]))
+    lines.extend(_dropped_line(report))
     if "fit_beta" in report:
         fit = report["fit_beta"]
         lines.append(f"fitted beta = {fit['beta']:g} (mean rho {fit['rho_mean_at_beta']:.3f}); leave-one-teacher-out "
                      f"choices mean {fit['loo_mean']:.2f} +- {fit['loo_std']:.2f}, same as the full fit in "
                      f"{fit['loo_share_same_as_full']:.0%} of folds")
     return "\n".join(lines)
+
+
+def _dropped_line(report: dict[str, Any]) -> list[str]:
+    """The line saying which results rows had a NaN or infinite truth value (none: no line)."""
+    dropped = report.get("dropped_truth") or {}
+    if not dropped.get("count"):
+        return []
+    shown = ", ".join(dropped["rows"][:5]) + (", ..." if dropped["count"] > 5 else "")
+    return [f"{dropped['count']} results rows with a NaN or infinite {report.get('truth_column', 'ap')} left out ({shown})"]
 
 
 # ---- the stage ---------------------------------------------------------------------------------
@@ -237,16 +399,19 @@ def run_correlate(config: CorrelateConfig, run: Any = None, executor: Any = None
     out = Path(config.out) if config.out else run.correlation_csv if run else None
     if not files or truth is None:
         raise ValueError("give a run directory, or --metrics files and --truth")
-    joined = join(read_rankings(files), read_truth(truth, config.truth_column), config.truth_column)
+    truth_rows, dropped = read_truth_rows(truth, config.truth_column)
+    joined = join(read_rankings(files), truth_rows, config.truth_column)
     if not joined:
         raise InputError(truth, None, f"no (student, teacher) appears in both {', '.join(map(str, files))} and {truth}")
     table = correlation_table(joined, config.bootstrap)
-    report = {"correlation": table, "beta_sweep": beta_sweep(joined), "truth_column": config.truth_column}
+    report = {"correlation": table, "beta_sweep": beta_sweep(joined), "truth_column": config.truth_column,
+              "dropped_truth": {"count": len(dropped), "rows": dropped}}
     if config.fit_beta:
         report["fit_beta"] = fit_beta(joined)
     if out:
         write_table(out, table, {"metrics": [str(f) for f in files], "truth": str(truth), "truth_column": config.truth_column,
-                                 "beta_sweep": report["beta_sweep"], "fit_beta": report.get("fit_beta")})
+                                 "beta_sweep": report["beta_sweep"], "fit_beta": report.get("fit_beta"),
+                                 "dropped_truth": report["dropped_truth"]})
     return report
 
 
@@ -267,7 +432,9 @@ def _plan(config: CorrelateConfig, plan: Any) -> None:
 STAGE = Stage(
     name="correlate", config=CorrelateConfig, run=run_correlate, plan=_plan, units=_units, needs=("rank", "evaluate"),
     help="Spearman rho of each metric's teacher ranking against the measured AP ranking (paper Table 4).",
-    summary=lambda report: {"metrics": len(report["correlation"]), "truth_column": report["truth_column"]},
-    line=lambda report: f"{len(report['correlation'])} metrics correlated with {report['truth_column']}",
+    summary=lambda report: {"metrics": len(report["correlation"]), "truth_column": report["truth_column"],
+                            "dropped_truth": (report.get("dropped_truth") or {}).get("count", 0)},
+    line=lambda report: "; ".join([f"{len(report['correlation'])} metrics correlated with {report['truth_column']}"]
+                                  + _dropped_line(report)),
     text=lambda report: correlation_text(report),
 )
