@@ -209,3 +209,20 @@ def test_correlate_refuses_two_results_rows_for_one_pair(tmp_path):
     result = cli("correlate", tmp_path, "--truth-column", "score", "--bootstrap", "20")
     one_line_error(result, f"{tmp_path / 'results.csv'}:7:", "line 3", "s1", "t1")
     assert not (tmp_path / "correlation.csv").exists()
+
+
+# ---- 5. rank's errors name the scores file ------------------------------------------------------
+@pytest.mark.parametrize("case", ["null loss", "no loss column", "no teacher column"])
+def test_rank_errors_about_a_scores_file_name_it(tmp_path, case):
+    rows = [{"id": f"q{i}", "teacher": t, "reward": 1.0 + i, "loss_self": 1.0} for i in range(3) for t in ("a", "b")]
+    if case == "null loss":
+        rows[3]["loss_self"] = None
+    elif case == "no loss column":
+        rows = [{k: v for k, v in r.items() if k != "loss_self"} for r in rows]
+    else:
+        rows = [{k: v for k, v in r.items() if k != "teacher"} for r in rows]
+    write_table(tmp_path / "scores.parquet", rows, {})
+    result = cli("rank", tmp_path / "scores.parquet", "--bootstrap", "0")
+    needle = {"null loss": "no loss_self", "no loss column": "no 'loss_self' column",
+              "no teacher column": "no 'teacher' column"}[case]
+    one_line_error(result, f"{tmp_path / 'scores.parquet'}: ", needle)

@@ -356,6 +356,8 @@ def run_rank(config: RankConfig, run: Any, executor: Any = None) -> dict[str, Ra
     from teachfit.atomic import write_json_atomic
     from teachfit.records import read_table, write_table
 
+    from teachfit.records import InputError
+
     files = score_files_of(config.scores, run)
     if not files:
         raise ValueError("no score files: run `teachfit score` first")
@@ -363,14 +365,20 @@ def run_rank(config: RankConfig, run: Any, executor: Any = None) -> dict[str, Ra
     for path in files:
         rows, meta = read_table(path)
         student = student_of(meta) or path.stem
-        if run is not None:
+        if run is not None and all("teacher" in r for r in rows):  # else rank_teachers says what is wrong
             rows = rows + selection_rows(run, rows)
-        ranking = rank_teachers(rows, beta=config.beta, reward_transform=config.reward_transform,
-                                n_bootstrap=config.bootstrap, seed=config.seed, student=student)
-        ranking.settings["scores"] = str(path)
-        if config.target:
-            ranking.settings["pairs_needed"] = pairs_needed(rows, config.beta, config.reward_transform, config.target,
-                                                            n_bootstrap=config.bootstrap or 1000, seed=config.seed)
+        try:  # what is wrong with the scores is an error about their file
+            ranking = rank_teachers(rows, beta=config.beta, reward_transform=config.reward_transform,
+                                    n_bootstrap=config.bootstrap, seed=config.seed, student=student)
+            ranking.settings["scores"] = str(path)
+            if config.target:
+                ranking.settings["pairs_needed"] = pairs_needed(rows, config.beta, config.reward_transform,
+                                                                config.target, n_bootstrap=config.bootstrap or 1000,
+                                                                seed=config.seed)
+        except InputError:
+            raise
+        except ValueError as error:
+            raise InputError(path, None, str(error)) from None
         rankings[student] = ranking
     table = [r for k in rankings.values() for r in k.rows]
     data = {s: k.to_dict() for s, k in rankings.items()}
