@@ -81,7 +81,7 @@ def make_pairs(path: Path, n: int, lengths: str, seed: int = 0) -> None:
 
 def encoded_pairs(tokenizer, data: Path, alone: bool) -> list:
     """teachfit's encoding of each pair (and of each response alone when `alone`), max 2048 tokens."""
-    from teachfit.records import read_pairs
+    from teachfit.files import read_pairs
     from teachfit.template import encode_pair, encode_response_alone, ensure_chat_template
 
     ensure_chat_template(tokenizer)

@@ -202,7 +202,7 @@ def test_bad_response_files_and_models_through_the_cli(tmp_path, tiny_llama):
     assert r["code"] == 0 and "scored 8 pairs" in r["stdout"], r["stderr"]
     r = results["duplicates skipped"]
     assert r["code"] == 0 and "scored 2 pairs" in r["stdout"] and "1 skipped" in r["stdout"], r["stderr"]
-    from teachfit.records import read_table
+    from teachfit.files import read_table
 
     rows, meta = read_table(tmp_path / "skip.parquet")
     assert [row["id"] for row in rows] == ["a", "b"]
@@ -210,7 +210,7 @@ def test_bad_response_files_and_models_through_the_cli(tmp_path, tiny_llama):
 
 
 def score_table(path, rows):
-    from teachfit.records import write_table
+    from teachfit.files import write_table
 
     write_table(path, rows, {"stage": "score", "scorers": [{"role": "self", "model": {"spec": "hf:x"}}]})
     return path

@@ -92,7 +92,7 @@ def test_killed_run_resumes_and_scores_every_pair_once(tmp_path, tiny_llama):
     assert cached >= 64 and not out.exists(), "the run finished before it could be killed"
     result = run(*args)
     assert result.returncode == 0, result.stderr
-    from teachfit.records import read_table
+    from teachfit.files import read_table
     scored, _ = read_table(out)
     assert sorted(r["id"] for r in scored) == sorted(r["id"] for r in rows)  # all, each once
     entries = [json.loads(line)["key"] for shard in cache.rglob("shard-*.jsonl") for line in shard.open()

@@ -72,7 +72,7 @@ def test_teacher_size_from_name(name, size):
 def test_truth_column_that_is_not_numeric_or_unknown_is_a_file_line_error(tmp_path):
     """--truth-column rating_judge (a model spec) or a column results.csv does not have: exit 2,
     the file, the column and the first bad line; no traceback."""
-    from teachfit.records import write_table
+    from teachfit.files import write_table
 
     metric_rows, _ = synthetic()
     write_table(tmp_path / "ranking.csv", metric_rows, {})
@@ -98,7 +98,7 @@ def test_report_shows_the_truth_column_correlate_used(tmp_path):
     """`teachfit report` joins results.csv on the column correlation.csv was computed against
     (correlate --truth-column), not on AP alone."""
     from teachfit.config import CorrelateConfig
-    from teachfit.records import write_table
+    from teachfit.files import write_table
     from teachfit.report import build_report
     from teachfit.correlate import run_correlate
 

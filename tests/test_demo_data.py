@@ -4,7 +4,7 @@ from collections import Counter
 from teachfit.demo import demo_experiment, demo_instructions_path, stored_responses
 from teachfit.experiment import load_experiment
 from teachfit.instructions import read_instructions
-from teachfit.records import read_pairs
+from teachfit.files import read_pairs
 from teachfit.generate import pick_instructions, teacher_requests
 
 

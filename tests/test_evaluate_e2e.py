@@ -8,8 +8,10 @@ import pytest
 
 from conftest import Server, write_pairs
 from teachfit.config import EvaluateConfig
-from teachfit.evaluate import Judgments, judge_arena_hard, load_bench, run_evaluation
-from teachfit.judging import JudgeConfig, load_judge
+from teachfit.evaluate.bench import load_bench
+from teachfit.evaluate.pairwise import Judgments, judge_arena_hard, run_evaluation
+from teachfit.evaluate.judging import JudgeConfig
+from teachfit.evaluate.pairwise import load_judge
 
 pytestmark = pytest.mark.packaged("llama_cpp.server.app")  # the packaged SmolLM2 behind llama.cpp's server
 
@@ -56,7 +58,7 @@ def test_evaluate_end_to_end_and_cached_rerun(tmp_path, judge_server, tiny_chatm
 def test_garbage_answers_are_retried_counted_and_not_cached(tmp_path, judge_server):
     prompts, baseline = bench_files(tmp_path, 2)
     items, _ = load_bench(prompts)
-    from teachfit.evaluate import attach_baseline
+    from teachfit.evaluate.bench import attach_baseline
     attach_baseline(items, baseline)
     config = JudgeConfig.load("arena_hard")
     config.max_tokens, config.retries = 1, 1  # one free token cannot hold "[[A>B]]"
@@ -82,7 +84,8 @@ def test_local_gguf_judge_through_llama_cpp(tmp_path):
     """The same judging with a local GGUF judge (no server): logprob preferences and grammar verdicts."""
     prompts, baseline = bench_files(tmp_path, 2)
     items, _ = load_bench(prompts)
-    from teachfit.evaluate import attach_baseline, judge_alpaca_eval
+    from teachfit.evaluate.bench import attach_baseline
+    from teachfit.evaluate.pairwise import judge_alpaca_eval
     attach_baseline(items, baseline)
     judge = load_judge("packaged:smollm2-135m-instruct", n_ctx=1024)
     answers = {i.id: "Banana." for i in items}

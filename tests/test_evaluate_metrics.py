@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from teachfit import metrics
-from teachfit.judging import JudgeConfig, grammar_for, parse_verdict, preference_for_first
+from teachfit.evaluate.judging import JudgeConfig, parse_verdict, preference_for_first
+from teachfit.models.judges import grammar_for
 
 
 def test_win_rate_worked_example():

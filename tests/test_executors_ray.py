@@ -12,7 +12,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from conftest import write_study  # noqa: E402
-from teachfit.records import read_table  # noqa: E402
+from teachfit.files import read_table
 
 
 @pytest.fixture(scope="module")

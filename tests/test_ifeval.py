@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("if_verifiable")
 
 from conftest import shared_path  # noqa: E402
-from teachfit import ifeval  # noqa: E402
+from teachfit.evaluate import ifeval  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 SAMPLE, RESPONSES = DATA / "ifeval_sample.jsonl", DATA / "ifeval_sample_responses.jsonl"
@@ -73,7 +73,7 @@ def test_cli_accuracy_equals_reference_loop(tmp_path):
     done, out = evaluate(tmp_path, "--ifeval-prompts", SAMPLE, "--answers", RESPONSES, "--bootstrap", 200)
     assert done.returncode == 0, done.stderr
     assert "IFEval on 19 prompts" in done.stdout
-    from teachfit.records import read_table
+    from teachfit.files import read_table
 
     (row,) = read_table(out / "results.csv")[0]
     expected = reference_accuracy(read_jsonl(SAMPLE), {r["prompt"]: r["response"] for r in read_jsonl(RESPONSES)})
@@ -204,7 +204,7 @@ def test_every_official_prompt_is_checkable_offline():
 
 def test_correlate_truth_column(tmp_path):
     from teachfit.config import CorrelateConfig
-    from teachfit.records import write_table
+    from teachfit.files import write_table
     from teachfit.correlate import run_correlate
 
     teachers = ["a", "b", "c", "d"]
@@ -230,9 +230,10 @@ def test_generated_answers_are_kept_per_bench_and_remade_for_another_max_new_tok
     evaluate options that one place builds (n_ctx, n_threads and the generation batch included)."""
     import teachfit.models
     from teachfit.config import EvaluateConfig
-    from teachfit.evaluate import model_load_options, result_labels
+    from teachfit.evaluate.answers import model_load_options
+    from teachfit.evaluate.results import result_labels
     from teachfit.models.hf import HFTeacher
-    from teachfit.truth import run_truth
+    from teachfit.evaluate.judge_free import run_truth
 
     real_load, seen = teachfit.models.load, []
 

@@ -6,7 +6,8 @@ import math
 import pytest
 
 from fake_openai_server import FakeServer, completion
-from teachfit.judging import JudgeConfig, chat_reply, parse_verdict, preference_for_first
+from teachfit.evaluate.judging import JudgeConfig, parse_verdict, preference_for_first
+from teachfit.models.judges import chat_reply
 
 AH_PROMPT = JudgeConfig.load("arena_hard").prompt
 LABELS = "\n".join(line for line in AH_PROMPT.splitlines() if "[[" in line)  # the prompt's own list of labels
@@ -110,8 +111,8 @@ def test_chat_reply_reads_odd_but_valid_replies():
 
 
 def test_garbage_judge_replies_are_unparsable_retried_and_the_evaluation_goes_on(tmp_path):
-    from teachfit.evaluate import Judgments
-    from teachfit.judging import OpenAIJudge
+    from teachfit.evaluate.pairwise import Judgments
+    from teachfit.models.judges import OpenAIJudge
     from teachfit.models import ModelSpec
 
     server = FakeServer(reply="My final verdict is [[A>B]]", lifetime=60)

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import write_study
 from teachfit.pipeline import run_experiment
-from teachfit.records import read_table
+from teachfit.files import read_table
 
 N = 40
 

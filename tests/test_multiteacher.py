@@ -7,10 +7,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from teachfit.records import InputError, ReadStats, expand_inputs, instruction_id, read_pairs
-from teachfit.reward import FileRewardScorer
+from teachfit.files import expand_inputs, read_pairs
+from teachfit.records import InputError, ReadStats, instruction_id
+from teachfit.score.reward import FileRewardScorer
 from teachfit.rank import rank_teachers
-from teachfit.score import LengthScorer, LMScorer, ScoreOptions, score_pairs
+from teachfit.config import ScoreConfig as ScoreOptions
+from teachfit.score.engine import score_pairs
+from teachfit.score.lm import LengthScorer, LMScorer
 from teachfit.select import select_pairs
 
 SKY, ARMO = "Skywork-Reward-Llama-3.1-8B", "ArmoRM-Llama3-8B-v0.1"

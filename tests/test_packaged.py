@@ -27,12 +27,12 @@ def test_score_with_a_packaged_real_model(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from teachfit.models.hf import dense_copy_of_gguf
-    from teachfit.records import read_table
-    from teachfit.score import ScoreOptions, score_files
+    from teachfit.files import read_table
+    from teachfit.config import ScoreConfig as ScoreOptions
+    from teachfit.score.engine import score_files
 
     data = write_pairs(tmp_path / "t.jsonl", PAIRS[:2])
-    score_files([data], tmp_path / "s.parquet", f"packaged:{NAME}", options=ScoreOptions(dtype="float32"),
-                show_progress=False)
+    score_files([data], tmp_path / "s.parquet", f"packaged:{NAME}", config=ScoreOptions(dtype="float32"))
     rows, meta = read_table(tmp_path / "s.parquet")
     assert meta["scorers"][0]["template"] == "model"  # SmolLM2-Instruct has its own chat template
     folder = dense_copy_of_gguf(ModelSpec.parse(f"packaged:{NAME}"))

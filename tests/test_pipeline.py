@@ -150,7 +150,7 @@ def test_dry_run_plans_without_running(tmp_path, tiny_llama, tiny_chatml):
 
 def test_best_and_worst_of_n_through_the_select_stage(tmp_path, tiny_llama, tiny_chatml):
     """generate N samples -> score them (judge reward) -> select by reward within that teacher."""
-    from teachfit.records import read_table
+    from teachfit.files import read_table
 
     more = """select:
   - {by: reward, teacher: s3, name: best3}

@@ -4,7 +4,8 @@ import json
 import pytest
 
 from conftest import write_pairs
-from teachfit.records import InputError, ReadStats, read_pairs, expand_inputs, instruction_id
+from teachfit.files import expand_inputs, read_pairs
+from teachfit.records import InputError, ReadStats, instruction_id
 
 
 def test_formats_are_read(tmp_path):

@@ -9,7 +9,7 @@ from conftest import CHATML, PAIRS, build_tokenizer
 from teachfit.forward import BatchPlan
 from teachfit.models import load
 from teachfit.records import Pair
-from teachfit.reward import JudgeReward, SequenceClassifierReward, expected_rating, judge_prompt_template
+from teachfit.score.reward import JudgeReward, SequenceClassifierReward, expected_rating, judge_prompt_template
 
 PAIR_OBJECTS = [Pair(p["id"], p["instruction"], p["response"], "t") for p in PAIRS]
 
@@ -54,5 +54,5 @@ def test_sequence_classifier_reward_matches_single_forward(tmp_path):
         with torch.no_grad():
             expected = loaded.model(torch.tensor([ids])).logits[0, 0].item()
         assert row["reward"] == pytest.approx(expected, abs=1e-5)
-    from teachfit.reward import load_reward
+    from teachfit.score.reward import load_reward
     assert isinstance(load_reward(f"hf:{tmp_path}", "auto", BatchPlan(), 512, dtype="float32"), SequenceClassifierReward)

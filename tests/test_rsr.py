@@ -9,7 +9,8 @@ from teachfit import forward
 from teachfit.models import load
 from teachfit.rank import METRIC_DIRECTIONS, rank_teachers
 from teachfit.records import Pair
-from teachfit.score import LMScorer, ScoreOptions
+from teachfit.config import ScoreConfig as ScoreOptions
+from teachfit.score.lm import LMScorer
 from teachfit.template import encode_pair, ensure_chat_template
 
 PAIRS_X = [Pair(p["id"], p["instruction"], p["response"], "t") for p in PAIRS] + [

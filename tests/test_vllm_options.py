@@ -10,7 +10,8 @@ from teachfit.experiment import load_experiment
 from teachfit.generate import parse_teacher
 from teachfit.models import ModelSpec, ModelSpecError, load
 from teachfit.models.base import GenerationSettings
-from teachfit.models.vllm_backend import engine_kwargs, response_logprobs, token_groups
+from teachfit.models.vllm_backend import engine_kwargs
+from teachfit.score.vllm import response_logprobs, token_groups
 from teachfit.records import InputError
 
 BIG = "vllm:Qwen/Qwen2.5-72B-Instruct?tensor_parallel_size=4&max_model_len=8192"
@@ -83,15 +84,16 @@ def test_vllm_needs_its_extra(tmp_path):
     with pytest.raises(ImportError, match=r"pip install 'teachfit\[vllm\]'"):
         load("teacher", BIG)
     from conftest import PAIRS, write_pairs
-    from teachfit.score import build_scorers, score_files
+    from teachfit.score.engine import score_files
+    from teachfit.score.scorers import build_scorers
 
     options = ScoreConfig(progress=False, metrics=["ppl_self"])
-    scorer = build_scorers("vllm:Qwen/Qwen2.5-1.5B?dtype=bfloat16", None, None, "auto", options)[0]
+    scorer = build_scorers("vllm:Qwen/Qwen2.5-1.5B?dtype=bfloat16", options)[0]
     assert scorer.key_material()["kind"] == "lm-vllm"  # known without vLLM: a cached run never loads it
     assert "dtype=bfloat16" in scorer.key_material()["spec"]
     pairs = write_pairs(tmp_path / "p.jsonl", [PAIRS[0] | {"teacher": "t"}])
     with pytest.raises(ImportError, match=r"teachfit\[vllm\]"):
-        score_files([pairs], tmp_path / "s.parquet", "vllm:Qwen/Qwen2.5-1.5B", options=options, show_progress=False)
+        score_files([pairs], tmp_path / "s.parquet", "vllm:Qwen/Qwen2.5-1.5B", config=options)
 
 
 def test_prompt_logprobs_to_response_nll_and_batches():

@@ -218,7 +218,7 @@ def paper(
     """The paper's own tables from its published numbers: AP per cell (Figure 2), the Larger
     Models' Paradox (Finding 1), the same-family effect (Finding 2), size vs AP, Table 4 arithmetic."""
     from teachfit import paper as published
-    from teachfit.records import write_table
+    from teachfit.files import write_table
 
     sections = {
         "ap_grid": published.ap_grid(), "paradox_pairs": published.paradox_pairs(),

@@ -135,7 +135,7 @@ def read_rankings(paths: Sequence[Any]) -> list[dict[str, Any]]:
     import json
     from pathlib import Path
 
-    from teachfit.records import read_table
+    from teachfit.files import read_table
 
     rows: list[dict[str, Any]] = []
     for path in map(Path, paths):
@@ -160,7 +160,8 @@ def read_truth_rows(path: Any, column: str = "ap") -> tuple[list[dict[str, Any]]
     not a number, two rows for one (student, teacher) (one would silently replace the other) and
     none having a finite value are errors (InputError naming the file and line)."""
     from teachfit.metrics import average_performance
-    from teachfit.records import InputError, read_table
+    from teachfit.files import read_table
+    from teachfit.records import InputError
 
     rows = read_table(path)[0]
     first = 2 if str(path).endswith(".csv") else 1  # the line of the first row (CSV: after the header)
@@ -255,7 +256,8 @@ def run_correlate(config: CorrelateConfig, run: Any = None, executor: Any = None
     """Rankings + measured results -> Spearman rho per metric (RUN/correlation.csv)."""
     from pathlib import Path
 
-    from teachfit.records import InputError, write_table
+    from teachfit.files import write_table
+    from teachfit.records import InputError
     from teachfit.run import RunDir
 
     run = run or (RunDir(config.run_dir) if config.run_dir else None)

@@ -8,13 +8,10 @@ too. A second run reuses everything and loads no model.
 """
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-def shipped(path: str) -> Path:
-    """A file shipped in the package's data folder."""
-    return Path(str(resources.files("teachfit").joinpath(f"data/{path}")))
+from teachfit.env import shipped
 
 
 def demo_experiment(live: bool = False) -> Path:

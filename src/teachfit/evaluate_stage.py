@@ -18,8 +18,9 @@ NEEDS_NO_JUDGE = ("ifeval",)  # benches answered without a judge
 
 def run_evaluate(config: EvaluateConfig, run: Any = None, executor: Any = None) -> dict[str, Any]:
     """A model's answers judged against the baseline (or checked, or rated) -> evaluations/, results.csv."""
-    from teachfit.evaluate import result_labels, run_evaluation
-    from teachfit.truth import JUDGE_FREE as NO_BASELINE, run_truth
+    from teachfit.evaluate.judge_free import JUDGE_FREE as NO_BASELINE, run_truth
+    from teachfit.evaluate.pairwise import run_evaluation
+    from teachfit.evaluate.results import result_labels
 
     if not config.out and run is None:
         raise ValueError("give --out (a run directory or an output folder)")
@@ -29,7 +30,7 @@ def run_evaluate(config: EvaluateConfig, run: Any = None, executor: Any = None) 
         return run_truth(config, out, results_csv)
     if not config.model or not config.judge:
         raise ValueError("give --model and --judge")
-    return run_evaluation(config, out, result_labels(config), results_csv)
+    return run_evaluation(config, out, result_labels(config), results_csv, run.cache("judgments") if run else None)
 
 
 def _plan(items: list[EvaluateConfig], plan: Plan) -> None:
@@ -81,7 +82,7 @@ def _line(report: dict[str, Any]) -> str:
     """IFEval's and the rating's summary line, or the pairwise numbers (AE2 WR and LC, AH WR, AP)."""
     r = report["results"]
     if r["bench"] in ("ifeval", "rating"):
-        from teachfit.truth import summary_line
+        from teachfit.evaluate.judge_free import summary_line
 
         return f"{summary_line(r)} ({r['seconds']}s)"
 

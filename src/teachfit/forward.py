@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from teachfit.models import require
+from teachfit.env import require
 from teachfit.template import EncodedPair
 
 # Logit elements (rows x vocabulary) computed at once by the LM head: 8M floats = 32 MB. Small

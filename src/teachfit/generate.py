@@ -15,7 +15,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from teachfit.atomic import write_json_atomic
 from teachfit.config import GenerateConfig
+from teachfit.files import write_jsonl
 from teachfit.instructions import Instruction
 from teachfit.models.base import GenerationSettings, user_messages
 from teachfit.stage import Plan, Stage, Unit
@@ -72,9 +74,7 @@ def compact(path: Path, order: Sequence[Instruction], n: int, request: TeacherRe
     the number of errors left."""
     latest = _latest(path, request)
     rows = [latest[(i.id, k)] for i in order for k in range(n) if (i.id, k) in latest]
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    os.replace(tmp, path)
+    write_jsonl(path, rows)
     return sum(1 for r in rows if r.get("error"))
 
 
@@ -175,8 +175,7 @@ def generate_shard(task: dict[str, Any]) -> dict[str, Any]:
     instructions, request = task["instructions"], task["request"]
     stats = answer_all(instructions, request, Path(task["shard"]),
                        lambda spec: _load_teacher(spec, task["load_options"]), show_progress=False)
-    Path(task["marker"]).parent.mkdir(parents=True, exist_ok=True)
-    Path(task["marker"]).write_text(json.dumps(stats))
+    write_json_atomic(Path(task["marker"]), stats)
     return stats
 
 

@@ -10,7 +10,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from teachfit.records import InputError, has_lone_surrogate, instruction_id, iter_raw_records
+from teachfit.files import read_records
+from teachfit.records import InputError, has_lone_surrogate, instruction_id
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,14 @@ def read_instructions(paths: Sequence[str | os.PathLike], skip_invalid: bool = F
     seen_id: dict[str, str] = {}
     for path in paths:
         rows = 0
-        for number, record in iter_raw_records(path):
+
+        def skip(error: InputError) -> None:
+            nonlocal rows
+            rows += 1
+            if skipped is not None:
+                skipped.append(error.as_row())
+
+        for number, record in read_records(path, skip if skip_invalid else None):
             rows += 1
             try:
                 found.append(_validate(path, number, record, seen_text, seen_id))
@@ -67,11 +75,8 @@ def read_instructions(paths: Sequence[str | os.PathLike], skip_invalid: bool = F
     return found
 
 
-def _validate(path: Any, number: int, record: Any, seen_text: dict[str, str], seen_id: dict[str, str]) -> Instruction:
-    if isinstance(record, InputError):
-        raise record
-    if not isinstance(record, dict):
-        raise InputError(path, number, f"not a JSON object: {type(record).__name__}")
+def _validate(path: Any, number: int, record: dict[str, Any], seen_text: dict[str, str],
+              seen_id: dict[str, str]) -> Instruction:
     try:
         text = _text(record)
     except ValueError as error:

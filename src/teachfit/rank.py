@@ -333,15 +333,14 @@ def selection_rows(run: Any, scores: list[dict[str, Any]]) -> list[dict[str, Any
     """Score rows of every selection in the run, relabelled with the selection's name, so that
     selections are ranked beside whole teachers. A torn or edited selection line is an InputError
     naming its file and line."""
-    from teachfit.records import InputError, iter_raw_records
+    from teachfit.files import read_records
+    from teachfit.records import InputError
 
     by_pair = {(str(r["teacher"]), str(r["id"])): r for r in scores}
     rows = []
     for path in run.selection_files():
-        for line, record in iter_raw_records(path):
-            if isinstance(record, InputError):
-                raise record
-            if not isinstance(record, dict) or "teacher" not in record or "id" not in record:
+        for line, record in read_records(path):
+            if "teacher" not in record or "id" not in record:
                 raise InputError(path, line, "not a selection record (it needs 'teacher' and 'id'): "
                                              "re-run `teachfit select` to write it again")
             row = by_pair.get((str(record["teacher"]), str(record["id"])))
@@ -354,7 +353,7 @@ def run_rank(config: RankConfig, run: Any, executor: Any = None) -> dict[str, Ra
     """Scores -> one ranking per student, written to RUN/ranking.csv and ranking.json (a
     `student` column tells them apart), and to --csv / --json-out. Returns the rankings, by student."""
     from teachfit.atomic import write_json_atomic
-    from teachfit.records import read_table, write_table
+    from teachfit.files import read_table, write_table
 
     from teachfit.records import InputError
 

@@ -14,8 +14,9 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+from teachfit.atomic import atomic_write, write_text_atomic
 from teachfit.config import ReportConfig
-from teachfit.models import require
+from teachfit.env import require
 from teachfit.stage import Stage
 
 
@@ -110,7 +111,7 @@ document.body.dataset.loaded=String(ok);}});</script></body></html>"""
 def build_report(run: Any, out: str | Path, include_paper: bool = False) -> dict[str, Any]:
     """Write the HTML page of a run (a RunDir, or None for the paper alone) to `out` and its PNGs
     beside it (out's folder /report_png); returns what it contains."""
-    from teachfit.records import read_table
+    from teachfit.files import read_table
 
     out = Path(out)
     png_dir = out.parent / "report_png"
@@ -165,10 +166,11 @@ def build_report(run: Any, out: str | Path, include_paper: bool = False) -> dict
         raise FileNotFoundError(f"nothing to report: no ranking.csv in {run.root if run else '.'} (and --paper not given)")
     body = "".join(sections)
     for name, png in images.items():
-        (png_dir / f"{name}.png").write_bytes(png)
+        with atomic_write(png_dir / f"{name}.png", "wb") as handle:
+            handle.write(png)
         data = base64.b64encode(png).decode()
         body = body.replace("{" + name + "}", f'<img alt="{name}" src="data:image/png;base64,{data}">')
-    out.write_text(PAGE.format(n_images=len(images), body=body), encoding="utf-8")
+    write_text_atomic(out, PAGE.format(n_images=len(images), body=body))
     return {"html": str(out), "images": sorted(images), "numbers": numbers}
 
 

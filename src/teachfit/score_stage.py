@@ -17,7 +17,7 @@ from teachfit.stage import Plan, Stage, Unit
 
 def score_inputs(config: ScoreConfig, run: Any) -> list[Path]:
     """The response files to score: the config's inputs, else the run's datasets."""
-    from teachfit.records import expand_inputs
+    from teachfit.files import expand_inputs
 
     if config.inputs:
         return expand_inputs(config.inputs)
@@ -29,12 +29,12 @@ def score_shard(task: dict[str, Any]) -> int:
     writes its own cache shard files), then leave a completion marker. Shards are whole windows,
     so every batch is the one the local executor would form and the results are equal bit for bit."""
     from teachfit.atomic import write_json_atomic
-    from teachfit.records import read_pairs
-    from teachfit.score import build_scorers, score_pairs
+    from teachfit.files import read_pairs
+    from teachfit.score.engine import score_pairs
+    from teachfit.score.scorers import build_scorers
 
     config: ScoreConfig = task["config"]
-    scorers = build_scorers(task["student"], config.reference, config.reward_model, config.reward_kind, config,
-                            config.reward_column, task["paths"])
+    scorers = build_scorers(task["student"], config, task["paths"])
     rank, world = task["rank"], task["world"]
     pairs = (p for i, p in enumerate(read_pairs(task["paths"], skip_invalid=config.skip_invalid,
                                                 reward_column=config.reward_column)) if (i // config.window) % world == rank)
@@ -46,7 +46,7 @@ def score_shard(task: dict[str, Any]) -> int:
 def run_score(config: ScoreConfig, run: Any, executor: Any = None) -> dict[str, Any]:
     """Every pair x every student -> RUN/scores/<student>.parquet (or config.out)."""
     from teachfit.run import fingerprint
-    from teachfit.score import score_files
+    from teachfit.score.engine import score_files
     from teachfit.teachers import student_name
 
     paths = score_inputs(config, run)
@@ -69,8 +69,7 @@ def run_score(config: ScoreConfig, run: Any, executor: Any = None) -> dict[str, 
                       "world": world, "marker": str(run.shard_marker("score", key, rank, world))}
                      for rank in range(world) if not run.shard_marker("score", key, rank, world).exists()]
             executor.map(score_shard, tasks)
-        meta = score_files(paths, out, student, config.reference, config.reward_model, config.reward_kind, config,
-                           cache, show_progress=config.progress, reward_column=config.reward_column)
+        meta = score_files(paths, out, student, config, cache)
         results[student] = {"out": str(out), "counts": meta["counts"], "seconds": meta["seconds"]}
     return {"students": results}
 
@@ -112,7 +111,7 @@ def _plan(config: ScoreConfig, plan: Plan) -> None:
 def _units(config: ScoreConfig, plan: Plan, run: Any) -> list[Unit]:
     from dataclasses import replace
 
-    from teachfit.score import count_rows
+    from teachfit.files import count_records as count_rows
     from teachfit.teachers import student_name
 
     datasets = [run.responses(name) for name in plan.of("dataset") if name not in plan.of("selection")]

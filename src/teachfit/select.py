@@ -27,6 +27,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from teachfit import metrics
+from teachfit.atomic import write_json_atomic
 from teachfit.config import SelectConfig
 from teachfit.run import RunDir
 from teachfit.stage import Plan, Stage, Unit
@@ -251,7 +252,7 @@ def write_selection(selection: Selection, pairs: Iterable[Any] | None, out: str 
     when `out` has no suffix (summary in `<out>/teachfit_selection.json`). `pairs` supplies the texts
     (None when the rows already carry them); instructions among the pairs that have no score row at
     all are added to the summary's `missing`. Returns the summary written."""
-    from teachfit.records import write_table
+    from teachfit.files import write_table
 
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -272,11 +273,11 @@ def write_selection(selection: Selection, pairs: Iterable[Any] | None, out: str 
     if out.suffix in (".jsonl", ".parquet"):
         write_table(out, records, summary)
     elif out.suffix == "":
-        from teachfit.models import require
+        from teachfit.env import require
 
         datasets = require("datasets", "train")
         datasets.Dataset.from_list(records).save_to_disk(str(out))
-        (out / "teachfit_selection.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
+        write_json_atomic(out / "teachfit_selection.json", summary)
     else:
         raise ValueError(f"unknown output format '{out.suffix}': use .jsonl, .parquet or a folder (no suffix)")
     return summary
@@ -296,7 +297,7 @@ def selection_name(config: SelectConfig) -> str:
 
 def run_select(config: SelectConfig, run: Any, executor: Any = None) -> dict[str, Any]:
     """Scores -> one response per instruction (RUN/selections/<name>.jsonl, and config.out)."""
-    from teachfit.records import read_pairs, read_table
+    from teachfit.files import read_pairs, read_table
     from teachfit.rank import score_files_of
 
     files = score_files_of(config.inputs, run)

@@ -93,7 +93,7 @@ def encode_pair(tokenizer: Any, instruction: str, response: str, max_length: int
 
 def render_pair(tokenizer: Any, instruction: str, response: str, max_length: int = 4096) -> tuple[str, str, bool]:
     """The same contract in characters, for servers that tokenize themselves (the llama.cpp adapter
-    of models/served_lm.py): (prompt, conversation, truncated) rendered with the chat template; the
+    of teachfit.score.served): (prompt, conversation, truncated) rendered with the chat template; the
     response is conversation[len(prompt):], end of turn included, whitespace after it dropped (as
     encode_pair drops blank tokens after the end of turn). Lengths are encode_pair's, in this
     tokenizer's tokens: it raises the same ValueError (a prompt of max_length tokens or more), and a

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 from teachfit.atomic import write_json_atomic, write_text_atomic
 from teachfit.config import TrainConfig
-from teachfit.models import require
+from teachfit.env import require
 from teachfit.run import RunDir
 from teachfit.stage import Stage
 
@@ -155,7 +155,7 @@ def train_student(data: Sequence[str | Path], student: str, out: str | Path, con
     """Fine-tune `student` on the pairs of `data` (files or run dirs; `teacher` keeps only those
     datasets) and save the model with its chat template to `out`. Resumes from out/checkpoint-*."""
     from teachfit.models import load
-    from teachfit.records import expand_inputs, read_pairs
+    from teachfit.files import expand_inputs, read_pairs
     from teachfit.versions import versions
 
     config = config or TrainConfig()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Sequence
 
-from teachfit.models import require
+from teachfit.env import require
 
 PASSED_ENV = ("TEACHFIT_CACHE", "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM",
 )  # API keys are not passed: a secret never goes into a runtime_env; set it on the workers

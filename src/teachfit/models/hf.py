@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from teachfit.models import ModelSpec, ModelSpecError, register, require
-from teachfit.models.packaged import cache_dir
+from teachfit.env import cache_root, require
+from teachfit.models.registry import register
+from teachfit.models.spec import ModelSpec, ModelSpecError
 
 
 def position_limit(model: Any) -> int | None:
@@ -71,11 +72,25 @@ def pick_dtype(dtype: str, device: str) -> Any:
     if dtype != "auto":
         return getattr(torch, dtype)
     if device.startswith("cuda"):
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        index = torch.device(device).index or 0
+        return getattr(torch, gpu_dtype(torch.cuda.get_device_capability(index)))
     native_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or getattr(
         torch.cpu, "_is_amx_tile_supported", lambda: False
     )()
     return torch.bfloat16 if native_bf16 else torch.float32
+
+
+def gpu_dtype(capability: tuple[int, int]) -> str:
+    """bfloat16 on GPUs of compute capability 8.0 and up (A100, H100, RTX 30xx on), float16 below
+    (T4, V100: torch.cuda.is_bf16_supported() says True there, but bf16 is emulated and slow).
+    Losses are computed in float32 either way (forward.py), so fp16's range does not reach them."""
+    return "bfloat16" if tuple(capability) >= (8, 0) else "float16"
+
+
+def dtype_name(dtype: str, device: str = "auto") -> str:
+    """The name of the dtype a model will run in ('float32', 'bfloat16', ...), known before it
+    loads (what cache keys record)."""
+    return str(pick_dtype(dtype, pick_device(device))).removeprefix("torch.")
 
 
 def dense_copy_of_gguf(spec: ModelSpec, model_class: str = "AutoModelForCausalLM", torch_dtype: Any = None) -> Path:
@@ -87,7 +102,7 @@ def dense_copy_of_gguf(spec: ModelSpec, model_class: str = "AutoModelForCausalLM
 
     torch_dtype = torch_dtype or torch.float32
     dtype_name = str(torch_dtype).removeprefix("torch.")
-    target = cache_dir() / "dequantized" / f"{spec.fingerprint()}-{model_class}-{dtype_name}"
+    target = cache_root() / "dequantized" / f"{spec.fingerprint()}-{model_class}-{dtype_name}"
     if (target / "teachfit-done.json").exists():
         return target
     gguf = spec.gguf_path()

@@ -9,7 +9,9 @@ import os
 import time
 from typing import Any, Sequence
 
-from teachfit.models import ModelSpec, ModelSpecError, check_gguf_magic, register, require
+from teachfit.env import require
+from teachfit.models.registry import register
+from teachfit.models.spec import ModelSpec, ModelSpecError, check_gguf_magic
 from teachfit.models.base import Generation, GenerationSettings, Messages
 
 

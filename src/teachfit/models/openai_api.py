@@ -23,7 +23,8 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
-from teachfit.models import ModelSpec, ModelSpecError, register
+from teachfit.models.registry import register
+from teachfit.models.spec import ModelSpec, ModelSpecError
 from teachfit.models.base import Generation, GenerationSettings, Messages
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}

@@ -13,6 +13,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from teachfit.env import cache_root
+
 
 @dataclass(frozen=True)
 class PackagedModel:
@@ -85,11 +87,6 @@ class PackagedModelError(RuntimeError):
     """A packaged model is unknown, not installed, or fails its checksum."""
 
 
-def cache_dir() -> Path:
-    """teachfit's cache folder: $TEACHFIT_CACHE, else ~/.cache/teachfit."""
-    return Path(os.environ.get("TEACHFIT_CACHE", Path.home() / ".cache" / "teachfit"))
-
-
 def _package_dir(module: str, model: PackagedModel) -> Path:
     spec = importlib.util.find_spec(module)  # locates the package without executing it
     if spec is None or not spec.submodule_search_locations:
@@ -139,7 +136,7 @@ def resolve_packaged(name: str) -> Path:
     if len(chunks) == 1:
         target = chunks[0]
     else:
-        target = cache_dir() / "packaged" / model.file_name
+        target = cache_root() / "packaged" / model.file_name
     if _is_verified(target, model.sha256):
         return target
     if len(chunks) > 1:

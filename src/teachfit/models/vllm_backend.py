@@ -1,31 +1,25 @@
-"""vLLM on a GPU (extra [vllm]): offline batch generation for teachers (the model's own chat
-template is used) and prompt log-probabilities for students and references.
+"""vLLM on a GPU (extra [vllm]): the engine, and offline batch generation for teachers (the
+model's own chat template is used). Students and references on vLLM: teachfit.score.vllm.
 
 Engine options come from the spec: `vllm:Qwen/Qwen2.5-72B-Instruct?tensor_parallel_size=4&
 max_model_len=8192&gpu_memory_utilization=0.9&dtype=bfloat16` (the keys are
 teachfit.models.VLLM_ENGINE_OPTIONS; `engine_kwargs` is what reaches vllm.LLM, and describe()
 records it). In an experiment file a teacher mapping may carry the same keys.
 
-Scoring (`VLLMScorer`): teachfit tokenizes each pair itself (template.encode_pair, the one
-contract of response tokens), hands vLLM the token ids and asks for `prompt_logprobs` with
-`max_tokens=1`. Two known traps are handled: requests with prompt log-probabilities do not use
-the prefix cache, so the scorer's engine runs with enable_prefix_caching=False (nothing to gain,
-memory to lose), and prompt log-probabilities materialize a (tokens x vocabulary) fp32 array per
-engine step, so the scorer caps the step at max_num_batched_tokens (SCORE_STEP_TOKENS unless the
-spec says otherwise) and hands vLLM at most SCORE_CALL_TOKENS prompt tokens per call.
+For scoring (teachfit.score.vllm) prefix caching is off and the engine step is capped at
+SCORE_STEP_TOKENS (prompt log-probabilities materialize a tokens x vocabulary fp32 array per step).
 """
 from __future__ import annotations
 
-import math
 import time
 from typing import Any, Sequence
 
-from teachfit.models import ModelSpec, register, require
+from teachfit.env import require
+from teachfit.models.registry import register
+from teachfit.models.spec import ModelSpec
 from teachfit.models.base import Generation, GenerationSettings, Messages
 
 SCORE_STEP_TOKENS = 4096      # engine step cap for scoring: 4096 x 152k vocab x 4 B = 2.5 GB of logprobs
-SCORE_CALL_TOKENS = 262144    # prompt tokens per llm.generate call (host memory of the returned logprobs)
-RANK_CLIP = 100               # RSR's rank clip (teachfit.forward counts the same way)
 
 
 def engine_kwargs(spec: ModelSpec, trust_remote_code: bool = False, scoring: bool = False) -> dict[str, Any]:
@@ -42,7 +36,8 @@ def engine_kwargs(spec: ModelSpec, trust_remote_code: bool = False, scoring: boo
     return kwargs
 
 
-def _open_engine(kwargs: dict[str, Any]) -> tuple[Any, Any]:
+def open_engine(kwargs: dict[str, Any]) -> tuple[Any, Any]:
+    """(the vllm module, vllm.LLM(**kwargs)); a clear error without vLLM or without a GPU."""
     vllm = require("vllm", "vllm")  # first: without vLLM, the error names the extra to install
     torch = require("torch", "vllm")
     if not torch.cuda.is_available():
@@ -57,7 +52,7 @@ class VLLMTeacher:
 
     def __init__(self, spec: ModelSpec, trust_remote_code: bool = False):
         self.spec, self.engine = spec, engine_kwargs(spec, trust_remote_code)
-        self._vllm, self.llm = _open_engine(self.engine)
+        self._vllm, self.llm = open_engine(self.engine)
 
     def describe(self) -> dict[str, Any]:
         """What a record says about the backend (the engine options included)."""
@@ -80,88 +75,3 @@ class VLLMTeacher:
 def load_vllm_teacher(spec: ModelSpec, **options: Any) -> VLLMTeacher:
     """Teacher loader for vllm: specs (engine options from the spec)."""
     return VLLMTeacher(spec, trust_remote_code=options.get("trust_remote_code", False))
-
-
-def token_groups(lengths: Sequence[int], budget: int) -> list[list[int]]:
-    """Indices in order, grouped so that each group's total length stays within `budget` (a
-    longer sequence goes alone)."""
-    groups: list[list[int]] = []
-    total = 0
-    for index, length in enumerate(lengths):
-        if not groups or total + length > budget:
-            groups.append([])
-            total = 0
-        groups[-1].append(index)
-        total += length
-    return groups
-
-
-def response_logprobs(prompt_logprobs: Sequence[Any], ids: Sequence[int], start: int) -> tuple[float, int, float]:
-    """(sum of NLL, tokens, sum of clipped ranks) over ids[start:] from one vLLM output's
-    prompt_logprobs (one entry per prompt token, None first; each a {token id: Logprob} dict
-    that holds the prompt token with its logprob and rank)."""
-    nll, ranks, count = 0.0, 0.0, 0
-    for position in range(max(1, start), len(ids)):
-        entry = prompt_logprobs[position]
-        item = entry[ids[position]]
-        nll -= float(item.logprob)
-        rank = getattr(item, "rank", None)
-        ranks += min(RANK_CLIP, int(rank)) if rank is not None else math.nan
-        count += 1
-    return nll, count, ranks
-
-
-class VLLMScorer:
-    """loss(y|x), loss(y) (and the RSR rank) of each pair under a vllm: model, as LMScorer's columns."""
-
-    def __init__(self, spec: ModelSpec, role: str, options: Any, trust_remote_code: bool = False):
-        from teachfit.template import ensure_chat_template
-
-        self.spec, self.role, self.options = spec, role, options
-        self.engine = engine_kwargs(spec, trust_remote_code, scoring=True)
-        self._vllm, self.llm = _open_engine(self.engine)
-        self.tokenizer = self.llm.get_tokenizer()
-        self.template_name = ensure_chat_template(self.tokenizer)
-        model_config = getattr(getattr(self.llm, "llm_engine", None), "model_config", None)
-        self.max_length = min(options.max_length, getattr(model_config, "max_model_len", None) or options.max_length)
-        self.params = self._vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
-
-    def describe(self) -> dict[str, Any]:
-        """What the output's metadata records: the spec, the engine options, vLLM's version, the template."""
-        return {"role": self.role, "model": {"spec": str(self.spec), "backend": "vllm", "engine": self.engine,
-                                             "vllm": self._vllm.__version__, "tokenizer": "teachfit (token ids in)"},
-                "template": self.template_name, "effective_max_length": self.max_length}
-
-    def _nll(self, encoded: Sequence[Any]) -> list[tuple[float, int, float]]:
-        results: list[tuple[float, int, float]] = []
-        for group in token_groups([len(e.input_ids) for e in encoded], SCORE_CALL_TOKENS):
-            prompts = [{"prompt_token_ids": list(encoded[i].input_ids)} for i in group]
-            outputs = self.llm.generate(prompts, self.params, use_tqdm=False)
-            results += [response_logprobs(out.prompt_logprobs, encoded[i].input_ids, encoded[i].response_start)
-                        for i, out in zip(group, outputs)]
-        return results
-
-    def compute(self, pairs: Sequence[Any]) -> list[dict[str, Any]]:
-        """Per-pair losses (nats per response token) and the metrics derived from them."""
-        from teachfit.score import encode_pairs, rows_from_nll
-
-        encoded = encode_pairs(self.tokenizer, pairs, self.max_length, self.options.unconditional_for(self.role))
-        return rows_from_nll(self._nll(encoded), [e.truncated for e in encoded[: len(pairs)]], self.role)
-
-
-@register("lm_scorer", "vllm")
-def load_vllm_scorer(spec: ModelSpec, lm_role: str, options: Any) -> VLLMScorer:
-    """Student / reference scorer for vllm: specs."""
-    return VLLMScorer(spec, lm_role, options, trust_remote_code=getattr(options, "trust_remote_code", False))
-
-
-@register("lm_scorer_key", "vllm")
-def vllm_key_material(spec: ModelSpec, options: Any, role: str) -> dict[str, Any]:
-    """What a vllm: student's cached results depend on (known before vLLM loads): the spec with
-    its engine options (dtype, quantization...), the template rule, the length limit, loss(y) or not."""
-    from teachfit.score import SCORING_VERSION
-    from teachfit.template import DEFAULT_TEMPLATE_NAME
-
-    material = {"kind": "lm-vllm", "model": spec.fingerprint(), "spec": str(spec), "template": DEFAULT_TEMPLATE_NAME,
-                "max_length": options.max_length, "version": SCORING_VERSION}
-    return material if options.unconditional_for(role) else material | {"unconditional": False}

@@ -8,95 +8,27 @@ so a re-run pays for nothing twice and an interrupted run resumes.
 """
 from __future__ import annotations
 
-import json
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
 
 from teachfit import metrics
-from teachfit.judging import VERDICT_MEANING, JudgeConfig, parse_verdict, preference_for_first
-from teachfit.records import InputError, iter_raw_records
+from teachfit.atomic import write_json_atomic
+from teachfit.evaluate.answers import answers_from, answers_path, model_load_options
+from teachfit.evaluate.bench import BenchItem, attach_baseline, load_bench
+from teachfit.evaluate.judging import VERDICT_MEANING, JudgeConfig, parse_verdict, preference_for_first
+from teachfit.evaluate.results import dump_jsonl, elapsed, labels_for, write_results_row
+from teachfit.records import InputError
 from teachfit.store import ResultCache, content_hash
 
-OFFLINE_BENCH = "offline"
 
+def load_judge(spec: str, constraint: str = "grammar", **options: Any) -> Any:
+    """A judge model from its spec through the model registry (role 'judge': teachfit.models.judges)."""
+    from teachfit.models import load
 
-@dataclass
-class BenchItem:
-    """One benchmark prompt and, when known, the baseline's answer to it."""
-
-    id: str
-    instruction: str
-    category: str = ""
-    baseline: str | None = None
-
-
-def shipped(path: str) -> Path:
-    """A file shipped in teachfit/data."""
-    return Path(str(resources.files("teachfit").joinpath(f"data/{path}")))
-
-
-def load_bench(name_or_path: str) -> tuple[list[BenchItem], str]:
-    """Benchmark prompts: 'offline' (shipped, 40 prompts with baseline answers), 'alpaca_eval' or
-    'arena_hard' (from the dataset hub, when reachable), or a file: AlpacaEval's JSON
-    (instruction, output, generator), Arena-Hard's question.jsonl, or teachfit instructions."""
-    if name_or_path == OFFLINE_BENCH:
-        items, _ = load_bench(str(shipped("bench/offline_prompts.jsonl")))
-        attach_baseline(items, str(shipped("bench/offline_baseline.jsonl")))
-        return items, OFFLINE_BENCH
-    if name_or_path in ("alpaca_eval", "arena_hard"):
-        return _from_hub(name_or_path), name_or_path
-    items = []
-    for number, record in iter_raw_records(name_or_path):
-        if isinstance(record, InputError):
-            raise record
-        text = record.get("instruction") or record.get("prompt") or (record.get("turns") or [{}])[0].get("content")
-        if not text:
-            raise InputError(name_or_path, number, "missing field: 'instruction' (or 'turns')")
-        ident = str(record.get("question_id") or record.get("id") or number)
-        items.append(BenchItem(ident, text, str(record.get("category", record.get("dataset", ""))), record.get("output")))
-    return items, Path(name_or_path).stem
-
-
-def _from_hub(name: str) -> list[BenchItem]:
-    from teachfit.models import require
-
-    datasets = require("datasets", "train")
-    try:
-        if name == "alpaca_eval":
-            rows = datasets.load_dataset("tatsu-lab/alpaca_eval", "alpaca_eval_gpt4_baseline", split="eval")
-            return [BenchItem(str(i), r["instruction"], r.get("dataset", ""), r["output"]) for i, r in enumerate(rows)]
-        rows = datasets.load_dataset("lmarena-ai/arena-hard-auto-v0.1", split="train")
-        return [BenchItem(str(r["question_id"]), r["turns"][0]["content"], r.get("category", "")) for r in rows]
-    except Exception as error:  # offline or moved: say what to do instead
-        raise InputError(name, None, f"could not load from the dataset hub ({type(error).__name__}); download it "
-                                     "and pass the file, or use --bench offline") from None
-
-
-def attach_baseline(items: Sequence[BenchItem], path: str) -> None:
-    """Set each item's baseline answer from a file: AlpacaEval outputs (instruction, output),
-    Arena-Hard model answers (question_id, choices[0].turns[0].content) or teachfit responses."""
-    by_id, by_text = {}, {}
-    for _, record in iter_raw_records(path):
-        if isinstance(record, InputError):
-            raise record
-        answer = record.get("output") or record.get("response")
-        if answer is None and record.get("choices"):
-            answer = record["choices"][0]["turns"][0]["content"]
-        key = record.get("question_id") or record.get("instruction_id") or record.get("id")
-        if key is not None:
-            by_id[str(key)] = answer
-        if record.get("instruction"):
-            by_text[record["instruction"]] = answer
-    for item in items:
-        item.baseline = by_id.get(item.id, by_text.get(item.instruction, item.baseline))
-    missing = [i.id for i in items if not i.baseline]
-    if missing:
-        raise InputError(path, None, f"no baseline answer for {len(missing)} prompts (first: {missing[0]})")
+    return load("judge", spec, constraint=constraint, **options)
 
 
 class Judgments:
@@ -208,84 +140,6 @@ def summarize(ae2: Sequence[dict[str, Any]], ah: Sequence[dict[str, Any]]) -> di
     return out
 
 
-def write_results_row(path: Path, row: dict[str, Any]) -> None:
-    """Insert or replace this (student, teacher, model, bench) row in results.csv."""
-    from teachfit.records import read_table, write_table
-
-    rows = read_table(path)[0] if path.exists() else []
-    key = ("student", "teacher", "model", "bench")
-    rows = [r for r in rows if tuple(str(r.get(k)) for k in key) != tuple(str(row.get(k)) for k in key)] + [row]
-    columns = list(dict.fromkeys(c for r in rows for c in r))
-    write_table(path, [{c: r.get(c, "") for c in columns} for r in rows], {"stage": "evaluate"})
-
-
-def dump_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    """Write judgment rows as JSONL."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-
-
-def elapsed(started: float) -> float:
-    """Seconds since `started`, rounded."""
-    return round(time.perf_counter() - started, 1)
-
-
-# what the loaders of a model under test (teachfit.models.load("teacher", ...)) take
-MODEL_LOAD_KEYS = ("dtype", "device", "trust_remote_code", "n_ctx", "n_threads", "concurrency", "timeout", "max_retries",
-                   "batch_size")
-
-
-def model_load_options(config: Any) -> dict[str, Any]:
-    """The load options of the model under test and of a baseline model (an EvaluateConfig's
-    load_options and server_options: dtype, device, llama.cpp's n_ctx and n_threads, a server's
-    concurrency, timeout and retries). The one place that builds them."""
-    options = config.load_options() | config.server_options()
-    return {k: v for k, v in options.items() if k in MODEL_LOAD_KEYS}
-
-
-def result_labels(config: Any) -> dict[str, str]:
-    """student / teacher of a results row: from a teachfit checkpoint (config.model), else the
-    model spec, or the answers file's name (config.answers); --student-name / --teacher-name win."""
-    labels = labels_for(config.model) if config.model else {"student": Path(config.answers).stem, "teacher": ""}
-    labels.update({k: v for k, v in (("student", config.student_name), ("teacher", config.teacher_name)) if v})
-    return labels
-
-
-def answers_path(out: Path, name: str, bench: str) -> Path:
-    """Where a model's answers to a bench are kept: out/answers/<name>--<bench>.jsonl (one file per
-    bench: generating one bench's answers never rewrites another's)."""
-    return out / "answers" / f"{name}--{bench}.jsonl"
-
-
-def answers_from(items: Sequence[BenchItem], spec: str, path: Path, max_new_tokens: int,
-                 load_options: dict[str, Any], show_progress: bool) -> dict[str, str]:
-    """A model's greedy answers to the prompts (the paper's decoding), generated once into `path`;
-    answers stored there by another spec or with another max_new_tokens are made again."""
-    from teachfit.generate import TeacherRequest, answer_all, read_done
-    from teachfit.instructions import Instruction
-    from teachfit.models import load
-    from teachfit.models.base import GenerationSettings
-
-    prompts = [Instruction(i.id, i.instruction, f"bench:{i.id}", i.category) for i in items]
-    request = TeacherRequest(spec, GenerationSettings(max_new_tokens=max_new_tokens), path.stem)
-    stats = answer_all(prompts, request, path, lambda s: load("teacher", s, **load_options), show_progress)
-    if stats["errors"]:
-        raise RuntimeError(f"{spec}: {stats['errors']} prompts could not be answered (see {path}); re-run to retry")
-    return {key[0]: record["response"] for key, record in read_done(path, request).items()}
-
-
-def labels_for(model: str) -> dict[str, str]:
-    """student and teacher of a checkpoint made by `teachfit train` (from its teachfit_train.json)."""
-    from teachfit.models import ModelSpec
-
-    spec = ModelSpec.parse(model)
-    record = Path(spec.name) / "teachfit_train.json" if spec.prefix == "hf" else None
-    if record is not None and record.exists():
-        data = json.loads(record.read_text())
-        return {"student": data.get("student") or "", "teacher": data.get("teacher") or ""}
-    return {"student": model, "teacher": ""}
-
-
 def judge_files(config: Any) -> list[str]:
     """The judge configs to run: the user's own files (each one's `style` says AE2 `preference` or
     AH `verdict`), else the shipped alpaca_eval / arena_hard for config.style; checked up front."""
@@ -299,14 +153,14 @@ def judge_files(config: Any) -> list[str]:
 
 
 def run_evaluation(config: Any, out: str | Path, labels: dict[str, str] | None = None,
-                   results_csv: str | Path | None = None) -> dict[str, Any]:
+                   results_csv: str | Path | None = None, cache_dir: str | Path | None = None) -> dict[str, Any]:
     """Answer the benchmark with `config.model` (an EvaluateConfig), judge it against the
     baseline, write answers/<model>--<bench>.jsonl, judgments/<model>--<bench>-<judge file>.jsonl
     and scores-<model>--<bench>.json under `out` and one row (student/teacher/model/bench) into
-    `results_csv` (default: out/results.csv); return the scores."""
-    from teachfit.teachers import short_model_name
-    from teachfit.judging import load_judge
+    `results_csv` (default: out/results.csv); return the scores. Judgments are cached in
+    `cache_dir`: a run's RunDir.cache("judgments"), else out/.cache/judgments."""
     from teachfit.models import ModelSpec
+    from teachfit.teachers import short_model_name
     from teachfit.versions import versions
 
     out, started = Path(out), time.perf_counter()
@@ -329,7 +183,7 @@ def run_evaluation(config: Any, out: str | Path, labels: dict[str, str] | None =
     judge_model = load_judge(config.judge, config.constraint, **config.server_options())
     parallel = config.concurrency if ModelSpec.parse(config.judge).prefix == "openai" else 1
     ae2, ah = [], []
-    cache_dir = out / ".cache" / "judgments"
+    cache_dir = Path(cache_dir) if cache_dir else out / ".cache" / "judgments"
     judged = time.perf_counter()
     for judge_file in judge_files(config):
         judge_config = JudgeConfig.load(judge_file)
@@ -347,5 +201,5 @@ def run_evaluation(config: Any, out: str | Path, labels: dict[str, str] | None =
     write_results_row(Path(results_csv) if results_csv else out / "results.csv", row)
     report = {"results": row, "timings_seconds": timings, "max_new_tokens": config.max_new_tokens, "seed": config.seed,
               "constraint": config.constraint, "versions": versions()}
-    (out / f"scores-{name}--{bench_name}.json").write_text(json.dumps(report, indent=2))
+    write_json_atomic(out / f"scores-{name}--{bench_name}.json", report)
     return report

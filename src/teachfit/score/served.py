@@ -1,7 +1,7 @@
 """A student or reference model behind a server: `openai:<model>@<base_url>[?server=...&template=...]`.
 
 loss(y|x) needs the log-probability of every response token given everything before it; servers
-return the log-probabilities of a prompt's own tokens in three dialects (models/served_adapters.py).
+return the log-probabilities of a prompt's own tokens in three dialects (score/adapters.py).
 `?server=` picks one; without it (or `auto`) the server is asked once (/v1/models, a short request
 without retries: vLLM and SGLang say who owns the model; anything else is treated as llamacpp),
 and the kind found is what the cache key and describe() record. Requests go through the same
@@ -14,7 +14,7 @@ with that tokenizer, as in-process scoring does (a longer conversation is cut an
 truncated; a prompt of max_length tokens or more is refused, naming the pair).
 
 - vllm, sglang: token ids in (template.encode_pair, encode_response_alone): the response starts
-  exactly at encode_pair's response_start, and vllm_backend.response_logprobs reads the reply.
+  exactly at encode_pair's response_start, and score.vllm.response_logprobs reads the reply.
 - llamacpp (llama-cpp-python): the rendered text in, response tokens located by the server's text
   offsets; a pair whose offsets do not cover the text exactly is refused. The server may add its
   own BOS (found by the probe): then the template's BOS text is left out of what is sent, so BOS is
@@ -28,10 +28,15 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Sequence
 
-from teachfit.models import ModelSpec, ModelSpecError, register, require
+from teachfit.env import require
 from teachfit.models.openai_api import HTTPStatusError, OpenAIClient, TransientError, parse_openai_spec
-from teachfit.models.served_adapters import (PROBE_TEXT, REFUSAL_WORDS, SERVER_FLAGS, NoPromptLogprobs, detect_server,
-                                             llamacpp_span, make_adapter, special_strings)
+from teachfit.models.registry import register
+from teachfit.models.spec import ModelSpec, ModelSpecError
+from teachfit.records import InputError
+from teachfit.score.adapters import (PROBE_TEXT, REFUSAL_WORDS, SERVER_FLAGS, NoPromptLogprobs, detect_server,
+                                     llamacpp_span, make_adapter, special_strings)
+from teachfit.score.lm import lm_key_material, rows_from_nll
+from teachfit.score.vllm import response_logprobs
 
 SERVED_VERSION = 2  # 2: token ids for vllm/sglang, client-side --max-length, no doubled BOS on llama.cpp
 _DETECTED: dict[str, str] = {}  # base URL -> server kind found, shared by the cache key and the scorer
@@ -164,8 +169,6 @@ class ServedLMScorer(OpenAIClient):
 
     def _ids_nll(self, job: tuple[str, Any]) -> tuple[float, int, float]:
         """(sum of NLL, tokens, sum of clipped ranks) over encoded.input_ids[response_start:]."""
-        from teachfit.models.vllm_backend import response_logprobs
-
         pair_id, encoded = job
         ids = list(encoded.input_ids)
         try:
@@ -191,8 +194,6 @@ class ServedLMScorer(OpenAIClient):
 
     def _text_nll(self, job: tuple[str, Any, str, str, bool]) -> tuple[float, int, float]:
         """(sum of NLL, tokens, NaN) over the response tokens of one rendered text (llama.cpp)."""
-        from teachfit.records import InputError
-
         pair_id, source, text, suffix, unconditional = job
         sent = self._bos_aligned(text)
         listed = sum(1 for t in self.tokenizer(sent, add_special_tokens=False)["input_ids"]
@@ -214,7 +215,6 @@ class ServedLMScorer(OpenAIClient):
         return -sum(float(v) for v in values), len(values), math.nan
 
     def _jobs(self, pairs: Sequence[Any], with_uncond: bool) -> tuple[list[Any], list[bool]]:
-        from teachfit.records import InputError
         from teachfit.template import encode_pair, encode_response_alone, render_pair, start_token_id
 
         jobs, truncated = [], []
@@ -248,8 +248,6 @@ class ServedLMScorer(OpenAIClient):
 
     def compute(self, pairs: Sequence[Any]) -> list[dict[str, Any]]:
         """Per-pair losses (nats per response token) and the metrics derived from them."""
-        from teachfit.score import rows_from_nll
-
         jobs, truncated = self._jobs(pairs, self.options.unconditional_for(self.role))
         nll = self.map(self._ids_nll if self.adapter.token_ids else self._text_nll, jobs)
         return rows_from_nll(nll, truncated, self.role)  # vLLM reports ranks (RSR); the others do not
@@ -267,12 +265,9 @@ def served_key_material(spec: ModelSpec, options: Any, role: str) -> dict[str, A
     (found by asking when the spec says auto), the template, the template rule, the length limit,
     loss(y) or not (no key: keys live in the environment). Never equal to an in-process model's
     key (kind lm-served)."""
-    from teachfit.score import SCORING_VERSION
     from teachfit.template import DEFAULT_TEMPLATE_NAME
 
     model, base_url = parse_openai_spec(spec.name)
-    material = {"kind": "lm-served", "model": model, "base_url": base_url, "server": server_kind(spec),
-                "template": spec.option("template") or f"hf:{model}", "default_template": DEFAULT_TEMPLATE_NAME,
-                "max_length": options.max_length, "version": SCORING_VERSION,
-                "served_version": SERVED_VERSION}
-    return material if options.unconditional_for(role) else material | {"unconditional": False}
+    identity = {"model": model, "base_url": base_url, "server": server_kind(spec), "served_version": SERVED_VERSION,
+                "template": spec.option("template") or f"hf:{model}", "default_template": DEFAULT_TEMPLATE_NAME}
+    return lm_key_material("lm-served", identity, options.max_length, options.unconditional_for(role))

@@ -1,5 +1,5 @@
 """The three dialects in which servers return the log-probabilities of a prompt's own tokens, one
-adapter each (used by models/served_lm.py):
+adapter each (used by score/served.py):
 
   vllm      /v1/completions with `prompt` as token ids and vLLM's `prompt_logprobs`
             (vLLM's server; --max-logprobs >= 0)
@@ -9,7 +9,7 @@ adapter each (used by models/served_lm.py):
 
 vLLM and SGLang take token ids: teachfit tokenizes with its one contract (template.encode_pair)
 and their replies become vLLM's prompt_logprobs shape (one {token id: logprob} entry per prompt
-token, None first), read by vllm_backend.response_logprobs, so the response starts exactly at
+token, None first), read by score.vllm.response_logprobs, so the response starts exactly at
 encode_pair's response_start. llama-cpp-python takes text (its prompt log-probabilities are not
 reliable for token-id prompts): the response tokens are located by the server's text offsets, and
 a pair whose offsets do not cover the rendered text exactly is refused (llamacpp_span).
@@ -20,6 +20,7 @@ from types import SimpleNamespace
 from typing import Any, Sequence
 
 from teachfit.models.openai_api import HTTPStatusError, OpenAIClient, TransientError
+from teachfit.models.spec import ModelSpecError
 
 PROBE_TEXT = "Hello, world."
 DETECT_TIMEOUT = 5.0  # seconds for /models when the server kind is detected (one try)
@@ -168,8 +169,6 @@ def detect_server(client: OpenAIClient) -> str:
     except HTTPStatusError:
         return "llamacpp"
     except TransientError as error:
-        from teachfit.models import ModelSpecError
-
         raise ModelSpecError(f"{client.spec}: cannot ask the server at {client.base_url} what it is "
                              f"({client.redact(str(error))[:160]}); start it, or name it with ?server=llamacpp|vllm|sglang") from None
     owners = {str(m.get("owned_by", "")).lower() for m in (listing or {}).get("data", []) if isinstance(m, dict)} \

@@ -1,0 +1,45 @@
+"""The ground floor every module may import (it imports nothing of teachfit): optional
+dependencies behind extras, teachfit's cache folder, and the files shipped in the package.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+SHIPPED_PREFIX = "teachfit:"  # a study file's name for a file inside the package: teachfit:data/...
+
+
+def require(module: str, extra: str) -> Any:
+    """Import an optional dependency, or fail with the pip command that installs it:
+    `pip install 'teachfit[<extra>]'`."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise ImportError(
+            f"{module} is needed for this and is not installed: pip install 'teachfit[{extra}]'"
+            + (" (and a torch build of your choice)" if module == "torch" else "")
+        ) from error
+
+
+def cache_root() -> Path:
+    """teachfit's own cache folder (packaged models, dequantized GGUFs, nltk data):
+    $TEACHFIT_CACHE, else ~/.cache/teachfit. A run's results are cached in the run instead."""
+    return Path(os.environ.get("TEACHFIT_CACHE", Path.home() / ".cache" / "teachfit"))
+
+
+def package_file(path: str) -> Path:
+    """A file inside the installed package: `data/...`, or `teachfit:data/...` as a study names it."""
+    return Path(str(resources.files("teachfit").joinpath(path.removeprefix(SHIPPED_PREFIX))))
+
+
+def shipped(path: str) -> Path:
+    """A file shipped in the package's data folder (teachfit/data/<path>)."""
+    return package_file(f"data/{path}")
+
+
+def shipped_text(path: str) -> str:
+    """The UTF-8 text of a file shipped in teachfit/data."""
+    return shipped(path).read_text(encoding="utf-8")

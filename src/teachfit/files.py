@@ -1,0 +1,309 @@
+"""File formats: JSONL, JSON arrays, Parquet and `datasets` save_to_disk folders in; JSONL,
+Parquet and CSV out (every write atomic: teachfit.atomic). `read_records` is the one strict
+reader of JSON objects (file:line errors); `read_pairs` turns files into validated Pairs
+(record schemas: teachfit.records). Inputs are files, run directories, folders of Parquet
+files, or `datasets` save_to_disk folders.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+from teachfit.atomic import atomic_write, write_json_atomic
+from teachfit.records import InputError, Pair, ReadStats, expand_record, pair_from_record, with_reward
+
+RESPONSE_SUFFIXES = (".jsonl", ".json", ".parquet")
+
+
+def iter_raw_records(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
+    """Yield (line or row number from 1, raw record) from a JSONL, JSON-array or Parquet file.
+
+    Streams: JSONL line by line and Parquet batch by batch, so memory stays flat.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, None, "file not found")
+    if path.is_dir() and (path / "state.json").is_file():  # a `datasets` save_to_disk folder
+        yield from _saved_dataset_records(path)
+        return
+    if path.suffix == ".parquet":
+        yield from _parquet_records(path)
+        return
+    if path.suffix == ".json":
+        raw = path.read_bytes().removeprefix(b"\xef\xbb\xbf")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            line_start = raw.rfind(b"\n", 0, error.start) + 1
+            raise InputError(path, raw.count(b"\n", 0, error.start) + 1,
+                             f"not UTF-8: {_bad_bytes(error, error.start - line_start + 1)}") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise InputError(path, error.lineno, f"malformed JSON: {error.msg} at column {error.colno}") from None
+        if not isinstance(data, list):
+            raise InputError(path, None, "a .json file must hold a list of records")
+        yield from enumerate(data, start=1)
+        return
+    if path.suffix != ".jsonl":
+        raise InputError(path, None, f"unknown format '{path.suffix}': use .jsonl, .json or .parquet")
+    with path.open("rb") as handle:  # bytes, decoded line by line: one bad line is one bad record
+        for number, raw_line in enumerate(handle, start=1):
+            if number == 1 and raw_line.startswith(b"\xef\xbb\xbf"):
+                raw_line = raw_line[3:]  # a UTF-8 byte order mark
+            try:
+                line = raw_line.decode("utf-8")
+            except UnicodeDecodeError as error:
+                yield number, InputError(path, number, f"not UTF-8: {_bad_bytes(error, error.start + 1)}")
+                continue
+            if not line.strip():
+                continue
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError as error:
+                yield number, InputError(path, number, f"malformed JSON: {error.msg} at column {error.colno}")
+
+
+def read_records(path: str | os.PathLike, on_error: Callable[[InputError], None] | None = None
+                 ) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line or row number from 1, record) of each JSON object in a file: the one strict reader.
+    A line that is not UTF-8, not JSON or not an object is an InputError at file:line: raised, or,
+    with `on_error`, handed to it and skipped. A missing or unreadable file always raises."""
+    for number, record in iter_raw_records(path):
+        if not isinstance(record, InputError) and not isinstance(record, dict):
+            record = InputError(path, number, f"not a JSON object: {type(record).__name__}")
+        if isinstance(record, InputError):
+            if on_error is None:
+                raise record
+            on_error(record)
+            continue
+        yield number, record
+
+
+def _bad_bytes(error: UnicodeDecodeError, column: int) -> str:
+    return f"byte 0x{error.object[error.start]:02x} at column {column} (save the file as UTF-8)"
+
+
+def _parquet_records(path: Path) -> Iterator[tuple[int, Any]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    row = 0
+    try:
+        batches = pq.ParquetFile(path).iter_batches(batch_size=1024)
+        for batch in batches:
+            for record in batch.to_pylist():
+                row += 1
+                yield row, record
+    except (pa.ArrowException, OSError, ValueError) as error:
+        where = row + 1 if row else None
+        raise InputError(path, where, f"not a valid Parquet file ({str(error).splitlines()[0][:200]})") from None
+
+
+def read_pairs(
+    paths: Iterable[str | os.PathLike], skip_invalid: bool = False, stats: ReadStats | None = None,
+    reward_column: str | None = None,
+) -> Iterator[Pair]:
+    """Stream validated Pairs from files; a bad record raises InputError unless skip_invalid,
+    in which case it is recorded in `stats` and skipped. Multi-teacher records (Generator-Zoo,
+    UltraFeedback) give one Pair per generator; `reward_column` copies that numeric field of each
+    record (or generator) into `pair.extra["reward"]`, and its absence is an error.
+
+    Within one teacher, a repeated id or a repeated (instruction, response) is a duplicate (the
+    same id under several teachers is the normal case: one instruction, several answers)."""
+    stats = stats if stats is not None else ReadStats()
+    seen_ids: dict[tuple[str, str], str] = {}
+    seen_pairs: dict[tuple[str, bytes], str] = {}
+    for path in paths:
+        for number, raw in read_records(path, stats.skip if skip_invalid else None):
+            for record in expand_record(raw):
+                try:
+                    pair = _checked_pair(record, path, number, reward_column, seen_ids, seen_pairs)
+                except InputError as error:
+                    if not skip_invalid:
+                        raise
+                    stats.skip(error)
+                    continue
+                stats.read += 1
+                yield pair
+
+
+def _checked_pair(record: dict[str, Any], path: str | os.PathLike, number: int, reward_column: str | None,
+                  seen_ids: dict[tuple[str, str], str], seen_pairs: dict[tuple[str, bytes], str]) -> Pair:
+    """The Pair of one plain record (its reward from `reward_column`), refused (InputError at
+    file:line) when invalid or a duplicate."""
+    try:
+        pair = pair_from_record(with_reward(record, reward_column), default_teacher=Path(path).stem)
+    except ValueError as error:
+        raise InputError(path, number, str(error)) from None
+    except (TypeError, AttributeError, KeyError) as error:  # a shape no check above foresaw
+        raise InputError(path, number, f"invalid record ({type(error).__name__}: {error})") from None
+    where = f"{path}:{number}"
+    id_key = (pair.teacher, pair.id)
+    if id_key in seen_ids:
+        raise InputError(path, number, f"duplicate id: '{pair.id}' of teacher '{pair.teacher}' "
+                                       f"(first at {seen_ids[id_key]})")
+    digest = hashlib.sha256(json.dumps([pair.instruction, pair.response]).encode("utf-8")).digest()[:16]
+    pair_key = (pair.teacher, digest)
+    if pair_key in seen_pairs:
+        raise InputError(path, number, f"duplicate pair: the same instruction and response of teacher "
+                                       f"'{pair.teacher}' (first at {seen_pairs[pair_key]})")
+    seen_ids[id_key], seen_pairs[pair_key] = where, where
+    pair.source = where
+    return pair
+
+
+def parquet_rows(path: Path) -> int:
+    """The row count in a Parquet file's footer; a file that is not Parquet is an InputError."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except (pa.ArrowException, OSError, ValueError) as error:
+        raise InputError(path, None, f"not a valid Parquet file ({str(error).splitlines()[0][:200]})") from None
+
+
+def count_records(paths: Iterable[str | os.PathLike]) -> int:
+    """Rows in input files (non-blank JSONL lines, Parquet row counts; 0 for other formats), for
+    progress bars; a file that is not valid Parquet is an InputError, like reading it."""
+    total = 0
+    for path in map(Path, paths):
+        if path.suffix == ".parquet" and path.is_file():
+            total += parquet_rows(path)
+        elif path.suffix == ".jsonl" and path.is_file():
+            with path.open("rb") as handle:
+                total += sum(1 for line in handle if line.strip())
+    return total
+
+
+def expand_inputs(inputs: Iterable[str | os.PathLike], subdir: str = "responses") -> list[Path]:
+    """Files named directly, plus every response file inside a run directory's `subdir`."""
+    files: list[Path] = []
+    for item in inputs:
+        item = Path(item)
+        if is_saved_dataset(item):
+            files.extend(saved_dataset_parts(item))
+        elif item.is_dir():
+            folder = item / subdir if (item / subdir).is_dir() else item
+            found = sorted(p for p in folder.iterdir() if p.suffix in RESPONSE_SUFFIXES)
+            found = found or sorted(folder.rglob("*.parquet"))  # a hub-style dataset folder (data/*.parquet)
+            if not found:
+                raise InputError(item, None, f"no {'/'.join(RESPONSE_SUFFIXES)} files in {folder}")
+            files.extend(found)
+        elif not item.exists():
+            raise InputError(item, None, "file not found")
+        else:
+            files.append(item)
+    for path in files:  # a damaged Parquet file is reported now, before any model is loaded
+        if path.suffix == ".parquet":
+            parquet_rows(path)
+    return files
+
+
+def write_jsonl(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> int:
+    """Write records as JSONL atomically; returns how many."""
+    count = 0
+    with atomic_write(path) as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            count += 1
+    return count
+
+
+def write_table(path: str | os.PathLike, rows: list[dict[str, Any]], metadata: dict[str, Any]) -> None:
+    """Write rows to Parquet (metadata under the key `teachfit`), JSONL or CSV by suffix, atomically
+    (JSONL and CSV: the metadata beside, in <path>.meta.json)."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pylist(rows) if rows else pa.table({})
+        table = table.replace_schema_metadata({"teachfit": json.dumps(metadata)})
+        with atomic_write(path, "wb") as handle:
+            pq.write_table(table, handle)
+    elif path.suffix == ".jsonl":
+        from teachfit.atomic import strict_json
+
+        write_jsonl(path, (strict_json(row) for row in rows))  # strict JSON: no NaN / Infinity tokens
+        write_json_atomic(Path(str(path) + ".meta.json"), metadata)
+    elif path.suffix == ".csv":
+        import csv
+
+        with atomic_write(path, newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else [])
+            writer.writeheader()
+            writer.writerows(rows)
+        write_json_atomic(Path(str(path) + ".meta.json"), metadata)
+    else:
+        raise InputError(path, None, f"unknown output format '{path.suffix}': use .parquet, .jsonl or .csv")
+
+
+def _cell(text: str) -> Any:
+    """A CSV cell back to a number or boolean where it is one."""
+    if text in ("True", "False"):
+        return text == "True"
+    try:
+        return float(text) if any(c in text for c in ".eEn") else int(text)
+    except ValueError:
+        return text
+
+
+def read_table(path: str | os.PathLike) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Read rows and teachfit metadata written by `write_table`."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, None, "file not found")
+    if path.suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+            raw = (table.schema.metadata or {}).get(b"teachfit") or (pq.read_metadata(path).metadata or {}).get(b"teachfit")
+        except (pa.ArrowException, OSError, ValueError) as error:
+            raise InputError(path, None, f"not a valid Parquet file ({str(error).splitlines()[0][:200]})") from None
+        try:
+            metadata = json.loads(raw or b"{}")
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise InputError(path, None, "its teachfit metadata is not valid JSON") from None
+        return table.to_pylist(), metadata if isinstance(metadata, dict) else {}
+    meta_path = Path(str(path) + ".meta.json")
+    metadata = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    if path.suffix == ".csv":
+        import csv
+
+        with path.open(encoding="utf-8") as handle:
+            return [{k: _cell(v) for k, v in row.items()} for row in csv.DictReader(handle)], metadata
+    return [record for _, record in read_records(path)], metadata
+
+
+# --- Hugging Face `datasets` folders (save_to_disk): Arrow stream files listed in state.json ---
+def is_saved_dataset(folder: Path) -> bool:
+    """Whether `folder` is a `datasets` save_to_disk folder (a Dataset or a DatasetDict)."""
+    return folder.is_dir() and ((folder / "state.json").is_file() or (folder / "dataset_dict.json").is_file())
+
+
+def saved_dataset_parts(folder: Path) -> list[Path]:
+    """The Dataset folders of a save_to_disk folder: itself, or each split of a DatasetDict."""
+    if (folder / "dataset_dict.json").is_file():
+        splits = json.loads((folder / "dataset_dict.json").read_text()).get("splits", [])
+        return [folder / split for split in splits]
+    return [folder]
+
+
+def _saved_dataset_records(folder: Path) -> Iterator[tuple[int, Any]]:
+    import pyarrow as pa
+
+    state = json.loads((folder / "state.json").read_text())
+    row = 0
+    for entry in state.get("_data_files", []):
+        with pa.memory_map(str(folder / entry["filename"])) as source:
+            for batch in pa.ipc.open_stream(source):
+                for record in batch.to_pylist():
+                    row += 1
+                    yield row, record

@@ -1,0 +1,49 @@
+"""What a scorer is (the Scorer protocol) and DeferredScorer, a scorer whose model loads on first use."""
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable, Protocol, Sequence
+
+from teachfit.records import Pair
+
+
+class Scorer(Protocol):
+    """Computes metric columns for pairs; the score cache keys each result by the pair and
+    `key_material()`, so two scorers with equal material must compute equal values."""
+
+    def key_material(self) -> dict[str, Any]:
+        """Everything a cached result depends on (models, options, versions), JSON-ready."""
+
+    def describe(self) -> dict[str, Any]:
+        """What the output's metadata records about this scorer."""
+
+    def compute(self, pairs: Sequence[Pair]) -> list[dict[str, Any]]:
+        """One dict of metric columns per pair, in order; a bad pair raises InputError."""
+
+
+class DeferredScorer:
+    """A scorer whose model loads on first use. Its cache key is known from the spec alone, so a
+    run whose results are all cached (or computed by other workers) never loads the model."""
+
+    def __init__(self, material: dict[str, Any], description: dict[str, Any], build: Callable[[], Scorer]):
+        self._material, self._description, self._build = material, description, build
+        self._scorer: Scorer | None = None
+
+    def key_material(self) -> dict[str, Any]:
+        """Everything a cached result depends on (computed without loading the model)."""
+        return self._material
+
+    def describe(self) -> dict[str, Any]:
+        """The loaded scorer's description, or what the spec says when nothing was loaded."""
+        return self._scorer.describe() if self._scorer is not None else self._description
+
+    def compute(self, pairs: Sequence[Pair]) -> list[dict[str, Any]]:
+        """Load the model (once), then compute."""
+        if self._scorer is None:
+            from tqdm.auto import tqdm
+
+            model = self._description.get("model", {}).get("spec", "")
+            note = " (the first load of a GGUF converts it once: a minute or more)" if model.startswith(("gguf:", "packaged:")) else ""
+            tqdm.write(f"loading {model}{note}", file=sys.stderr)
+            self._scorer = self._build()
+        return self._scorer.compute(pairs)

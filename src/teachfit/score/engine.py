@@ -1,0 +1,155 @@
+"""The scoring engine: pairs stream through in windows of `config.window` pairs; each scorer's
+results are cached by content hash (pair, the scorer's key material), so an interrupted or
+repeated run computes only what is missing; one Parquet row of metrics per pair comes out.
+
+Columns: loss / PPL / IFD / RSR under the student (`_self`) and the reference model (`_ref`),
+the reward, the cl100k length, token counts and truncation (teachfit.score.lm, .reward).
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+from teachfit.atomic import atomic_write
+from teachfit.config import ScoreConfig
+from teachfit.files import count_records, expand_inputs, read_pairs
+from teachfit.records import InputError, Pair, ReadStats
+from teachfit.score.base import Scorer
+from teachfit.store import ResultCache, content_hash
+
+
+def _windows(pairs: Iterable[Pair], size: int) -> Iterator[list[Pair]]:
+    window: list[Pair] = []
+    for pair in pairs:
+        window.append(pair)
+        if len(window) >= size:
+            yield window
+            window = []
+    if window:
+        yield window
+
+
+def _score_window(window: list[Pair], scorer: Scorer, cache: ResultCache, chunk: int, skip_invalid: bool,
+                  skipped: list[dict[str, Any]], progress: Any = None) -> list[dict[str, Any] | None]:
+    material = scorer.key_material()
+    keys = [content_hash(material, p.instruction, p.response) for p in window]
+    missing = [i for i, key in enumerate(keys) if key not in cache]
+    if progress is not None:
+        progress.update(len(window) - len(missing))
+    for start in range(0, len(missing), chunk):
+        todo = missing[start : start + chunk]
+        try:
+            values = scorer.compute([window[i] for i in todo])
+        except InputError:
+            if not skip_invalid:
+                raise
+            values = []
+            for i in todo:  # find the bad pair(s) one by one
+                try:
+                    values.append(scorer.compute([window[i]])[0])
+                except InputError as error:
+                    path, _, line = (window[i].source or error.path).rpartition(":")
+                    skipped.append(InputError(path, int(line), error.reason).as_row() if line.isdigit() else error.as_row())
+                    values.append(None)
+        cache.put_many((keys[i], v) for i, v in zip(todo, values) if v is not None)
+        if progress is not None:
+            progress.update(len(todo))
+    return [cache.get(key) for key in keys]
+
+
+def score_pairs(
+    pairs: Iterable[Pair], scorers: Sequence[Scorer], cache_root: str | Path, config: ScoreConfig,
+    progress: Any = None, skipped: list[dict[str, Any]] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Yield one metrics row per pair, in input order; results come from the cache when present
+    and are written to it as soon as they are computed. `progress` counts (pair, scorer) steps."""
+    skipped = skipped if skipped is not None else []
+    caches = [ResultCache(Path(cache_root) / content_hash(s.key_material())[:16]) for s in scorers]
+    chunk = max(1, min(config.window, 16))  # small enough that the progress bar moves every few seconds
+    try:
+        for window in _windows(pairs, config.window):
+            per_scorer = [_score_window(window, s, c, chunk, config.skip_invalid, skipped, progress)
+                          for s, c in zip(scorers, caches)]
+            for i, pair in enumerate(window):
+                parts = [results[i] for results in per_scorer]
+                if any(part is None for part in parts):
+                    continue
+                row: dict[str, Any] = {"id": pair.id, "teacher": pair.teacher}
+                for part in parts:
+                    row.update(part)
+                yield row
+    finally:
+        for cache in caches:
+            cache.close()
+
+
+def pair_instruction(pair: Pair) -> str:
+    """The instruction a pair answers (its `instruction_id`, else its id without a `#s<k>` suffix)."""
+    from teachfit.select import instruction_key
+
+    return instruction_key({"id": pair.id, **pair.extra})
+
+
+def sampled_instructions(paths: Sequence[Path], n: int, seed: int) -> set[str]:
+    """The same n instructions for every teacher: those whose seeded hash is smallest, so a larger
+    n later contains a smaller one (and the cache makes extending the sample compute only the new)."""
+    keys = {pair_instruction(p) for p in read_pairs(paths, skip_invalid=True)}
+    return set(sorted(keys, key=lambda key: content_hash(seed, key))[:n])
+
+
+def score_files(
+    inputs: Sequence[str | Path], out: str | Path, student: str, config: ScoreConfig | None = None,
+    cache_dir: str | Path | None = None, scorers: Sequence[Scorer] | None = None,
+) -> dict[str, Any]:
+    """Score every pair of the input files (or run directories) into one Parquet file at `out`,
+    with the scorers `config` asks for (teachfit.score.scorers.build_scorers) unless `scorers` are
+    given; results cached under `cache_dir` (default: .teachfit_cache/scores beside `out`).
+
+    Returns the metadata written with it: models, options, versions, counts and skipped rows.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from tqdm.auto import tqdm
+
+    from teachfit.score.scorers import build_scorers
+    from teachfit.versions import versions
+
+    config = config or ScoreConfig()
+    out = Path(out)
+    paths = expand_inputs(inputs)
+    cache_dir = Path(cache_dir) if cache_dir else out.parent / ".teachfit_cache" / "scores"
+    started = time.perf_counter()
+    scorers = list(scorers) if scorers is not None else build_scorers(student, config, paths)
+    stats, skipped = ReadStats(), []
+    pairs = read_pairs(paths, skip_invalid=config.skip_invalid, stats=stats, reward_column=config.reward_column)
+    total = count_records(paths)
+    if config.sample:
+        chosen = sampled_instructions(paths, config.sample, config.seed)
+        pairs = (p for p in pairs if pair_instruction(p) in chosen)
+        total = min(total, config.sample * len(paths))  # for the progress bar (one teacher per file)
+    writer, rows_written, truncated = None, 0, 0
+    with atomic_write(out, "wb") as handle:
+        with tqdm(total=total * len(scorers), unit="step", desc=f"score ({len(scorers)} scorers x pairs)",
+                  disable=not config.progress) as bar:
+            for batch in _windows(score_pairs(pairs, scorers, cache_dir, config, bar, skipped), config.window):
+                table = pa.Table.from_pylist(batch)
+                if writer is None:
+                    writer = pq.ParquetWriter(handle, table.schema)
+                writer.write_table(table.cast(writer.schema))
+                rows_written += len(batch)
+                truncated += sum(bool(r.get("truncated")) for r in batch)
+        if writer is None:
+            raise InputError(paths[0] if paths else out, None, "no valid pairs to score")
+        metadata = {
+            "stage": "score", "inputs": [str(p) for p in paths], "options": asdict(config),
+            "scorers": [s.describe() for s in scorers], "versions": versions(),
+            "counts": {"read": stats.read, "scored": rows_written, "truncated": truncated,
+                       "skipped": len(stats.skipped) + len(skipped), **stats.counts},
+            "skipped": stats.skipped + skipped, "seconds": round(time.perf_counter() - started, 3),
+        }
+        writer.add_key_value_metadata({"teachfit": json.dumps(metadata)})
+        writer.close()
+    return metadata
