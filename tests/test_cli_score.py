@@ -76,7 +76,7 @@ def test_killed_run_resumes_and_scores_every_pair_once(tmp_path, tiny_llama):
     rows = [{"id": f"p{i}", "instruction": f"Question {i}: explain recursion.",
              "response": "A function calls itself on a smaller problem. " * 30} for i in range(1500)]
     data = write_pairs(tmp_path / "t.jsonl", rows)
-    out, cache = tmp_path / "s.parquet", tmp_path / ".teachfit_cache"  # beside --out (a run directory has RUN/.cache)
+    out, cache = tmp_path / "s.parquet", tmp_path / "teachfit-cache" / "scores"  # the user cache ($TEACHFIT_CACHE) outside a run
     args = ["score", data, "--student", f"hf:{tiny_llama}", "--out", out, "--no-progress",
             "--dtype", "float32", "--token-budget", "2048"]
     process = subprocess.Popen(CLI + [str(a) for a in args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -98,6 +98,10 @@ def test_killed_run_resumes_and_scores_every_pair_once(tmp_path, tiny_llama):
     entries = [json.loads(line)["key"] for shard in cache.rglob("shard-*.jsonl") for line in shard.open()
                if line.strip().endswith("}")]
     assert len(set(entries)) == len(entries)  # no pair was computed (and stored) twice
+    elsewhere = tmp_path / "other" / "s.parquet"  # another output folder: every score comes from the user cache
+    again = run(*[elsewhere if a == out else a for a in args])
+    assert again.returncode == 0 and read_table(elsewhere)[0] == scored
+    assert sum(1 for shard in cache.rglob("shard-*.jsonl") for _ in shard.open()) == len(entries)
 
 
 def test_help_explains_itself():

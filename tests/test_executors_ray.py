@@ -124,3 +124,21 @@ def test_score_command_with_the_ray_executor(tmp_path, cluster, tiny_llama, tiny
     ray_rows = read_table(tmp_path / "ray.parquet")[0]
     assert len(ray_rows) == 8 and ray_rows == read_table(local_run / "scores" / name)[0]
     assert len(list((ray_run / ".markers" / "score").glob("*.done"))) == 2
+
+
+def test_workers_without_gpus_see_none_and_each_task_gets_a_fresh_process(cluster):
+    """num_gpus_per_worker 0: CUDA_VISIBLE_DEVICES is empty in the task (Ray leaves it alone there,
+    so every worker would pick cuda:0); max_calls=1: no task runs in a process a model was loaded in."""
+    from teachfit.config import ExecutorConfig
+    from teachfit.executors.ray import RayExecutor
+
+    def _worker_view(_task):  # defined here: Ray ships it by value (a test module is not importable there)
+        import os
+
+        return os.getpid(), os.environ.get("CUDA_VISIBLE_DEVICES")
+
+    executor = RayExecutor(ExecutorConfig(type="ray", num_workers=1))
+    first = executor.map(_worker_view, [0])
+    second = executor.map(_worker_view, [0])
+    assert first[0][1] == "" and second[0][1] == ""
+    assert first[0][0] != second[0][0]  # the first task's process ended with it

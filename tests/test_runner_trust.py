@@ -232,3 +232,4 @@ def test_ctrl_c_says_what_was_saved_and_a_second_run_waits_its_turn(tmp_path, ti
     assert "run `teachfit run" in err and "Traceback" not in err
     again = run_cli("run", path)
     assert again.returncode == 0, again.stderr
+

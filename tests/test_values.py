@@ -162,6 +162,12 @@ def test_select_pairs_never_picks_an_infinite_score():
     assert selection.summary["missing"] == ["z"] and selection.summary["dropped_nonfinite"] == 1
 
 
+def test_write_table_jsonl_is_strict_json(tmp_path):
+    write_table(tmp_path / "t.jsonl", [{"a": math.nan, "b": math.inf, "c": [-math.inf, 1.0]}], {"x": math.nan})
+    assert strict_loads((tmp_path / "t.jsonl").read_text()) == {"a": None, "b": None, "c": [None, 1.0]}
+    assert strict_loads((tmp_path / "t.jsonl.meta.json").read_text()) == {"x": None}
+
+
 def test_rank_drops_infinite_rewards_with_a_count(tmp_path):
     scores = scored_folder(tmp_path)
     result = cli("rank", scores, "--bootstrap", "0", "--json-out", tmp_path / "ranking.json")

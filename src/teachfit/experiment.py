@@ -114,10 +114,10 @@ def _number(text: str) -> Any:
 
 def resolve_path(text: str, base: Path) -> str:
     """A file named in a study: `teachfit:<path>` inside the package, else relative to `base`."""
-    if text.startswith("teachfit:"):
-        from importlib import resources
+    from teachfit.env import SHIPPED_PREFIX, package_file
 
-        return str(resources.files("teachfit").joinpath(text.removeprefix("teachfit:")))
+    if text.startswith(SHIPPED_PREFIX):
+        return str(package_file(text))
     path = Path(text).expanduser()
     return str(path if path.is_absolute() else base / path)
 
@@ -183,7 +183,29 @@ def load_experiment(path: str | Path, run_dir: str | Path | None = None) -> Expe
     for stage in STAGES:
         if stage.name in experiment.stages and stage.plan is not None:
             stage.plan(experiment.stages[stage.name], plan)
+    if executor.type == "ray":
+        check_gpus_per_worker(experiment, reader)
     return experiment
+
+
+def check_gpus_per_worker(experiment: Experiment, reader: SectionReader) -> None:
+    """A vLLM model split over N GPUs (tensor x pipeline parallel) needs N GPUs in each Ray worker:
+    refused at its line otherwise (vLLM would wait for GPUs its worker can never get)."""
+    from urllib.parse import parse_qsl
+
+    have = experiment.executor.num_gpus_per_worker
+    specs = [(("generate", "teacher", i), s) for i, s in enumerate(getattr(experiment.stages.get("generate"), "teacher", []))]
+    score = experiment.stages.get("score")
+    specs += [(("score", "student", i), s) for i, s in enumerate(getattr(score, "student", []))]
+    specs += [(("score", key), getattr(score, key)) for key in ("reference", "reward_model") if getattr(score, key, None)]
+    for where, spec in specs:
+        if not spec.startswith("vllm:") or "?" not in spec:
+            continue
+        options = dict(parse_qsl(spec.split("?", 1)[1]))
+        need = int(options.get("tensor_parallel_size", 1)) * int(options.get("pipeline_parallel_size", 1))
+        if need > have:
+            reader.fail(where, f"{spec} needs {need} GPUs (tensor x pipeline parallel) but each Ray worker has "
+                               f"{have:g} (executor.num_gpus_per_worker): give each worker {need}")
 
 
 def read_stage_section(stage: Stage, section: Any, reader: SectionReader) -> Any:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from teachfit.config import ScoreConfig
+from teachfit.env import cache_root
 from teachfit.run import RunDir
 from teachfit.stage import Plan, Stage, Unit
 
@@ -59,7 +60,8 @@ def run_score(config: ScoreConfig, run: Any, executor: Any = None) -> dict[str, 
     world = getattr(executor, "world_size", 1)
     if world > 1 and run is None:
         raise ValueError("--executor ray needs a run directory (its shards leave completion markers there)")
-    cache = run.cache("scores") if run else Path(config.out or "scores.parquet").parent / ".teachfit_cache" / "scores"
+    # in a run, its own cache; outside one, the user's cache: a new --out folder reuses every score
+    cache = run.cache("scores") if run else cache_root() / "scores"
     results = {}
     for student in config.student:
         out = Path(config.out) if config.out else run.scores(student_name(student)) if run else Path("scores.parquet")

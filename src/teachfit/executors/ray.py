@@ -36,11 +36,22 @@ class RayExecutor:
         if not tasks:
             return []
         ray = self._ray()
+        return ray.get([self.remote(ray, function).remote(task) for task in tasks])
+
+    def remote(self, ray: Any, function: Callable[[Any], Any]) -> Any:
+        """`function` as a Ray task with this executor's resources.
+
+        - A task without GPUs sees none: Ray leaves CUDA_VISIBLE_DEVICES alone when num_gpus is 0,
+          so every such worker would pick cuda:0 of its node; it is set empty here.
+        - max_calls=1: the worker process ends after its task, so the next shard's model never
+          shares a process (and GPU memory) with the previous one (Ray sets this default for GPU
+          functions, and `.options(num_gpus=...)` drops it)."""
         env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
-        remote = ray.remote(function).options(num_cpus=self.config.num_cpus_per_worker,
-                                              num_gpus=self.config.num_gpus_per_worker,
-                                              runtime_env={"env_vars": env}, max_retries=0)
-        return ray.get([remote.remote(task) for task in tasks])
+        if not self.config.num_gpus_per_worker:
+            env["CUDA_VISIBLE_DEVICES"] = ""
+        return ray.remote(max_calls=1)(function).options(num_cpus=self.config.num_cpus_per_worker,
+                                                         num_gpus=self.config.num_gpus_per_worker,
+                                                         runtime_env={"env_vars": env}, max_retries=0)
 
     def describe(self) -> dict[str, Any]:
         """What the manifest records."""
