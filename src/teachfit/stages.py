@@ -4,8 +4,8 @@ this list, so adding a stage touches its module and this list."""
 from __future__ import annotations
 
 from teachfit import correlate, generate, rank, report, select, train
-from teachfit.evaluate_stage import STAGE as EVALUATE
-from teachfit.score_stage import STAGE as SCORE
+from teachfit.evaluate.stage import STAGE as EVALUATE
+from teachfit.score.stage import STAGE as SCORE
 from teachfit.stage import Stage
 
 STAGES: list[Stage] = [generate.STAGE, SCORE, select.STAGE, rank.STAGE, train.STAGE, EVALUATE, correlate.STAGE,

@@ -8,6 +8,7 @@
   rating.py      the absolute rating of the answers by a reward scorer
   judge_free.py  the dispatcher of the judge-free benches (ifeval, rating)
   results.py     results.csv rows, per-prompt JSONL, scores-<model>--<bench>.json
+  stage.py       the Stage record: one unit per (bench, checkpoint) of a study
 
 Import the submodule you need; this package imports none of them. Judge backends (the models
 that judge) live in teachfit.models.judges.

@@ -7,6 +7,7 @@
   served.py    students and references behind an OpenAI-compatible server (adapters.py: dialects)
   vllm.py      students and references on vLLM
   scorers.py   the one chooser: build_scorers(student, config, sources)
+  stage.py     the Stage record: how a study splits scoring into units (one per student)
 
 Import the submodule you need (teachfit.score.engine, teachfit.score.scorers, ...); this package
 imports none of them.
