@@ -84,6 +84,16 @@ PREFERENCE_PROBES = [
      (math.exp(-1) + math.exp(-2)) / (math.exp(-1) + math.exp(-2) + math.exp(-1))),
     ({"top_logprobs": {"As": -0.01, "Based": -0.5}, "text": "As"}, None),  # neither choice token
     ({"top_logprobs": {"A": float("nan"), "B": "x"}, "text": "B"}, 0.0),  # unusable numbers: the text decides
+    # a non-finite log-probability of a choice makes the log-probabilities untrustworthy: the text decides
+    ({"top_logprobs": {"A": float("nan"), "B": -1.0}, "text": "A"}, 1.0),
+    ({"top_logprobs": {"A": "nan", "B": -1.0}, "text": "A"}, 1.0),
+    ({"top_logprobs": {"A": -0.5, "B": float("nan")}, "text": "B"}, 0.0),
+    ({"top_logprobs": {"A": float("inf"), "B": -1.0}, "text": "B"}, 0.0),
+    ({"top_logprobs": {"A": float("-inf"), "B": -1.0}, "text": "A"}, 1.0),
+    ({"top_logprobs": {"A": float("nan"), "B": -1.0}, "text": "Answer: A"}, None),  # and no clear text: unparsable
+    ({"top_logprobs": {"A": float("nan"), "B": -1.0}}, None),
+    ({"top_logprobs": {"A": -0.1, "B": -2.3, "As": float("nan")}, "text": "B"},  # not a choice: ignored
+     math.exp(-0.1) / (math.exp(-0.1) + math.exp(-2.3))),
 ]
 
 

@@ -131,23 +131,30 @@ def _choice_token(text: str) -> str:
 def preference_for_first(reply: dict[str, Any], choices: Sequence[str]) -> float | None:
     """P(first choice) from the first token's log-probabilities, renormalized over the two
     choices; else 1/0 when the answer text is exactly one choice (spaces and punctuation around
-    it ignored: "A", " B.", "(A)"); None for anything else ("Answer: B", "As", "Both; A")."""
+    it ignored: "A", " B.", "(A)"); None for anything else ("Answer: B", "As", "Both; A").
+    A choice token whose log-probability is not a finite number (NaN, +-inf, garbage) makes the
+    log-probabilities untrustworthy: the text decides, as if there were none."""
     top = reply.get("top_logprobs") if isinstance(reply, dict) else None
     first, second = choices
     p_first = p_second = 0.0
+    trusted = True
     for token, logprob in (top.items() if isinstance(top, dict) else ()):
-        try:
-            p = math.exp(min(float(logprob), 0.0))  # a log-probability is <= 0; clamp garbage like 1000
-        except (TypeError, ValueError):
-            continue
         token = _choice_token(reply_text(token))
-        if math.isnan(p):
+        if token not in (first, second):
             continue
+        try:
+            value = float(logprob)
+        except (TypeError, ValueError):
+            value = math.nan
+        if not math.isfinite(value):
+            trusted = False
+            break
+        p = math.exp(min(value, 0.0))  # a log-probability is <= 0; clamp garbage like 1000
         if token == first:
             p_first += p
-        elif token == second:
+        else:
             p_second += p
-    if p_first + p_second > 0:
+    if trusted and p_first + p_second > 0:
         return p_first / (p_first + p_second)
     answer = _choice_token(reply_text(reply.get("text") if isinstance(reply, dict) else None))
     if answer in (first, second):
