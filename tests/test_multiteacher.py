@@ -162,3 +162,135 @@ def test_file_reward_scorer_refuses_pairs_read_without_the_column(tmp_path):
     pairs = list(read_pairs([_zoo_file(tmp_path)]))
     with pytest.raises(InputError, match="reward_column="):
         FileRewardScorer(SKY).compute(pairs[:1])
+
+
+# --- answers of a multi-teacher record that cannot be read: each one a skipped row (file:line and the
+# generator's name in the reason), or an InputError without skip_invalid; never dropped in silence ---
+def _jsonl(path, records):
+    import json
+
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def _read(path, **options):
+    stats = ReadStats()
+    pairs = list(read_pairs([path], skip_invalid=True, stats=stats, **options))
+    return pairs, stats
+
+
+def test_a_zoo_generator_without_content_is_a_skipped_row(tmp_path):
+    records = zoo_records()
+    del records[1]["Qwen2.5-7B-Instruct"]["content"]  # the struct is there, its answer is not
+    path = _jsonl(tmp_path / "zoo.jsonl", records)
+    with pytest.raises(InputError, match=r"zoo\.jsonl:2: missing field: .*'Qwen2\.5-7B-Instruct'.*content"):
+        list(read_pairs([path], reward_column=SKY))
+    pairs, stats = _read(path, reward_column=SKY)
+    assert len(pairs) == len(QUESTIONS) * len(GENERATORS) - 2
+    assert ("u1", "Qwen2.5-7B-Instruct") not in {(p.id, p.teacher) for p in pairs}
+    assert [(r["path"], r["line"]) for r in stats.skipped] == [(str(path), 2)]
+    assert "Qwen2.5-7B-Instruct" in stats.skipped[0]["reason"]
+    assert stats.counts == {"dropped_missing_field": 1}
+    # in Parquet the struct's schema is the column's: the missing content is a null content
+    pq.write_table(pa.Table.from_pylist(records), tmp_path / "zoo.parquet")
+    pairs, stats = _read(tmp_path / "zoo.parquet", reward_column=SKY)
+    assert len(pairs) == len(QUESTIONS) * len(GENERATORS) - 2
+    assert [(r["line"], "Qwen2.5-7B-Instruct" in r["reason"]) for r in stats.skipped] == [(2, True)]
+
+
+@pytest.mark.parametrize("row", [0, 3])  # before (first row) or after the column was seen holding a struct
+def test_a_zoo_generator_column_holding_a_string_is_a_skipped_row(tmp_path, row):
+    records = zoo_records()
+    records[row]["gemma-2-9b-it"] = "a bare answer, not a struct"
+    path = _jsonl(tmp_path / "zoo.jsonl", records)
+    with pytest.raises(InputError, match=rf"zoo\.jsonl:{row + 1}: wrong type: .*'gemma-2-9b-it'.*str"):
+        list(read_pairs([path]))
+    pairs, stats = _read(path)
+    assert ("u%d" % row, "gemma-2-9b-it") not in {(p.id, p.teacher) for p in pairs}
+    assert len(pairs) == len(QUESTIONS) * len(GENERATORS) - 2
+    assert [(r["path"], r["line"]) for r in stats.skipped] == [(str(path), row + 1)]
+    assert "gemma-2-9b-it" in stats.skipped[0]["reason"]
+    if row:  # a column known to hold a generator is not taken for a shared column either
+        assert all("a bare answer" not in str(p.extra) for p in pairs)
+
+
+def test_a_zoo_row_whose_generators_all_hold_strings_names_each(tmp_path):
+    records = zoo_records()
+    for generator in GENERATORS:
+        records[3][generator] = f"{generator} flat answer"
+    pairs, stats = _read(_jsonl(tmp_path / "zoo.jsonl", records))
+    assert len(pairs) == (len(QUESTIONS) - 1) * len(GENERATORS) - 1
+    assert sorted(r["reason"].split("'")[1] for r in stats.skipped) == GENERATORS
+    assert {r["line"] for r in stats.skipped} == {4}
+
+
+def test_metadata_columns_of_a_zoo_file_are_not_generators(tmp_path):
+    records = zoo_records()
+    for i, record in enumerate(records):
+        record["gen_input_configs"] = {"temperature": 1.0, "seed": i}
+        record["difficulty"] = "easy"
+    pairs, stats = _read(_jsonl(tmp_path / "zoo.jsonl", records))
+    assert not stats.skipped and len(pairs) == len(QUESTIONS) * len(GENERATORS) - 1
+    assert {p.teacher for p in pairs} == set(GENERATORS) and pairs[0].extra["difficulty"] == "easy"
+
+
+def test_an_empty_zoo_answer_names_its_generator(tmp_path):
+    records = zoo_records()
+    records[4]["Llama-3.1-8B-Instruct"]["content"] = "   "
+    pairs, stats = _read(_jsonl(tmp_path / "zoo.jsonl", records))
+    assert [(r["line"], r["reason"]) for r in stats.skipped] == [(5, "empty response (generator 'Llama-3.1-8B-Instruct')")]
+    assert stats.counts == {"dropped_empty_response": 1}
+
+
+@pytest.mark.parametrize("layout", ["jsonl", "parquet"])
+def test_an_ultrafeedback_completion_without_response_is_a_skipped_row(tmp_path, layout):
+    records = ultrafeedback_records()
+    del records[2]["completions"][1]["response"]
+    path = tmp_path / f"uf.{layout}"
+    if layout == "jsonl":
+        _jsonl(path, records)
+    else:
+        pq.write_table(pa.Table.from_pylist(records), path)
+    with pytest.raises(InputError, match=rf"uf\.{layout}:3: missing field: .*'llama-2-7b-chat'.*response"):
+        list(read_pairs([path], reward_column="overall_score"))
+    pairs, stats = _read(path, reward_column="overall_score")
+    assert len(pairs) == 14
+    assert [(r["path"], r["line"]) for r in stats.skipped] == [(str(path), 3)]
+    assert "llama-2-7b-chat" in stats.skipped[0]["reason"]
+
+
+def test_ultrafeedback_completions_that_are_not_answers_are_skipped_rows(tmp_path):
+    records = ultrafeedback_records()
+    records[0]["completions"].append("not an object")
+    records[1]["completions"].append({"response": "who wrote me?"})
+    pairs, stats = _read(_jsonl(tmp_path / "uf.jsonl", records))
+    assert len(pairs) == 15
+    assert [r["line"] for r in stats.skipped] == [1, 2]
+    assert "completion 4" in stats.skipped[0]["reason"] and "model" in stats.skipped[1]["reason"]
+
+
+def test_score_cli_counts_the_skipped_answers(tmp_path, tiny_llama):
+    import subprocess
+    import sys
+
+    records = zoo_records()
+    del records[1]["Qwen2.5-7B-Instruct"]["content"]
+    records[3]["gemma-2-9b-it"] = "a bare answer"
+    path = _jsonl(tmp_path / "zoo.jsonl", records)
+    out = tmp_path / "scores.parquet"
+    common = ["--student", f"hf:{tiny_llama}", "--reward-column", SKY, "--metrics", "car", "--dtype", "float32",
+              "--no-progress"]
+    done = subprocess.run([sys.executable, "-m", "teachfit.cli", "score", str(path), *common, "--skip-invalid",
+                           "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "2 skipped" in done.stdout + done.stderr
+    from teachfit.files import read_table
+
+    meta = read_table(out)[1]
+    assert sorted((r["line"], r["reason"].split("'")[1]) for r in meta["skipped"]) == [
+        (2, "Qwen2.5-7B-Instruct"), (4, "gemma-2-9b-it")]
+    done = subprocess.run([sys.executable, "-m", "teachfit.cli", "score", str(path), *common,
+                           "--out", str(tmp_path / "strict.parquet")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "zoo.jsonl:2:" in done.stderr and "Qwen2.5-7B-Instruct" in done.stderr

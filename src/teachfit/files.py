@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from teachfit.atomic import atomic_write, write_json_atomic
-from teachfit.records import InputError, Pair, ReadStats, expand_record, pair_from_record, with_reward
+from teachfit.records import InputError, Pair, ReadStats, WideLayout, pair_from_record, with_reward
 
 RESPONSE_SUFFIXES = (".jsonl", ".json", ".parquet")
 
@@ -118,10 +118,18 @@ def read_pairs(
     seen_ids: dict[tuple[str, str], str] = {}
     seen_pairs: dict[tuple[str, bytes], str] = {}
     for path in paths:
+        layout = WideLayout()  # which columns of this file hold generators
         for number, raw in read_records(path, stats.skip if skip_invalid else None):
-            for record in expand_record(raw):
+            wide = layout.expand(raw, number)
+            records, problems = wide if wide is not None else ([raw], [])
+            for line, reason in problems:  # an answer of one generator that cannot be read
+                if not skip_invalid:
+                    raise InputError(path, line, reason)
+                stats.skip(InputError(path, line, reason))
+            for record in records:
                 try:
-                    pair = _checked_pair(record, path, number, reward_column, seen_ids, seen_pairs)
+                    pair = _checked_pair(record, path, number, reward_column, seen_ids, seen_pairs,
+                                         generator=record.get("teacher") if wide is not None else None)
                 except InputError as error:
                     if not skip_invalid:
                         raise
@@ -132,15 +140,18 @@ def read_pairs(
 
 
 def _checked_pair(record: dict[str, Any], path: str | os.PathLike, number: int, reward_column: str | None,
-                  seen_ids: dict[tuple[str, str], str], seen_pairs: dict[tuple[str, bytes], str]) -> Pair:
+                  seen_ids: dict[tuple[str, str], str], seen_pairs: dict[tuple[str, bytes], str],
+                  generator: str | None = None) -> Pair:
     """The Pair of one plain record (its reward from `reward_column`), refused (InputError at
-    file:line) when invalid or a duplicate."""
+    file:line) when invalid or a duplicate; `generator`: the record is that generator's answer
+    in a multi-teacher record, and a reason names it."""
+    of = f" (generator '{generator}')" if generator is not None else ""
     try:
         pair = pair_from_record(with_reward(record, reward_column), default_teacher=Path(path).stem)
     except ValueError as error:
-        raise InputError(path, number, str(error)) from None
+        raise InputError(path, number, f"{error}{of}") from None
     except (TypeError, AttributeError, KeyError) as error:  # a shape no check above foresaw
-        raise InputError(path, number, f"invalid record ({type(error).__name__}: {error})") from None
+        raise InputError(path, number, f"invalid record ({type(error).__name__}: {error}){of}") from None
     where = f"{path}:{number}"
     id_key = (pair.teacher, pair.id)
     if id_key in seen_ids:

@@ -7,7 +7,10 @@ Accepted record formats (detected per record):
   sharegpt  {"conversations": [{"from": "human", ...}, {"from": "gpt", ...}]}
   zoo       {"uuid", "instruction", <generator>: {"content", <reward model>: float, ...}, ...}
   ultrafeedback {"instruction", "completions": [{"model", "response", "overall_score", ...}]}
-(the last two hold several teachers' answers and give one Pair per generator).
+(the last two hold several teachers' answers and give one Pair per generator; an answer that
+cannot be read, such as a struct without `content`, a generator column holding a string or a
+completion without `response`, is a bad row naming its generator, and a null generator column
+means that generator did not answer).
 A missing `id` becomes a hash of the instruction, so the same instruction answered by several
 teachers keeps one id; a missing `teacher` becomes the file's stem.
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from array import array
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -157,34 +161,105 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def expand_wide_record(record: Any) -> list[dict[str, Any]] | None:
-    """The plain records of a Generator-Zoo or UltraFeedback record, or None for any other record."""
+def _is_ultrafeedback(record: dict[str, Any]) -> bool:
+    completions = record.get("completions")
+    return isinstance(completions, list) and any(isinstance(c, dict) and "model" in c for c in completions)
+
+
+def expand_wide_record(record: Any, generators: set[str] | frozenset[str] = frozenset()
+                       ) -> list[dict[str, Any] | ValueError] | None:
+    """The answers of a Generator-Zoo or UltraFeedback record, or None for any other record: a plain
+    record per generator, or a ValueError naming the generator whose answer cannot be read (a
+    struct without `content`, a generator column holding a string, a completion without
+    `response` or `model`). `generators`: columns known to hold generators in this file (a Zoo
+    generator is a column holding a struct with `content`; see WideLayout). A generator whose
+    column is null did not answer this instruction: no record, no error."""
     if not isinstance(record, dict) or "instruction" not in record or any(k in record for k in _PLAIN_KEYS):
         return None
     instruction = record["instruction"]
     base_id = next((str(record[k]) for k in ("uuid", "id") if record.get(k) not in (None, "")), None)
     if base_id is None and isinstance(instruction, str):
         base_id = instruction_id(instruction)
-    completions = record.get("completions")
-    if isinstance(completions, list) and completions and all(isinstance(c, dict) and "model" in c for c in completions):
-        answers = [(str(c["model"]), c.get("response"), c) for c in completions]
+    answers: list[tuple[str, Any, dict[str, Any]] | ValueError] = []
+    if _is_ultrafeedback(record):
         shared: dict[str, Any] = {}
+        for number, completion in enumerate(record["completions"], start=1):
+            if not isinstance(completion, dict):
+                answers.append(ValueError(f"wrong type: completion {number} is a {type(completion).__name__}, "
+                                          "not an object with 'model' and 'response'"))
+            elif completion.get("model") in (None, ""):
+                answers.append(ValueError(f"missing field: completion {number} has no 'model' (its generator)"))
+            elif completion.get("response") is None:
+                answers.append(ValueError(f"missing field: completion {number} of generator "
+                                          f"'{completion['model']}' has no 'response'"))
+            else:
+                answers.append((str(completion["model"]), completion["response"], completion))
     else:
-        answers = [(str(k), v.get("content"), v) for k, v in record.items()
-                   if isinstance(v, dict) and isinstance(v.get("content"), str)]
-        if not answers:
+        names = {k for k, v in record.items() if k in generators or (isinstance(v, dict) and "content" in v)}
+        if not names:
             return None
-        names = {k for k, _, _ in answers}
+        for name, value in record.items():
+            if name not in names or value is None:  # a null column: this generator did not answer
+                continue
+            if not isinstance(value, dict):
+                answers.append(ValueError(f"wrong type: generator '{name}' holds a {type(value).__name__}, "
+                                          "not a struct with 'content'"))
+            elif value.get("content") is None:
+                answers.append(ValueError(f"missing field: generator '{name}' has no 'content'"))
+            else:
+                answers.append((str(name), value["content"], value))
         shared = {k: v for k, v in record.items() if k not in names and k not in ("uuid", "id", "instruction")
                   and (v is None or isinstance(v, (str, int, float, bool)))}
-    out = []
-    for teacher, response, fields in answers:
-        if response is None:  # this generator did not answer this instruction
+    out: list[dict[str, Any] | ValueError] = []
+    for answer in answers:
+        if isinstance(answer, ValueError):
+            out.append(answer)
             continue
+        teacher, response, fields = answer
         numeric = {k: v for k, v in fields.items() if _is_number(v)}
         out.append({**shared, **numeric, "id": base_id, "instruction": instruction, "response": response,
                     "teacher": teacher})
     return out
+
+
+class WideLayout:
+    """Reads the multi-teacher records of one file, remembering which columns hold generators.
+
+    A Zoo generator is known by a row in which its column holds a struct with `content`; a row in
+    which a known generator's column holds something else (a string, a struct without `content`)
+    is a bad answer of that generator. A bad cell in a column not yet known as a generator is kept
+    (its line) until the column turns out to be one, and then reported: so a string in the first
+    row is found as well as one in the last. Columns that never hold a generator are metadata."""
+
+    _SUSPECT = (str, dict, list)
+
+    def __init__(self) -> None:
+        self.generators: set[str] = set()
+        self._pending: dict[str, dict[str, Any]] = {}  # column -> {type name: array of lines}
+
+    def expand(self, record: Any, line: int) -> tuple[list[dict[str, Any]], list[tuple[int, str]]] | None:
+        """(the plain records of `record`, [(line, reason)] of the bad answers found now, earlier
+        lines included), or None when `record` is not a multi-teacher record."""
+        expanded = expand_wide_record(record, self.generators)
+        if expanded is None:
+            return None
+        problems: list[tuple[int, str]] = []
+        if not _is_ultrafeedback(record):
+            new = {k for k, v in record.items() if isinstance(v, dict) and "content" in v} - self.generators
+            for name in sorted(new):
+                self.generators.add(name)
+                for type_name, lines in self._pending.pop(name, {}).items():
+                    kind = ("missing field: generator '{}' has no 'content'" if type_name == "dict" else
+                            "wrong type: generator '{}' holds a " + type_name + ", not a struct with 'content'")
+                    problems.extend((earlier, kind.format(name)) for earlier in lines)
+            for name, value in record.items():
+                if name not in self.generators and isinstance(value, self._SUSPECT) and name != "instruction" \
+                        and not (isinstance(value, dict) and "content" in value):
+                    self._pending.setdefault(name, {}).setdefault(type(value).__name__, array("q")).append(line)
+        records = [r for r in expanded if isinstance(r, dict)]
+        problems.sort()
+        problems += [(line, str(error)) for error in expanded if isinstance(error, ValueError)]
+        return records, problems
 
 
 def with_reward(record: Any, reward_column: str | None) -> Any:
@@ -198,9 +273,3 @@ def with_reward(record: Any, reward_column: str | None) -> Any:
     if not _is_number(value) or value != value:
         raise ValueError(f"wrong type: reward column '{reward_column}' holds {str(value)[:40]!r}, not a number")
     return {**record, "reward": float(value)}
-
-
-def expand_record(record: dict[str, Any]) -> list[dict[str, Any]]:
-    """The plain records of one record: one per generator of a multi-teacher record, else itself."""
-    expanded = expand_wide_record(record)
-    return expanded if expanded is not None else [record]
