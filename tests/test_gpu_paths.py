@@ -1,5 +1,7 @@
 """The GPU paths that a CPU can check (issue: the GPU paths, checked against the libraries' source):
 the decisions are unit-tested here; what needs a GPU to show is said in the code."""
+from pathlib import Path
+
 import pytest
 
 from conftest import write_pairs
@@ -27,3 +29,80 @@ def test_bf16_only_on_gpus_that_have_it(capability, dtype):
     from teachfit.models.hf import gpu_dtype
 
     assert gpu_dtype(capability) == dtype
+
+
+def test_one_model_at_a_time_each_released_before_the_next_loads(tmp_path, tiny_llama, tiny_chatml, tiny_gpt2):
+    """Student, reference and judge reward each run over all pairs, one after another: while one
+    scorer's model is loaded, no other scorer holds one (a vLLM student at 0.9 of a GPU beside a
+    reference could not fit). The rows equal a run whose scorers were all loaded at once."""
+    from conftest import PAIRS
+    from teachfit.config import ScoreConfig
+    from teachfit.files import read_pairs
+    from teachfit.score.engine import score_files
+    from teachfit.score.scorers import build_scorers
+
+    data = write_pairs(tmp_path / "t.jsonl", PAIRS)
+    config = ScoreConfig(student=[f"hf:{tiny_llama}"], reference=f"hf:{tiny_gpt2}", reward_model=f"hf:{tiny_chatml}",
+                         reward_kind="judge", dtype="float32", progress=False, window=2)
+    scorers = build_scorers(f"hf:{tiny_llama}", config, [data])
+    loaded_together = []
+    for scorer in scorers:
+        if hasattr(scorer, "_build"):
+            def build(scorer=scorer, original=scorer._build):
+                loaded_together.append([s for s in scorers if getattr(s, "_scorer", None) is not None])
+                return original()
+            scorer._build = build
+    score_files([data], tmp_path / "s.parquet", f"hf:{tiny_llama}", config, tmp_path / "cache", scorers=scorers)
+    assert len(loaded_together) == 3 and all(others == [] for others in loaded_together)
+    assert all(getattr(s, "_scorer", None) is None for s in scorers)  # the last one is released too
+
+    together = build_scorers(f"hf:{tiny_llama}", config, [data])
+    for scorer in together:
+        if hasattr(scorer, "release"):
+            scorer.release = lambda: None  # the old behaviour: every model stays loaded
+    from teachfit.files import read_table
+
+    score_files([data], tmp_path / "t.parquet", f"hf:{tiny_llama}", config, tmp_path / "cache2", scorers=together)
+    assert read_table(tmp_path / "s.parquet")[0] == read_table(tmp_path / "t.parquet")[0]
+    assert len(list(read_pairs([data]))) == len(read_table(tmp_path / "s.parquet")[0])
+
+
+class InProcessShards:
+    """An executor of 2 'workers' in this process whose models run in bfloat16 (as GPU workers
+    would) while the driver's own choice is float32: the driver must key the cache with the
+    workers' dtype, or it finds none of their results and computes everything again itself."""
+
+    world_size = 2
+
+    def __init__(self, monkeypatch):
+        self.monkeypatch, self.loads_after_workers = monkeypatch, None
+
+    def map(self, function, tasks):
+        from teachfit.models import LOAD_COUNTS, hf
+
+        with self.monkeypatch.context() as patch:
+            patch.setattr(hf, "dtype_name", lambda dtype, device="auto": "bfloat16")
+            results = [function(task) for task in tasks]
+        self.loads_after_workers = dict(LOAD_COUNTS)
+        return results
+
+
+def test_the_driver_keys_the_cache_with_the_workers_dtype(tmp_path, tiny_llama, monkeypatch):
+    from conftest import PAIRS
+    from teachfit.config import ScoreConfig
+    from teachfit.files import read_table
+    from teachfit.models import LOAD_COUNTS, hf
+    from teachfit.run import RunDir
+    from teachfit.score.stage import run_score
+
+    monkeypatch.setattr(hf, "dtype_name", lambda dtype, device="auto": "float32")  # the driver (no GPU)
+    run = RunDir(tmp_path / "run")
+    run.responses_dir.mkdir(parents=True)
+    write_pairs(run.responses("t"), PAIRS)
+    config = ScoreConfig(student=[f"hf:{tiny_llama}"], metrics=["ppl_self"], dtype="auto", progress=False, window=2)
+    executor = InProcessShards(monkeypatch)
+    run_score(config, run, executor)
+    assert executor.loads_after_workers is not None and LOAD_COUNTS == executor.loads_after_workers  # driver loaded nothing
+    rows, _ = read_table(run.scores(Path(tiny_llama).name))
+    assert len(rows) == len(PAIRS)
+    assert all("bfloat16" in marker.read_text() for marker in (run.root / ".markers" / "score").glob("*.done"))

@@ -24,6 +24,18 @@ def require(module: str, extra: str) -> Any:
         ) from error
 
 
+def free_accelerator_memory() -> None:
+    """Collect dropped models now and hand the GPU's cached blocks back (when torch is loaded), so
+    the next model of a stage finds the memory the previous one held."""
+    import gc
+    import sys
+
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def cache_root() -> Path:
     """teachfit's own cache folder (packaged models, dequantized GGUFs, nltk data):
     $TEACHFIT_CACHE, else ~/.cache/teachfit. A run's results are cached in the run instead."""

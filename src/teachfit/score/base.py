@@ -33,9 +33,23 @@ class DeferredScorer:
         """Everything a cached result depends on (computed without loading the model)."""
         return self._material
 
+    def keyed(self, material: dict[str, Any]) -> None:
+        """Key results with `material`: what the workers that computed them recorded (a driver
+        without their GPUs would compute another dtype, and find none of their results)."""
+        self._material = material
+
     def describe(self) -> dict[str, Any]:
         """The loaded scorer's description, or what the spec says when nothing was loaded."""
         return self._scorer.describe() if self._scorer is not None else self._description
+
+    def release(self) -> None:
+        """Drop the model (it loads again if a pair needs it) and free the accelerator's memory."""
+        if self._scorer is not None:
+            self._description = self._scorer.describe()  # what it loaded (template, dtype, ...) stays known
+            self._scorer = None
+            from teachfit.env import free_accelerator_memory
+
+            free_accelerator_memory()
 
     def compute(self, pairs: Sequence[Pair]) -> list[dict[str, Any]]:
         """Load the model (once), then compute."""

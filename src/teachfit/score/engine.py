@@ -11,7 +11,7 @@ import json
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from teachfit.atomic import atomic_write
 from teachfit.config import ScoreConfig
@@ -32,10 +32,14 @@ def _windows(pairs: Iterable[Pair], size: int) -> Iterator[list[Pair]]:
         yield window
 
 
+def _keys(window: list[Pair], material: dict[str, Any]) -> list[str]:
+    return [content_hash(material, p.instruction, p.response) for p in window]
+
+
 def _score_window(window: list[Pair], scorer: Scorer, cache: ResultCache, chunk: int, skip_invalid: bool,
-                  skipped: list[dict[str, Any]], progress: Any = None) -> list[dict[str, Any] | None]:
-    material = scorer.key_material()
-    keys = [content_hash(material, p.instruction, p.response) for p in window]
+                  skipped: list[dict[str, Any]], progress: Any = None) -> None:
+    """Compute and cache the results of `window` that `cache` does not hold yet."""
+    keys = _keys(window, scorer.key_material())
     missing = [i for i, key in enumerate(keys) if key not in cache]
     if progress is not None:
         progress.update(len(window) - len(missing))
@@ -57,22 +61,31 @@ def _score_window(window: list[Pair], scorer: Scorer, cache: ResultCache, chunk:
         cache.put_many((keys[i], v) for i, v in zip(todo, values) if v is not None)
         if progress is not None:
             progress.update(len(todo))
-    return [cache.get(key) for key in keys]
 
 
 def score_pairs(
-    pairs: Iterable[Pair], scorers: Sequence[Scorer], cache_root: str | Path, config: ScoreConfig,
-    progress: Any = None, skipped: list[dict[str, Any]] | None = None,
+    pairs: Callable[[], Iterable[Pair]] | Iterable[Pair], scorers: Sequence[Scorer], cache_root: str | Path,
+    config: ScoreConfig, progress: Any = None, skipped: list[dict[str, Any]] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Yield one metrics row per pair, in input order; results come from the cache when present
-    and are written to it as soon as they are computed. `progress` counts (pair, scorer) steps."""
+    and are written to it as soon as they are computed. `progress` counts (pair, scorer) steps.
+
+    One model at a time: each scorer runs over all pairs, then its model is released (and the
+    accelerator's cached memory with it) before the next scorer loads, so a vLLM student at 0.9
+    of the GPU's memory never shares it with a reference or a reward model. The rows are then
+    assembled from the caches. `pairs` is a function returning a fresh iterable of the pairs
+    (read once per scorer and once more: memory stays flat), or a sequence."""
+    source = pairs if callable(pairs) else (lambda items=list(pairs): items)
     skipped = skipped if skipped is not None else []
     caches = [ResultCache(Path(cache_root) / content_hash(s.key_material())[:16]) for s in scorers]
     chunk = max(1, min(config.window, 16))  # small enough that the progress bar moves every few seconds
     try:
-        for window in _windows(pairs, config.window):
-            per_scorer = [_score_window(window, s, c, chunk, config.skip_invalid, skipped, progress)
-                          for s, c in zip(scorers, caches)]
+        for scorer, cache in zip(scorers, caches):
+            for window in _windows(source(), config.window):
+                _score_window(window, scorer, cache, chunk, config.skip_invalid, skipped, progress)
+            getattr(scorer, "release", lambda: None)()
+        for window in _windows(source(), config.window):
+            per_scorer = [[cache.get(key) for key in _keys(window, s.key_material())] for s, cache in zip(scorers, caches)]
             for i, pair in enumerate(window):
                 parts = [results[i] for results in per_scorer]
                 if any(part is None for part in parts):
@@ -124,11 +137,16 @@ def score_files(
     started = time.perf_counter()
     scorers = list(scorers) if scorers is not None else build_scorers(student, config, paths)
     stats, skipped = ReadStats(), []
-    pairs = read_pairs(paths, skip_invalid=config.skip_invalid, stats=stats, reward_column=config.reward_column)
+    chosen = sampled_instructions(paths, config.sample, config.seed) if config.sample else None
+
+    def pairs() -> Iterator[Pair]:  # read again for each scorer: the last reading's counts are the ones reported
+        nonlocal stats
+        stats = ReadStats()
+        read = read_pairs(paths, skip_invalid=config.skip_invalid, stats=stats, reward_column=config.reward_column)
+        return (p for p in read if chosen is None or pair_instruction(p) in chosen)
+
     total = count_records(paths)
     if config.sample:
-        chosen = sampled_instructions(paths, config.sample, config.seed)
-        pairs = (p for p in pairs if pair_instruction(p) in chosen)
         total = min(total, config.sample * len(paths))  # for the progress bar (one teacher per file)
     writer, rows_written, truncated = None, 0, 0
     with atomic_write(out, "wb") as handle:

@@ -27,8 +27,10 @@ def score_inputs(config: ScoreConfig, run: Any) -> list[Path]:
 
 def score_shard(task: dict[str, Any]) -> int:
     """One executor worker: score its share of the pairs into the shared cache (each process
-    writes its own cache shard files), then leave a completion marker. Shards are whole windows,
-    so every batch is the one the local executor would form and the results are equal bit for bit."""
+    writes its own cache shard files), then leave a completion marker holding the key material of
+    its scorers, computed where the models run (a GPU worker's dtype, not the driver's). Shards are
+    whole windows, so every batch is the one the local executor would form and the results are
+    equal bit for bit."""
     from teachfit.atomic import write_json_atomic
     from teachfit.files import read_pairs
     from teachfit.score.engine import score_pairs
@@ -37,17 +39,42 @@ def score_shard(task: dict[str, Any]) -> int:
     config: ScoreConfig = task["config"]
     scorers = build_scorers(task["student"], config, task["paths"])
     rank, world = task["rank"], task["world"]
-    pairs = (p for i, p in enumerate(read_pairs(task["paths"], skip_invalid=config.skip_invalid,
-                                                reward_column=config.reward_column)) if (i // config.window) % world == rank)
+    def pairs() -> Any:
+        read = read_pairs(task["paths"], skip_invalid=config.skip_invalid, reward_column=config.reward_column)
+        return (p for i, p in enumerate(read) if (i // config.window) % world == rank)
+
     count = sum(1 for _ in score_pairs(pairs, scorers, task["cache"], config))
-    write_json_atomic(Path(task["marker"]), {"pairs": count})
+    write_json_atomic(Path(task["marker"]), {"pairs": count, "key_material": [s.key_material() for s in scorers]})
     return count
+
+
+def workers_key_material(markers: list[Path]) -> list[Any] | None:
+    """The key material the workers' scorers had (from their completion markers): the driver keys
+    the cache with it, so the workers' results are found even when the driver would pick another
+    dtype (a CPU driver of GPU workers). None when no marker says; InputError when workers differ."""
+    import json
+
+    from teachfit.records import InputError
+
+    found = []
+    for marker in markers:
+        try:
+            material = json.loads(marker.read_text(encoding="utf-8")).get("key_material")
+        except (OSError, ValueError, AttributeError):
+            material = None
+        if material is not None:
+            found.append(material)
+    if any(m != found[0] for m in found):
+        raise InputError(markers[0].parent, None, "the workers scored with different settings (e.g. dtypes: a "
+                                                  "mix of GPU kinds); give --dtype explicitly")
+    return found[0] if found else None
 
 
 def run_score(config: ScoreConfig, run: Any, executor: Any = None) -> dict[str, Any]:
     """Every pair x every student -> RUN/scores/<student>.parquet (or config.out)."""
     from teachfit.run import fingerprint
     from teachfit.score.engine import score_files
+    from teachfit.score.scorers import build_scorers
     from teachfit.teachers import student_name
 
     paths = score_inputs(config, run)
@@ -65,13 +92,18 @@ def run_score(config: ScoreConfig, run: Any, executor: Any = None) -> dict[str, 
     results = {}
     for student in config.student:
         out = Path(config.out) if config.out else run.scores(student_name(student)) if run else Path("scores.parquet")
+        scorers = build_scorers(student, config, paths)
         if world > 1:
             key = fingerprint(student, config, [str(p) for p in paths])
+            markers = [run.shard_marker("score", key, rank, world) for rank in range(world)]
             tasks = [{"config": config, "student": student, "paths": paths, "cache": str(cache), "rank": rank,
-                      "world": world, "marker": str(run.shard_marker("score", key, rank, world))}
-                     for rank in range(world) if not run.shard_marker("score", key, rank, world).exists()]
+                      "world": world, "marker": str(marker)} for rank, marker in enumerate(markers) if not marker.exists()]
             executor.map(score_shard, tasks)
-        meta = score_files(paths, out, student, config, cache)
+            materials = workers_key_material(markers)
+            for scorer, material in zip(scorers, materials or []):
+                if material != scorer.key_material():
+                    scorer.keyed(material)  # the workers' keys: their dtype, not this driver's
+        meta = score_files(paths, out, student, config, cache, scorers=scorers)
         results[student] = {"out": str(out), "counts": meta["counts"], "seconds": meta["seconds"]}
     return {"students": results}
 
