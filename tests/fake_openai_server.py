@@ -2,7 +2,8 @@
 
 Routes: POST /v1/chat/completions (a chat completion: `reply`), POST /v1/completions (vLLM:
 token-id `prompt`, `prompt_logprobs`), POST /generate (SGLang: `input_ids`,
-`meta_info.input_token_logprobs`), GET /v1/models (one model, `owned_by` the kind it plays).
+`meta_info.input_token_logprobs`), GET /v1/models (one model, `owned_by` the kind it plays, and
+`max_model_len` when given), GET /metrics (Prometheus text, when given).
 Prompt log-probabilities are canned: `canned(position)`. Each POST takes the next mode from a
 script (then `default`): a good answer, or one of the faults a real network or server produces.
 The server stops itself after `lifetime` seconds even if a test forgets to, and every handler
@@ -53,10 +54,14 @@ class FakeServer:
     the body; with `default` set to one, GET /v1/models answers the same). Every request is
     recorded in `requests` (path, auth; a POST also its mode and body)."""
 
-    def __init__(self, reply="Hello there.", hang_seconds=1.5, lifetime=60.0, owned_by="fake"):
+    def __init__(self, reply="Hello there.", hang_seconds=1.5, lifetime=60.0, owned_by="fake", max_model_len=None,
+                 metrics=None):
         self.script: list = []
         self.default = "ok"
         self.reply, self.hang_seconds, self.owned_by = reply, hang_seconds, owned_by
+        # max_model_len: listed on /v1/models, and token-id prompts of that many tokens or more refused
+        # with HTTP 400 as vLLM and SGLang do; metrics: the text of GET /metrics (404 without)
+        self.max_model_len, self.metrics = max_model_len, metrics
         self.requests: list[dict] = []
         self.lock = threading.Lock()
         server = self
@@ -71,7 +76,18 @@ class FakeServer:
                 with server.lock:
                     server.requests.append({"path": self.path, "auth": self.headers.get("Authorization")})
                     mode = server.default if server.default.startswith("echo") else "ok"
-                server.handle(self, mode, {"object": "list", "data": [{"id": "m", "owned_by": server.owned_by}]})
+                if self.path == "/metrics":
+                    data = (server.metrics or "").encode()
+                    self.send_response(200 if server.metrics is not None else 404)
+                    self.send_header("Content-Type", "text/plain")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return
+                card = {"id": "m", "owned_by": server.owned_by}
+                if server.max_model_len is not None:
+                    card["max_model_len"] = server.max_model_len
+                server.handle(self, mode, {"object": "list", "data": [card]})
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
@@ -79,6 +95,9 @@ class FakeServer:
                     mode = server.script.pop(0) if server.script else server.default
                     server.requests.append({"mode": mode, "path": self.path, "body": body,
                                             "auth": self.headers.get("Authorization")})
+                ids = body.get("input_ids") or body.get("prompt")
+                if server.max_model_len is not None and isinstance(ids, list) and len(ids) >= server.max_model_len:
+                    mode = "too_long"
                 server.handle(self, mode, prompt_logprobs(self.path, body))
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -107,6 +126,10 @@ class FakeServer:
             payload = completion(None, finish_reason="length")
         elif mode == "nochoices":
             payload = {"object": "chat.completion", "usage": {}}
+        elif mode == "too_long":
+            status = 400
+            payload = {"error": {"message": f"The decoder prompt plus the number of requested output tokens (at "
+                                            f"least 1) is longer than the maximum model length of {self.max_model_len}."}}
         elif mode.startswith("echo"):
             status = int(mode[4:])
             payload = {"error": {"message": f"bad request with headers Authorization: {h.headers.get('Authorization')}"}}

@@ -239,3 +239,56 @@ def test_llamacpp_offsets_line_up_or_the_pair_is_refused():
     echo.end += 1  # one character more than the text: refused, not shifted
     with pytest.raises(ValueError, match="do not line up"):
         llamacpp_span(echo, sent, suffix, specials)
+
+
+@pytest.mark.parametrize("kind", ["vllm", "sglang"])
+def test_served_max_length_is_the_servers_max_model_len_minus_one(kind, tiny_chatml, monkeypatch):
+    """vLLM and SGLang list max_model_len on /v1/models and answer HTTP 400 to a prompt of that many
+    tokens (the fake server does the same): teachfit cuts pairs to max_model_len - 1 before sending."""
+    from teachfit.models import load
+
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    srv = FakeServer(owned_by=kind, max_model_len=40)
+    try:
+        options = ScoreConfig(progress=False, max_length=4096, metrics=["ppl_self"], max_retries=0)
+        model = load("lm_scorer", f"openai:m@{srv.url}?template=hf:{tiny_chatml}", lm_role="self", options=options)
+        assert model.max_length == 39 and model.describe()["server_max_model_len"] == 40
+        [row] = model.compute([Pair(LONG["id"], LONG["instruction"], LONG["response"], "t")])
+        assert row["truncated"]
+        sent = [r["body"]["prompt" if kind == "vllm" else "input_ids"] for r in srv.requests if "body" in r]
+        assert max(len(ids) for ids in sent) == 39 and "too_long" not in srv.modes()
+    finally:
+        srv.stop()
+
+
+PREFIX_METRICS = ('# HELP vllm:cache_config_info Information of the LLMEngine CacheConfig\n'
+                  '# TYPE vllm:cache_config_info gauge\n'
+                  'vllm:cache_config_info{block_size="16",cache_dtype="auto",enable_prefix_caching="%s",'
+                  'gpu_memory_utilization="0.9"} 1.0\n')
+
+
+def test_a_vllm_server_with_prefix_caching_is_refused_with_the_flag(tiny_chatml, monkeypatch):
+    """vLLM issue 42019: prompt log-probabilities depend on request order with prefix caching on.
+    vLLM publishes its CacheConfig on /metrics (vllm:cache_config_info): on is refused, off is
+    recorded, and a server that does not say gets the flag in its notes."""
+    from teachfit.models import load
+    from teachfit.score.adapters import SERVER_FLAGS
+
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    assert "--no-enable-prefix-caching" in SERVER_FLAGS["vllm"]
+    spec = "openai:m@{}?server=vllm&template=hf:" + str(tiny_chatml)
+    options = ScoreConfig(progress=False, max_length=64, metrics=["ppl_self"], max_retries=0)
+    for metrics, expected in ((PREFIX_METRICS % "True", "refused"), (PREFIX_METRICS % "False", False), (None, None)):
+        srv = FakeServer(owned_by="vllm", metrics=metrics)
+        try:
+            if expected == "refused":
+                with pytest.raises(ModelSpecError, match="--no-enable-prefix-caching") as error:
+                    load("lm_scorer", spec.format(srv.url), lm_role="self", options=options)
+                assert "issue 42019" in str(error.value) and "\n" not in str(error.value)
+                assert not any("body" in r for r in srv.requests)  # refused before any scoring request
+                continue
+            described = load("lm_scorer", spec.format(srv.url), lm_role="self", options=options).describe()
+            assert described["server_prefix_caching"] is expected
+            assert any("--no-enable-prefix-caching" in n for n in described["notes"]) == (expected is None)
+        finally:
+            srv.stop()

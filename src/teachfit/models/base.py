@@ -44,3 +44,39 @@ class Generation:
 def user_messages(instruction: str) -> Messages:
     """The conversation a teacher is asked to continue: one user turn."""
     return [{"role": "user", "content": instruction}]
+
+
+# The sampling settings a model's generation_config.json may carry beyond teachfit's own
+# (temperature, top_p, max_new_tokens: GenerationSettings, recorded as gen_response_configs), with
+# the value that turns each off. transformers' generate() applies the model's generation_config
+# on its own (repetition_penalty even when decoding greedily); vLLM reads it only for
+# LLM.get_default_sampling_params(), used when no SamplingParams are given (vllm/entrypoints/
+# llm.py; ModelConfig.get_diff_sampling_param reads repetition_penalty, temperature, top_k, top_p,
+# min_p, max_new_tokens), so a teacher given SamplingParams samples without them. Teachfit reads
+# them itself and applies the same ones on hf: and vllm: (HFTeacher, VLLMTeacher), recorded in
+# each answer's backend description as `model_sampling`.
+MODEL_SAMPLING_FIELDS = {"repetition_penalty": 1.0, "top_k": 0, "min_p": 0.0}
+
+
+def model_sampling_defaults(generation_config: Any) -> dict[str, Any]:
+    """The settings of MODEL_SAMPLING_FIELDS that a model's generation config (a transformers
+    GenerationConfig, a dict, or None) sets to something other than off. Only what the file sets
+    counts (GenerationConfig.to_diff_dict, as vLLM reads it), so transformers' own defaults
+    (top_k 50 before transformers 5) are not taken for the model's."""
+    if generation_config is None:
+        return {}
+    if isinstance(generation_config, dict):
+        values = generation_config
+    elif hasattr(generation_config, "to_diff_dict"):
+        values = generation_config.to_diff_dict()
+    else:
+        values = vars(generation_config)
+    chosen: dict[str, Any] = {}
+    for name, off in MODEL_SAMPLING_FIELDS.items():
+        value = values.get(name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value == off:
+            continue
+        if name == "top_k" and value < 0:  # vLLM's -1: off
+            continue
+        chosen[name] = int(value) if name == "top_k" else float(value)
+    return chosen

@@ -222,25 +222,39 @@ class HFTeacher:
         self.template_name = ensure_chat_template(loaded.tokenizer)
 
     def describe(self) -> dict[str, Any]:
-        """What a record says about the backend."""
-        return {"backend": "hf", **self.loaded.describe(), "template": self.template_name}
+        """What a record says about the backend: the model, the template, and the model's own
+        sampling settings applied on top of the dataset's (model_sampling, as on vllm:)."""
+        from teachfit.models.base import model_sampling_defaults
+
+        return {"backend": "hf", **self.loaded.describe(), "template": self.template_name,
+                "model_sampling": model_sampling_defaults(getattr(self.loaded.model, "generation_config", None))}
 
     def generate(self, conversations: Any, settings: Any, seeds: Any) -> list[Any]:
         """One response per conversation."""
         import time
 
         torch = require("torch", "hf")
-        from teachfit.models.base import Generation
+        transformers = require("transformers", "hf")
+        from teachfit.models.base import Generation, model_sampling_defaults
 
         tokenizer, model = self.loaded.tokenizer, self.loaded.model
+        # the model's generation_config settings, the same ones VLLMTeacher applies and describe() records:
+        # repetition_penalty explicitly (1.0: none), top_k / min_p beside seeded_sampler's warpers
+        chosen = model_sampling_defaults(getattr(model, "generation_config", None))
         prompts = [tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in conversations]
         tokenizer.padding_side = "left"
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         batch = tokenizer(prompts, add_special_tokens=False, return_tensors="pt", padding=True).to(self.loaded.device)
-        sampling = {"do_sample": False}  # greedy, or the exact draw of seeded_sampler's Gumbel-max
+        # greedy, or the exact draw of seeded_sampler's Gumbel-max
+        sampling: dict[str, Any] = {"do_sample": False, "repetition_penalty": chosen.get("repetition_penalty", 1.0)}
         if settings.temperature > 0:
-            sampling["logits_processor"] = seeded_sampler(settings.temperature, settings.top_p, seeds, self.loaded.device)
+            processors = seeded_sampler(settings.temperature, settings.top_p, seeds, self.loaded.device)
+            if "top_k" in chosen:  # after the temperature, as transformers orders its warpers
+                processors.insert(1, transformers.TopKLogitsWarper(chosen["top_k"]))
+            if "min_p" in chosen:  # before the draw
+                processors.insert(len(processors) - 1, transformers.MinPLogitsWarper(chosen["min_p"]))
+            sampling["logits_processor"] = processors
         started = time.perf_counter()
         with torch.inference_mode():
             output = model.generate(**batch, max_new_tokens=settings.max_new_tokens, pad_token_id=tokenizer.pad_token_id,

@@ -16,6 +16,10 @@ a pair whose offsets do not cover the rendered text exactly is refused (llamacpp
 """
 from __future__ import annotations
 
+import http.client
+import re
+import urllib.error
+import urllib.request
 from types import SimpleNamespace
 from typing import Any, Sequence
 
@@ -29,8 +33,11 @@ SERVER_FLAGS = {
     "llamacpp": "llama-cpp-python's server must keep every position's logits: start it with `--logits_all true` "
                 "(python -m llama_cpp.server --model M.gguf --logits_all true); llama.cpp's own llama-server "
                 "returns no prompt log-probabilities: use ?server=vllm|sglang servers or in-process scoring",
-    "vllm": "vLLM's server must allow prompt log-probabilities: a vLLM version with `prompt_logprobs` on "
-            "/v1/completions and `--max-logprobs` >= 1 (vllm serve MODEL --max-logprobs 1)",
+    # prefix caching: with it on, vLLM's prompt log-probabilities depend on the order of requests
+    # (vllm-project/vllm issue 42019, open; the fix PR 42245 not merged): scoring needs it off
+    "vllm": "vLLM's server must allow prompt log-probabilities and keep them independent of request order: "
+            "a vLLM version with `prompt_logprobs` on /v1/completions, `--max-logprobs` >= 1 and prefix caching "
+            "off (vllm serve MODEL --max-logprobs 1 --no-enable-prefix-caching)",
     "sglang": "SGLang's /generate must accept input_ids with return_logprob and logprob_start_len (SGLang >= 0.2); "
               "check that the base URL points at SGLang",
 }
@@ -177,6 +184,51 @@ def detect_server(client: OpenAIClient) -> str:
         if kind in owners:
             return kind
     return "llamacpp"
+
+
+def context_limit(client: OpenAIClient, model: str) -> int | None:
+    """The server's context length for `model` from /v1/models (one short request, no retries),
+    or None when it does not say. vLLM lists `max_model_len` on every base model's card
+    (vllm/entrypoints/openai/models/serving.py, show_available_models: the engine's
+    model_config.max_model_len); SGLang the same field (sglang/srt/entrypoints/http_server.py,
+    available_models: model_config.context_len). Both refuse a prompt of that many tokens when one
+    token is to be generated (vLLM: InputProcessor._validate_prompt_len, `prompt_len ==
+    max_model_len` for a generate runner; SGLang: TokenizerManager._validate_one_request,
+    `input_token_num >= context_len`), so what is sent must stay within limit - 1."""
+    try:
+        listing = client.get_json("/models", timeout=DETECT_TIMEOUT, retries=False)
+    except (HTTPStatusError, TransientError):
+        return None
+    cards = [m for m in (listing or {}).get("data", []) if isinstance(m, dict)] if isinstance(listing, dict) else []
+    ordered = [m for m in cards if m.get("id") == model] + [m for m in cards if m.get("id") != model]
+    for card in ordered:
+        value = card.get("max_model_len")
+        if isinstance(value, int) and not isinstance(value, bool) and value > 1:
+            return value
+    return None
+
+
+PREFIX_CACHING_LABEL = re.compile(r'enable_prefix_caching="(\w+)"')
+
+
+def vllm_prefix_caching(client: OpenAIClient) -> bool | None:
+    """Whether a vLLM server runs with prefix caching, read from its Prometheus /metrics (vLLM's
+    stat logger publishes the cache config as the `vllm:cache_config_info` gauge, one label per
+    CacheConfig field: vllm/v1/metrics/loggers.py log_metrics_info, CacheConfig.metrics_info);
+    None when the server does not say (metrics off, a proxy, another server)."""
+    url = client.base_url.removesuffix("/v1") + "/metrics"
+    headers = {k: v for k, v in client._headers().items() if k != "Content-Type"}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=DETECT_TIMEOUT) as reply:
+            text = reply.read(4_000_000).decode("utf-8", "replace")
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError):
+        return None
+    for line in text.splitlines():
+        if line.startswith("vllm:cache_config_info{"):
+            found = PREFIX_CACHING_LABEL.search(line)
+            if found:
+                return found.group(1).lower() == "true"
+    return None
 
 
 def make_adapter(kind: str, base_url: str) -> Any:

@@ -10,7 +10,9 @@ openai_api.key_env_for, redacted from every message; ScoreConfig's ClientOptions
 
 teachfit renders each pair with the chat template of `?template=<tokenizer>` (an hf id or folder,
 a gguf: file or a packaged: name; default: the model name as an hf id) and applies --max-length
-with that tokenizer, as in-process scoring does (a longer conversation is cut and counted as
+with that tokenizer, as in-process scoring does (vLLM and SGLang: clamped to the server's
+`max_model_len` from /v1/models minus one, the token generated; a vLLM server that says on
+/metrics that prefix caching is on is refused, vLLM issue 42019) (a longer conversation is cut and counted as
 truncated; a prompt of max_length tokens or more is refused, naming the pair).
 
 - vllm, sglang: token ids in (template.encode_pair, encode_response_alone): the response starts
@@ -33,8 +35,9 @@ from teachfit.models.openai_api import HTTPStatusError, OpenAIClient, TransientE
 from teachfit.models.registry import register
 from teachfit.models.spec import ModelSpec, ModelSpecError
 from teachfit.records import InputError
-from teachfit.score.adapters import (PROBE_TEXT, REFUSAL_WORDS, SERVER_FLAGS, NoPromptLogprobs, detect_server,
-                                     llamacpp_span, make_adapter, special_strings)
+from teachfit.score.adapters import (PROBE_TEXT, REFUSAL_WORDS, SERVER_FLAGS, NoPromptLogprobs, context_limit,
+                                     detect_server, llamacpp_span, make_adapter, special_strings,
+                                     vllm_prefix_caching)
 from teachfit.score.lm import lm_key_material, rows_from_nll
 from teachfit.score.vllm import response_logprobs
 
@@ -91,12 +94,26 @@ class ServedLMScorer(OpenAIClient):
         self.endpoint = self.adapter.endpoint
         self.bos_text = self.tokenizer.bos_token if self.tokenizer.bos_token_id is not None else None
         self.server_adds_bos = False
+        self.server_limit = self.prefix_caching = None
+        if self.adapter.token_ids:  # vLLM / SGLang: their context length, and (vLLM) prefix caching
+            self.server_limit = context_limit(self, self.model)
+            if self.server_limit is not None:  # one token is generated: the prompt must leave room for it
+                self.max_length = min(self.max_length, self.server_limit - 1)
+        if self.server == "vllm":
+            self.prefix_caching = vllm_prefix_caching(self)
+            if self.prefix_caching:
+                raise ModelSpecError(f"{self.spec}: the vllm server at {self.base_url} runs with prefix caching, "
+                                     "which makes prompt log-probabilities depend on the order of requests (vLLM "
+                                     f"issue 42019). {SERVER_FLAGS['vllm']}")
         self._probe()
 
     def describe(self) -> dict[str, Any]:
         """What the output's metadata records: server kind, model, tokenizer and template (never the key)."""
         if self.adapter.token_ids:
             tokenizer, notes = "teachfit (token ids in)", ["tokenized by teachfit (template tokenizer), token ids sent"]
+            if self.server == "vllm" and self.prefix_caching is None:
+                notes.append("the server does not say whether prefix caching is on (/metrics): it must run with "
+                             "--no-enable-prefix-caching (vLLM issue 42019)")
         else:
             tokenizer = f"server ({self.model})"
             notes = ["tokenized by the server; response tokens by its text offsets",
@@ -107,7 +124,8 @@ class ServedLMScorer(OpenAIClient):
                                              "server_model": self.model, "base_url": self.base_url,
                                              "tokenizer": tokenizer, "server_adds_bos": self.server_adds_bos},
                 "template": self.template_name, "template_source": self.template_source,
-                "effective_max_length": self.max_length, "notes": notes}
+                "effective_max_length": self.max_length, "server_max_model_len": self.server_limit,
+                "server_prefix_caching": self.prefix_caching, "notes": notes}
 
     def _refusal(self, detail: str) -> ModelSpecError:
         return ModelSpecError(f"{self.spec}: the {self.server} server at {self.base_url} does not return prompt "

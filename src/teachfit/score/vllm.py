@@ -7,7 +7,9 @@ contract of response tokens), hands vLLM the token ids and asks for `prompt_logp
 the prefix cache, so the scorer's engine runs with enable_prefix_caching=False (nothing to gain,
 memory to lose), and prompt log-probabilities materialize a (tokens x vocabulary) fp32 array per
 engine step, so the scorer caps the step at max_num_batched_tokens (SCORE_STEP_TOKENS unless the
-spec says otherwise) and hands vLLM at most SCORE_CALL_TOKENS prompt tokens per call.
+spec says otherwise) and hands vLLM at most call_token_budget(vocabulary) prompt tokens per call
+(SCORE_CALL_ELEMENTS tokens x vocabulary). Pairs are cut to max_model_len - 1 tokens: vLLM refuses
+a prompt of max_model_len when one token is to be generated.
 """
 from __future__ import annotations
 
@@ -16,11 +18,28 @@ from typing import Any, Sequence
 
 from teachfit.models.registry import register
 from teachfit.models.spec import ModelSpec
-from teachfit.models.vllm_backend import engine_kwargs, open_engine
+from teachfit.models.vllm_backend import engine_kwargs, open_engine, prompt_token_limit
 from teachfit.score.lm import encode_pairs, lm_key_material, rows_from_nll
 
 SCORE_CALL_TOKENS = 262144    # prompt tokens per llm.generate call (host memory of the returned logprobs)
+# Prompt log-probabilities are computed over the full vocabulary (a tokens x vocabulary fp32
+# array, and its log-softmax, per engine step), memory that vLLM's profiling run does not
+# reserve: 4,096 tokens of Gemma's 262k vocabulary are 4 GiB a copy, about 12 GB in all. Each
+# llm.generate call holds at most SCORE_CALL_ELEMENTS tokens x vocabulary (1 GiB of fp32 a copy),
+# so its engine steps, which only hold that call's prompts, stay within it. A single pair longer
+# than the call budget goes alone, bounded by the step cap (max_num_batched_tokens, SCORE_STEP_TOKENS:
+# set ?max_num_batched_tokens= lower for a large vocabulary). No GPU here: the memory figures are
+# read from vLLM's design, the grouping is tested (call_token_budget, token_groups).
+SCORE_CALL_ELEMENTS = 2**28
 RANK_CLIP = 100               # RSR's rank clip (teachfit.forward counts the same way)
+
+
+def call_token_budget(vocab_size: int | None, elements: int = SCORE_CALL_ELEMENTS) -> int:
+    """Prompt tokens per llm.generate call: tokens x vocabulary within `elements`, and never more
+    than SCORE_CALL_TOKENS (at least 1: a longer pair goes alone)."""
+    if not vocab_size or vocab_size <= 0:
+        return SCORE_CALL_TOKENS
+    return max(1, min(SCORE_CALL_TOKENS, elements // int(vocab_size)))
 
 
 def token_groups(lengths: Sequence[int], budget: int) -> list[list[int]]:
@@ -64,18 +83,22 @@ class VLLMScorer:
         self.tokenizer = self.llm.get_tokenizer()
         self.template_name = ensure_chat_template(self.tokenizer)
         model_config = getattr(getattr(self.llm, "llm_engine", None), "model_config", None)
-        self.max_length = min(options.max_length, getattr(model_config, "max_model_len", None) or options.max_length)
+        # max_model_len - 1: vLLM refuses a prompt of max_model_len tokens (one token is generated)
+        self.max_length = prompt_token_limit(options.max_length, getattr(model_config, "max_model_len", None))
+        vocab = model_config.get_vocab_size() if hasattr(model_config, "get_vocab_size") else len(self.tokenizer)
+        self.call_tokens = call_token_budget(vocab)
         self.params = self._vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
 
     def describe(self) -> dict[str, Any]:
         """What the output's metadata records: the spec, the engine options, vLLM's version, the template."""
         return {"role": self.role, "model": {"spec": str(self.spec), "backend": "vllm", "engine": self.engine,
                                              "vllm": self._vllm.__version__, "tokenizer": "teachfit (token ids in)"},
-                "template": self.template_name, "effective_max_length": self.max_length}
+                "template": self.template_name, "effective_max_length": self.max_length,
+                "call_tokens": self.call_tokens}
 
     def _nll(self, encoded: Sequence[Any]) -> list[tuple[float, int, float]]:
         results: list[tuple[float, int, float]] = []
-        for group in token_groups([len(e.input_ids) for e in encoded], SCORE_CALL_TOKENS):
+        for group in token_groups([len(e.input_ids) for e in encoded], self.call_tokens):
             prompts = [{"prompt_token_ids": list(encoded[i].input_ids)} for i in group]
             outputs = self.llm.generate(prompts, self.params, use_tqdm=False)
             results += [response_logprobs(out.prompt_logprobs, encoded[i].input_ids, encoded[i].response_start)
