@@ -106,3 +106,12 @@ def test_the_driver_keys_the_cache_with_the_workers_dtype(tmp_path, tiny_llama, 
     rows, _ = read_table(run.scores(Path(tiny_llama).name))
     assert len(rows) == len(PAIRS)
     assert all("bfloat16" in marker.read_text() for marker in (run.root / ".markers" / "score").glob("*.done"))
+
+
+def test_the_lm_head_chunk_is_sized_per_device():
+    """32 rows of Gemma's 262k vocabulary per LM-head matmul on a GPU re-read its 1.2 GB embedding
+    32 rows at a time; there a chunk holds 1024 rows. On a CPU the small chunk stays (measured faster)."""
+    from teachfit.forward import head_chunk_rows
+
+    assert head_chunk_rows(262_144, "cpu") == 32 and head_chunk_rows(262_144, "cuda:0") == 1024
+    assert head_chunk_rows(50_257, "cpu") == 166 and head_chunk_rows(10 ** 12, "cuda") == 1

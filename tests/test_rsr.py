@@ -48,7 +48,7 @@ def tied_model(tiny_llama):
 
 
 def test_rsr_matches_plain_full_logits_loop_with_ties(tied_model, monkeypatch):
-    monkeypatch.setattr(forward, "HEAD_CHUNK_ELEMENTS", 7 * 400)  # several LM-head chunks per batch
+    monkeypatch.setitem(forward.HEAD_CHUNK_ELEMENTS, "cpu", 7 * 400)  # several LM-head chunks per batch
     scorer = LMScorer(tied_model, "self", ScoreOptions(dtype="float32", token_budget=64, max_batch_size=3))
     rows = scorer.compute(PAIRS_X)
     ties = clipped = 0

@@ -14,10 +14,18 @@ from typing import Any, Callable, Sequence
 from teachfit.env import require
 from teachfit.template import EncodedPair
 
-# Logit elements (rows x vocabulary) computed at once by the LM head: 8M floats = 32 MB. Small
-# chunks keep the fp32 log-softmax in cache (measured here: 2950 rows/s at 160 rows of GPT-2's
-# vocabulary vs 2450 at 1335 rows).
-HEAD_CHUNK_ELEMENTS = 8 * 1024 * 1024
+# Logit elements (rows x vocabulary) computed at once by the LM head. On a CPU 8M floats = 32 MB:
+# small chunks keep the fp32 log-softmax in cache (measured here: 2950 rows/s at 160 rows of
+# GPT-2's vocabulary vs 2450 at 1335 rows). On a GPU that would be 32 rows of Gemma's 262k
+# vocabulary per LM-head matmul, each re-reading the 1.2 GB embedding: 256M floats (1 GiB of
+# fp32 logits, 1024 rows of Gemma's vocabulary) keeps the matmul large. Not measured on a GPU here.
+HEAD_CHUNK_ELEMENTS = {"cpu": 8 * 1024 * 1024, "accelerator": 256 * 1024 * 1024}
+
+
+def head_chunk_rows(vocabulary: int, device: Any) -> int:
+    """Rows of hidden states the LM head turns into logits at once on `device` (at least 1)."""
+    kind = "cpu" if str(device).startswith("cpu") else "accelerator"
+    return max(1, HEAD_CHUNK_ELEMENTS[kind] // vocabulary)
 # RSR's token rank (1 + vocabulary logits strictly above the target's) is clipped here
 # (arXiv 2601.14249), so one hopeless token cannot dominate a response's mean rank.
 RANK_CLIP = 100
@@ -126,7 +134,7 @@ def _target_logprobs(model: Any, hidden: Any, targets: Any, ranks: bool = False)
     beyond a boolean chunk."""
     torch = require("torch", "hf")
     vocab = model.get_output_embeddings().weight.shape[0]
-    step = max(1, HEAD_CHUNK_ELEMENTS // vocab)
+    step = head_chunk_rows(vocab, hidden.device)
     out, out_ranks = [], []
     for start in range(0, hidden.shape[0], step):
         logits = head_logits(model, hidden[start : start + step])
@@ -158,30 +166,27 @@ def response_nll(
     pad_id = _pad_id(tokenizer)
     for batch in plan_batches([len(e.input_ids) for e in encoded], plan.on(device)):
         ids, mask = _pad([encoded[i].input_ids for i in batch], pad_id, device)
-        rows, cols, owners = [], [], []
+        rows, cols = [], []
         for row, index in enumerate(batch):
             e = encoded[index]
             for position in range(max(e.response_start, 1) - 1, len(e.input_ids) - 1):
                 rows.append(row)
                 cols.append(position)
-                owners.append(index)
         with torch.inference_mode():
             hidden = hidden_states(model, ids, None)  # right padding + causal attention: see hidden_states
             rows_t = torch.tensor(rows, dtype=torch.long, device=hidden.device)
             cols_t = torch.tensor(cols, dtype=torch.long, device=hidden.device)
             logprobs = _target_logprobs(model, hidden[rows_t, cols_t], ids[rows_t, cols_t + 1], ranks)
-        logprobs, token_ranks = logprobs if ranks else (logprobs, None)
-        sums: dict[int, float] = {}
-        counts: dict[int, int] = {}
-        for owner, value in zip(owners, logprobs.double().cpu().tolist()):
-            sums[owner] = sums.get(owner, 0.0) - value
-            counts[owner] = counts.get(owner, 0) + 1
-        rank_sums: dict[int, int] = {}
-        if token_ranks is not None:
-            for owner, value in zip(owners, token_ranks.cpu().tolist()):
-                rank_sums[owner] = rank_sums.get(owner, 0) + value
-        for index in batch:
-            results[index] = (sums.get(index, 0.0), counts.get(index, 0)) + ((rank_sums.get(index, 0),) if ranks else ())
+            logprobs, token_ranks = logprobs if ranks else (logprobs, None)
+            # per sequence of the batch, summed on the device: one copy to the host per batch
+            per_row = torch.zeros(3, len(batch), dtype=torch.float64, device=hidden.device)
+            per_row[0].index_add_(0, rows_t, -logprobs.double())
+            per_row[1].index_add_(0, rows_t, torch.ones_like(logprobs, dtype=torch.float64))
+            if token_ranks is not None:
+                per_row[2].index_add_(0, rows_t, token_ranks.double())
+        sums, counts, rank_sums = per_row.cpu().tolist()
+        for row, index in enumerate(batch):
+            results[index] = (sums[row], int(counts[row])) + ((int(rank_sums[row]),) if ranks else ())
         if on_batch:
             on_batch(sum(len(encoded[i].input_ids) for i in batch))
     return results
