@@ -115,3 +115,41 @@ def test_the_lm_head_chunk_is_sized_per_device():
 
     assert head_chunk_rows(262_144, "cpu") == 32 and head_chunk_rows(262_144, "cuda:0") == 1024
     assert head_chunk_rows(50_257, "cpu") == 166 and head_chunk_rows(10 ** 12, "cuda") == 1
+
+
+@pytest.mark.parametrize("device, device_map, inputs", [("cuda", "auto", "cuda:0"), ("cuda:1", {"": "cuda:1"}, "cuda:1"),
+                                                        ("cpu", None, "cpu")])
+def test_weights_load_straight_onto_the_gpus(device, device_map, inputs):
+    from teachfit.models.hf import placement
+
+    assert placement(device) == (device_map, inputs)
+
+
+class FakeCuda:
+    """torch.cuda as a machine with GPUs of one compute capability shows it."""
+
+    def __init__(self, gpus: int, capability: tuple):
+        self.gpus, self.capability, self.asked = gpus, capability, []
+
+    def is_available(self) -> bool:
+        return self.gpus > 0
+
+    def get_device_capability(self, index: int) -> tuple:
+        self.asked.append(index)
+        return self.capability
+
+
+@pytest.mark.parametrize("environ, gpus, capability, placed", [
+    ({}, 0, None, ("cpu", "float32")),
+    ({}, 1, (9, 0), ("cuda:0", "bfloat16")),
+    ({"LOCAL_RANK": "3", "WORLD_SIZE": "4"}, 4, (8, 0), ("cuda:3", "bfloat16")),  # each rank on its own GPU
+    ({"LOCAL_RANK": "1", "WORLD_SIZE": "2"}, 2, (7, 0), ("cuda:1", "float32")),   # V100: no bf16
+])
+def test_each_training_process_loads_onto_its_own_gpu(environ, gpus, capability, placed):
+    from types import SimpleNamespace
+
+    from teachfit.train import training_placement
+
+    cuda = FakeCuda(gpus, capability)
+    assert training_placement(environ, SimpleNamespace(cuda=cuda)) == placed
+    assert cuda.asked == ([int(environ.get("LOCAL_RANK", 0))] if gpus else [])

@@ -84,6 +84,26 @@ def resume_point(out: Path) -> str | None:
     return None
 
 
+def _newest_complete(out: Path) -> str | None:
+    """What resume_point finds, without moving anything (for ranks other than 0)."""
+    complete = [p for p in out.glob("checkpoint-*") if p.name.rsplit("-", 1)[-1].isdigit() and _complete(p)]
+    return str(max(complete, key=lambda p: int(p.name.rsplit("-", 1)[-1]))) if complete else None
+
+
+def training_placement(environ: dict[str, str], torch: Any) -> tuple[str, str]:
+    """(device, dtype) the student trains in. Under torchrun or accelerate (LOCAL_RANK set) each
+    process loads onto its own GPU, not all onto cuda:0; on GPUs of compute capability 8.0 and up
+    the weights load in bf16 (the mixed-precision setting follows), fp32 elsewhere. A CPU cannot
+    show the GPU cases: the decision is tested with a stand-in for torch.cuda."""
+    from teachfit.models.hf import gpu_dtype
+
+    if not torch.cuda.is_available():
+        return "cpu", "float32"
+    device = f"cuda:{int(environ.get('LOCAL_RANK', 0))}"
+    capability = torch.cuda.get_device_capability(int(environ.get("LOCAL_RANK", 0)))
+    return device, "bfloat16" if gpu_dtype(capability) == "bfloat16" else "float32"
+
+
 def _complete(checkpoint: Path) -> bool:
     try:
         return isinstance(json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8")), dict)
@@ -126,7 +146,12 @@ def build_trainer(pairs: Sequence[Any], loaded: Any, out: Path, config: TrainCon
     rows, counts = tokenize_for_training(pairs, tokenizer, config.max_length)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     cuda = torch.cuda.is_available()
-    bf16 = cuda and torch.cuda.is_bf16_supported() if config.bf16 == "auto" else str(config.bf16).lower() == "true"
+    if config.bf16 == "auto":  # bf16 where the GPU has it natively (compute capability 8.0+), not where emulated
+        from teachfit.models.hf import gpu_dtype
+
+        bf16 = cuda and gpu_dtype(torch.cuda.get_device_capability()) == "bfloat16"
+    else:
+        bf16 = str(config.bf16).lower() == "true"
     args = trl.SFTConfig(
         output_dir=str(out), learning_rate=config.learning_rate, num_train_epochs=config.num_train_epochs,
         max_steps=config.max_steps, optim=config.optimizer, lr_scheduler_type=config.lr_scheduler_type,
@@ -165,13 +190,18 @@ def train_student(data: Sequence[str | Path], student: str, out: str | Path, con
     pairs = [p for p in read_pairs(expand_inputs(data)) if not keep or p.teacher in keep]
     if not pairs:
         raise ValueError(f"no pairs to train on in {', '.join(map(str, data))}" + (f" for teacher '{', '.join(sorted(keep))}'" if keep else ""))
-    loaded = load("causal_lm", student, dtype="float32")
+    device, dtype = training_placement(dict(os.environ), require("torch", "train"))
+    loaded = load("causal_lm", student, dtype=dtype, device=device)
     trainer, counts = build_trainer(pairs, loaded, out, config, show_progress)
-    write_json_atomic(out / "teachfit_train_config.json", asdict(config))
+    main_process = trainer.is_world_process_zero()  # under torchrun/accelerate, rank 0 alone writes files
+    if main_process:
+        write_json_atomic(out / "teachfit_train_config.json", asdict(config))
     started = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=resume_point(out))
+    result = trainer.train(resume_from_checkpoint=resume_point(out) if main_process else _newest_complete(out))
     seconds = time.perf_counter() - started
     model = trainer.model.merge_and_unload() if config.lora else trainer.model
+    if not main_process:
+        return {"global_step": result.global_step, "train_loss": result.training_loss, "counts": counts, "rank": "worker"}
     model.save_pretrained(out, safe_serialization=True)
     loaded.tokenizer.save_pretrained(out)  # carries the chat template used in training
     label = ",".join(sorted(keep)) if keep else Path(data[0]).stem if len(data) == 1 and Path(data[0]).is_file() else None

@@ -139,10 +139,23 @@ def _source(spec: ModelSpec, model_class: str, torch_dtype: Any) -> str:
     return spec.name
 
 
+def placement(device: str) -> tuple[Any, str]:
+    """(device_map for from_pretrained, the device inputs go to) for a picked device. On GPUs the
+    weights load straight onto them (not into CPU memory first, then copied): `cuda` (what auto
+    picks) spreads a model too large for one GPU over all of them (accelerate's "auto"), `cuda:N`
+    puts it on that GPU. On a CPU nothing is mapped. (A CPU cannot show the GPU cases.)"""
+    if device == "cuda":
+        return "auto", "cuda:0"
+    if device.startswith("cuda:"):
+        return {"": device}, device
+    return None, device
+
+
 def _load(spec: ModelSpec, model_class: str, dtype: str, device: str, trust_remote_code: bool) -> LoadedModel:
     transformers = require("transformers", "hf")
     device = pick_device(device)
     torch_dtype = pick_dtype(dtype, device)
+    device_map, device = placement(device)
     source = _source(spec, model_class, torch_dtype)
     folder = Path(source).expanduser()
     if folder.is_dir() and not (folder / "config.json").is_file():
@@ -152,14 +165,14 @@ def _load(spec: ModelSpec, model_class: str, dtype: str, device: str, trust_remo
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(source, **common)
         model = getattr(transformers, model_class).from_pretrained(
-            source, dtype=torch_dtype, use_safetensors=True, **common
+            source, dtype=torch_dtype, use_safetensors=True, **common, **({"device_map": device_map} if device_map else {})
         )
     except ValueError as error:
         if "trust_remote_code" in str(error) and not trust_remote_code:
             raise ModelSpecError(f"{spec}: this model needs its own code from the hub (auto_map in its config), "
                                  "which teachfit does not run unless you pass --trust-remote-code") from None
         raise
-    model.to(device).eval()
+    (model if device_map else model.to(device)).eval()
     dtype_name = str(torch_dtype).removeprefix("torch.")
     return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, dtype=dtype_name, device=device)
 
