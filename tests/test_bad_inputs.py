@@ -256,10 +256,11 @@ def test_nonfinite_rewards_are_dropped_counted_and_never_recommended(tmp_path):
     from teachfit.rank import rank_teachers
 
     # "huge" has an infinite reward (and would win on any mean); "nan" a NaN loss on one pair
+    # (the teachers' ids differ, so no instruction is shared: each teacher is compared on its own pairs)
     rows = (rows_of("huge", [math.inf, 1.0, 2.0], [1.0, 1.0, 1.0]) + rows_of("fine", [6.0, 7.0], [1.0, 1.2])
             + rows_of("nan", [3.0, 9.0], [1.0, math.nan]))
     with pytest.warns(RuntimeWarning, match="dropped 2 pairs"):
-        ranking = rank_teachers(rows, beta=3.0, n_bootstrap=50)
+        ranking = rank_teachers(rows, beta=3.0, n_bootstrap=50, shared_only=False)
     by = {r["teacher"]: r for r in ranking.rows}
     assert ranking.settings["dropped_nonfinite"] == 2
     assert by["huge"]["n_dropped_nonfinite"] == 1 and by["nan"]["n_dropped_nonfinite"] == 1
@@ -272,7 +273,8 @@ def test_nonfinite_rewards_are_dropped_counted_and_never_recommended(tmp_path):
         rank_teachers(rows_of("x", [math.nan], [1.0]) + rows_of("y", [1.0], [1.0]), n_bootstrap=0)
     # through the CLI: exit 0, the count in the JSON, the finite teacher recommended
     path = score_table(tmp_path / "inf.parquet", rows)
-    done = subprocess.run(CLI + ["rank", str(path), "--json", "--bootstrap", "0"], capture_output=True, text=True)
+    done = subprocess.run(CLI + ["rank", str(path), "--json", "--bootstrap", "0", "--no-shared-only"],
+                          capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert out["recommended"] == "fine" and out["settings"]["dropped_nonfinite"] == 2

@@ -126,13 +126,20 @@ def test_score_with_file_reward_rank_and_select(tmp_path, tiny_llama, layout):
                 file_rewards[(instruction_id(record["instruction"]), c["model"])] = c["overall_score"]
     loss = {(r["id"], r["teacher"]): r["loss_self"] for r in rows}
     assert {(r["id"], r["teacher"]): r["reward"] for r in rows} == file_rewards
-    ranking = rank_teachers(rows, beta=3.0, n_bootstrap=0)
-    for row in ranking.rows:
-        keys = [k for k in file_rewards if k[1] == row["teacher"]]
-        mean_reward = sum(file_rewards[k] for k in keys) / len(keys)
-        mean_loss = sum(loss[k] for k in keys) / len(keys)
-        assert row["car"] == pytest.approx(mean_reward / (1 + 3.0 * mean_loss), rel=1e-9)
-        assert math.isfinite(row["rsr_self"])
+    # gemma did not answer the third Zoo instruction: by default every teacher is compared on the
+    # instructions all answered, and the ranking says what each lacks; or each on its own pairs
+    shared = set.intersection(*({k[0] for k in file_rewards if k[1] == t} for t in {k[1] for k in file_rewards}))
+    for shared_only in (True, False):
+        ranking = rank_teachers(rows, beta=3.0, n_bootstrap=0, shared_only=shared_only)
+        lacking = {"gemma-2-9b-it": 1} if layout == "zoo" else {}
+        assert {t: n for t, n in ranking.settings["coverage"]["missing"].items() if n} == lacking
+        for row in ranking.rows:
+            keys = [k for k in file_rewards if k[1] == row["teacher"] and (k[0] in shared or not shared_only)]
+            mean_reward = sum(file_rewards[k] for k in keys) / len(keys)
+            mean_loss = sum(loss[k] for k in keys) / len(keys)
+            assert row["n_pairs"] == len(keys)
+            assert row["car"] == pytest.approx(mean_reward / (1 + 3.0 * mean_loss), rel=1e-9)
+            assert math.isfinite(row["rsr_self"])
 
     # rescoring reads every value from the cache; a changed file is read again
     before = student.tokens_done

@@ -49,3 +49,77 @@ def test_close_teachers_give_split_bootstrap():
 def test_missing_reward_is_a_clear_error():
     with pytest.raises(ValueError, match="--reward-model"):
         rank_teachers([{"teacher": "a", "loss_self": 1.0}])
+
+
+# --- teachers covering different instructions: said, and compared on the shared ones by default ---
+def uneven_rows():
+    """a answers 0-3, b lacks 3, c lacks 0 (and its answer to 2 has a NaN loss: dropped, so c lacks 2 too)."""
+    values = {"a": {0: (9.0, 0.5), 1: (4.0, 1.0), 2: (4.0, 1.0), 3: (9.0, 0.5)},
+              "b": {0: (1.0, 1.0), 1: (6.0, 1.0), 2: (6.0, 1.0)},
+              "c": {1: (5.0, 1.0), 2: (5.0, math.nan), 3: (1.0, 2.0)}}
+    return [{"id": str(i), "teacher": t, "reward": r, "loss_self": l} for t, v in values.items() for i, (r, l) in v.items()]
+
+
+def test_teachers_covering_different_instructions_are_compared_on_the_shared_ones():
+    with pytest.warns(RuntimeWarning, match="dropped 1 pairs"):
+        ranking = rank_teachers(uneven_rows(), beta=1.0, n_bootstrap=0)
+    coverage = ranking.settings["coverage"]
+    assert coverage == {"instructions": 4, "shared": 1, "missing": {"a": 0, "b": 1, "c": 2}, "shared_only": True}
+    by = {r["teacher"]: r for r in ranking.rows}
+    assert {t: r["n_pairs"] for t, r in by.items()} == {"a": 1, "b": 1, "c": 1}  # instruction 1 only
+    assert {t: r["n_instructions_missing"] for t, r in by.items()} == {"a": 0, "b": 1, "c": 2}
+    assert by["a"]["car"] == pytest.approx(4.0 / 2) and by["b"]["car"] == pytest.approx(6.0 / 2)
+    assert ranking.recommended == "b"
+    text = markdown_table(ranking)
+    assert "cover different instructions" in text and "b lacks 1 of 4" in text and "c lacks 2 of 4" in text
+    assert "compared on the 1 instruction all teachers share" in text and "--no-shared-only" in text
+
+    with pytest.warns(RuntimeWarning, match="dropped 1 pairs"):
+        own = rank_teachers(uneven_rows(), beta=1.0, n_bootstrap=0, shared_only=False)
+    by = {r["teacher"]: r for r in own.rows}
+    assert {t: r["n_pairs"] for t, r in by.items()} == {"a": 4, "b": 3, "c": 2}
+    assert by["a"]["car"] == pytest.approx(6.5 / (1 + 0.75)) and own.recommended == "a"
+    assert own.settings["coverage"]["shared_only"] is False
+    text = markdown_table(own)
+    assert "b lacks 1 of 4" in text and "each teacher on its own pairs" in text and "--shared-only" in text
+
+
+def test_equal_coverage_says_nothing_and_samples_share_their_instruction():
+    rows = [{"id": f"{i}#s{k}", "teacher": "sampled", "reward": 5.0 + k, "loss_self": 1.0} for i in range(3) for k in range(2)]
+    rows += [{"id": str(i), "teacher": "greedy", "reward": 5.0, "loss_self": 1.0} for i in range(3)]
+    rows += [dict(rows[i], teacher="selection") for i in (0, 3, 4)]  # a selection: one answer per instruction
+    ranking = rank_teachers(rows, n_bootstrap=0)
+    assert ranking.settings["coverage"] == {"instructions": 3, "shared": 3, "shared_only": True,
+                                            "missing": {"sampled": 0, "greedy": 0, "selection": 0}}
+    assert {r["teacher"]: r["n_pairs"] for r in ranking.rows} == {"sampled": 6, "greedy": 3, "selection": 3}
+    assert "cover different instructions" not in markdown_table(ranking)
+
+
+def test_teachers_sharing_no_instruction_are_refused_by_default():
+    rows = rows_for("a", [1.0, 2.0], [1.0, 1.0]) + [dict(r, id=f"b{r['id']}") for r in rows_for("b", [3.0], [1.0])]
+    with pytest.raises(ValueError, match="no instruction is answered by every teacher.*--no-shared-only"):
+        rank_teachers(rows, n_bootstrap=0)
+    assert {r["n_pairs"] for r in rank_teachers(rows, n_bootstrap=0, shared_only=False).rows} == {1, 2}
+
+
+def test_rank_cli_says_what_each_teacher_lacks(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from teachfit.config import RankConfig
+    from teachfit.files import write_table
+
+    assert RankConfig().shared_only is True
+    path = tmp_path / "scores.parquet"
+    write_table(path, [r for r in uneven_rows() if not math.isnan(r["loss_self"])], {})
+    cli = [sys.executable, "-m", "teachfit.cli", "rank", str(path), "--bootstrap", "0", "--beta", "1"]
+    done = subprocess.run(cli, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "b lacks 1 of 4" in done.stdout and "c lacks 2 of 4" in done.stdout
+    assert "compared on the 1 instruction all teachers share" in done.stdout
+    done = subprocess.run(cli + ["--no-shared-only", "--json"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["settings"]["coverage"]["missing"] == {"a": 0, "b": 1, "c": 2}
+    assert {r["teacher"]: r["n_pairs"] for r in out["teachers"]} == {"a": 4, "b": 3, "c": 2}

@@ -215,6 +215,9 @@ class RankConfig:
     seed: int = option(0, "Bootstrap seed.")
     target: Optional[float] = option(None, "Also estimate the pairs per teacher needed for the recommendation to "
                                            "be on top in this share of bootstrap resamples (e.g. 0.95).")
+    shared_only: bool = option(True, "When teachers cover different instructions (answers missing or skipped), "
+                                     "compare them on the instructions all share (--no-shared-only: each teacher "
+                                     "on its own pairs); either way the ranking says what each teacher lacks.")
     csv: Optional[str] = option(None, "Also write the table as CSV here.", run_owned=True)
     json_out: Optional[str] = option(None, "Also write the rankings as JSON here.", run_owned=True)
 

@@ -107,6 +107,46 @@ def group_by_teacher(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str,
     return groups
 
 
+def compared_rows(rows: Sequence[dict[str, Any]], shared_only: bool = True
+                  ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The rows to compare teachers on, and what each teacher covers: `coverage` holds the number
+    of instructions any teacher answered, how many every teacher answered (`shared`) and how many
+    each teacher lacks (`missing`). With `shared_only` the rows are those of the shared instructions
+    (N samples of a teacher share their instruction: records.instruction_key), so that no teacher
+    is compared on other instructions than another; nothing shared is then a ValueError."""
+    from teachfit.records import instruction_key
+
+    keys: dict[str, set[str]] = {}
+    for row in rows:
+        keys.setdefault(str(row["teacher"]), set()).add(instruction_key(row))
+    union = set().union(*keys.values()) if keys else set()
+    shared = set.intersection(*keys.values()) if keys else set()
+    coverage = {"instructions": len(union), "shared": len(shared),
+                "missing": {t: len(union) - len(k) for t, k in keys.items()}, "shared_only": shared_only}
+    if not shared_only or len(shared) == len(union):
+        return list(rows), coverage
+    if not shared:
+        raise ValueError(f"no instruction is answered by every teacher ({_lacks(coverage)}): give the teachers "
+                         "the same instructions (the same ids), or rank with --no-shared-only to compare each "
+                         "teacher on its own pairs")
+    return [r for r in rows if instruction_key(r) in shared], coverage
+
+
+def _lacks(coverage: dict[str, Any]) -> str:
+    return ", ".join(f"{t} lacks {n} of {coverage['instructions']}" for t, n in coverage["missing"].items() if n)
+
+
+def coverage_note(coverage: dict[str, Any] | None) -> str | None:
+    """One line saying that teachers cover different instructions and what was compared, or None."""
+    if not coverage or coverage["shared"] == coverage["instructions"]:
+        return None
+    shared = coverage["shared"]
+    which = f"{shared} instruction{'' if shared == 1 else 's'} all teachers share"
+    how = (f"compared on the {which} (--no-shared-only: each teacher on its own pairs)" if coverage["shared_only"]
+           else f"each teacher on its own pairs (--shared-only: compared on the {which})")
+    return f"Teachers cover different instructions ({_lacks(coverage)}, missing or skipped): {how}."
+
+
 def _rewards(groups: dict[str, list[dict[str, Any]]], transform: str) -> dict[str, np.ndarray]:
     raw = {t: _column(g, "reward") for t, g in groups.items()}
     everything = np.concatenate(list(raw.values()))
@@ -132,11 +172,15 @@ def _bootstrap(rewards: dict[str, np.ndarray], losses: dict[str, np.ndarray], be
 
 def rank_teachers(
     rows: Sequence[dict[str, Any]], beta: float = 3.0, reward_transform: str = "raw",
-    n_bootstrap: int = 1000, seed: int = 0, student: str | None = None,
+    n_bootstrap: int = 1000, seed: int = 0, student: str | None = None, shared_only: bool = True,
 ) -> Ranking:
     """Aggregate per-pair score rows into a ranked per-teacher table and a recommendation
-    (`student` labels the rows, so rankings of several students can be correlated together)."""
+    (`student` labels the rows, so rankings of several students can be correlated together).
+    Teachers that cover different instructions (answers missing, skipped or dropped as non-finite)
+    are compared on the instructions all of them share, or with `shared_only=False` each on its
+    own pairs; settings["coverage"] and each row's `n_instructions_missing` say what each lacks."""
     rows, dropped = _usable_rows(rows, beta)
+    rows, coverage = compared_rows(rows, shared_only)
     groups = group_by_teacher(rows)
     rewards = _rewards(groups, reward_transform)
     losses = {t: _column(g, "loss_self") for t, g in groups.items()}
@@ -156,6 +200,7 @@ def rank_teachers(
         if not math.isfinite(row["car"]):
             raise ValueError(f"CAR of teacher {teacher!r} is not finite (mean reward {row['reward_used']}, L {row['L']})")
         row["n_dropped_nonfinite"] = dropped.get(teacher, 0)
+        row["n_instructions_missing"] = coverage["missing"].get(teacher, 0)
         table.append(row)
     intervals, shares = _bootstrap(rewards, losses, beta, n_bootstrap, seed) if n_bootstrap else ({}, {})
     for row in table:
@@ -165,7 +210,7 @@ def rank_teachers(
     table.sort(key=lambda r: r["rank_car"])
     best = table[0]["teacher"]
     settings = {"beta": beta, "reward_transform": reward_transform, "n_bootstrap": n_bootstrap, "seed": seed,
-                "student": student, "dropped_nonfinite": sum(dropped.values())}
+                "student": student, "dropped_nonfinite": sum(dropped.values()), "coverage": coverage}
     return Ranking(rows=table, recommended=best, top_share=table[0]["top_share"], settings=settings)
 
 
@@ -214,6 +259,9 @@ def ranking_text(data: dict[str, Any]) -> str:
     lines.append(f"Recommended teacher: {data['recommended']} for {settings.get('student')} (highest CAR, "
                  f"beta={settings['beta']:g}; on top in {data['top_share']:.0%} of {settings['n_bootstrap']} "
                  "bootstrap resamples)")
+    note = coverage_note(settings.get("coverage"))
+    if note:
+        lines.append(note)
     needed = settings.get("pairs_needed")
     if needed:
         estimate = (f"about {needed['pairs_needed']} pairs per teacher" if needed.get("pairs_needed")
@@ -368,10 +416,13 @@ def run_rank(config: RankConfig, run: Any, executor: Any = None) -> dict[str, Ra
             rows = rows + selection_rows(run, rows)
         try:  # what is wrong with the scores is an error about their file
             ranking = rank_teachers(rows, beta=config.beta, reward_transform=config.reward_transform,
-                                    n_bootstrap=config.bootstrap, seed=config.seed, student=student)
+                                    n_bootstrap=config.bootstrap, seed=config.seed, student=student,
+                                    shared_only=config.shared_only)
             ranking.settings["scores"] = str(path)
-            if config.target:
-                ranking.settings["pairs_needed"] = pairs_needed(rows, config.beta, config.reward_transform,
+            if config.target:  # on the pairs the ranking compared
+                usable = [r for r in rows if math.isfinite(_number(r, "reward")) and math.isfinite(_number(r, "loss_self"))]
+                compared, _ = compared_rows(usable, config.shared_only)
+                ranking.settings["pairs_needed"] = pairs_needed(compared, config.beta, config.reward_transform,
                                                                 config.target, n_bootstrap=config.bootstrap or 1000,
                                                                 seed=config.seed)
         except InputError:
@@ -381,7 +432,8 @@ def run_rank(config: RankConfig, run: Any, executor: Any = None) -> dict[str, Ra
         rankings[student] = ranking
     table = [r for k in rankings.values() for r in k.rows]
     data = {s: k.to_dict() for s, k in rankings.items()}
-    settings = {"stage": "rank", "beta": config.beta, "reward_transform": config.reward_transform}
+    settings = {"stage": "rank", "beta": config.beta, "reward_transform": config.reward_transform,
+                "shared_only": config.shared_only}
     if run is not None:
         write_table(run.ranking_csv, table, settings)
         write_json_atomic(run.ranking_json, data)

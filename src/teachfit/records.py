@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from array import array
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -73,6 +74,17 @@ class ReadStats:
             key = "dropped_" + row["reason"].split(":")[0].split(" (")[0].replace(" ", "_")
             counts[key] = counts.get(key, 0) + 1
         return counts
+
+
+_SAMPLE_SUFFIX = re.compile(r"#s\d+$")
+
+
+def instruction_key(row: dict[str, Any]) -> str:
+    """The instruction a row answers: its `instruction_id`, else its id without a `#s<k>` sample suffix."""
+    value = row.get("instruction_id")
+    if value not in (None, ""):
+        return str(value)
+    return _SAMPLE_SUFFIX.sub("", str(row["id"]))
 
 
 def instruction_id(instruction: str) -> str:

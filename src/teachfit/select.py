@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -29,6 +28,7 @@ import numpy as np
 from teachfit import metrics
 from teachfit.atomic import write_json_atomic
 from teachfit.config import SelectConfig
+from teachfit.records import instruction_key
 from teachfit.run import RunDir
 from teachfit.stage import Plan, Stage, Unit
 
@@ -37,7 +37,6 @@ FORMATS = ("messages", "alpaca", "sharegpt")
 NEEDS = {"car": ("reward", "loss_self"), "car-instance": ("reward", "loss_self"), "grape": ("loss_self",),
          "persyn": ("reward", "loss_self"), "reward": ("reward",), "random": ()}
 SUMMARY_COLUMNS = ("reward", "loss_self", "length")
-_SAMPLE_SUFFIX = re.compile(r"#s\d+$")
 
 
 @dataclass
@@ -46,14 +45,6 @@ class Selection:
 
     rows: list[dict[str, Any]]
     summary: dict[str, Any] = field(default_factory=dict)
-
-
-def instruction_key(row: dict[str, Any]) -> str:
-    """The instruction a row answers: its `instruction_id`, else its id without a `#s<k>` sample suffix."""
-    value = row.get("instruction_id")
-    if value not in (None, ""):
-        return str(value)
-    return _SAMPLE_SUFFIX.sub("", str(row["id"]))
 
 
 def _value(row: dict[str, Any], name: str) -> float:
@@ -139,7 +130,9 @@ def select_pairs(rows: Sequence[dict[str, Any]], method: str, beta: float = 3.0,
     if method == "car":
         from teachfit.rank import rank_teachers
 
-        ranking = rank_teachers(usable, beta=beta, reward_transform=reward_transform, n_bootstrap=0)
+        # each teacher's CAR on its own pairs: the whole teacher is taken, whatever it answered
+        ranking = rank_teachers(usable, beta=beta, reward_transform=reward_transform, n_bootstrap=0,
+                                shared_only=False)
         cars = {row["teacher"]: row["car"] for row in ranking.rows}
         best = (min if worst else max)(cars.values())
         chosen = sorted(t for t, c in cars.items() if c == best)[0]
