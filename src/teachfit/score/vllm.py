@@ -59,7 +59,15 @@ def token_groups(lengths: Sequence[int], budget: int) -> list[list[int]]:
 def response_logprobs(prompt_logprobs: Sequence[Any], ids: Sequence[int], start: int) -> tuple[float, int, float]:
     """(sum of NLL, tokens, sum of clipped ranks) over ids[start:] from one vLLM output's
     prompt_logprobs (one entry per prompt token, None first; each a {token id: Logprob} dict
-    that holds the prompt token with its logprob and rank)."""
+    that holds the prompt token with its logprob and rank).
+
+    vLLM's rank counts ties against the target (vllm/v1/sample/ops/logprobs.py,
+    batched_count_greater_than: `(x >= values).sum(-1)`, on log-probabilities), teachfit's
+    (forward.py) counts only logits strictly above it: the two agree unless the target ties
+    with other tokens, which bf16 logits make common. From the target's entry alone the ties
+    cannot be taken out (the top RANK_CLIP tokens of every position would be needed, 100
+    log-probabilities per token), so RSR from vllm: is marked `rank_ties: counted` in the key and
+    the description, and is compared only with RSR from vllm:."""
     nll, ranks, count = 0.0, 0.0, 0
     for position in range(max(1, start), len(ids)):
         entry = prompt_logprobs[position]
@@ -93,6 +101,7 @@ class VLLMScorer:
         """What the output's metadata records: the spec, the engine options, vLLM's version, the template."""
         return {"role": self.role, "model": {"spec": str(self.spec), "backend": "vllm", "engine": self.engine,
                                              "vllm": self._vllm.__version__, "tokenizer": "teachfit (token ids in)"},
+                "rank_ties": "counted (vLLM's rank: tokens at least as likely as the target)",
                 "template": self.template_name, "effective_max_length": self.max_length,
                 "call_tokens": self.call_tokens}
 
@@ -121,5 +130,5 @@ def load_vllm_scorer(spec: ModelSpec, lm_role: str, options: Any) -> VLLMScorer:
 def vllm_key_material(spec: ModelSpec, options: Any, role: str) -> dict[str, Any]:
     """What a vllm: student's cached results depend on (known before vLLM loads): the spec with
     its engine options (dtype, quantization...), the template rule, the length limit, loss(y) or not."""
-    return lm_key_material("lm-vllm", {"model": spec.fingerprint(), "spec": str(spec)}, options.max_length,
-                           options.unconditional_for(role))
+    return lm_key_material("lm-vllm", {"model": spec.fingerprint(), "spec": str(spec), "rank_ties": "counted"},
+                           options.max_length, options.unconditional_for(role))
