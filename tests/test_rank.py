@@ -4,7 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from teachfit.rank import markdown_table, rank_teachers
+from teachfit.rank import rank_teachers
+from teachfit.ranking_text import markdown_table
 
 
 def rows_for(teacher, rewards, losses, **extra):

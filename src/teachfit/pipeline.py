@@ -171,7 +171,7 @@ def _print_rankings(run: RunDir, show: Callable[[str], Any]) -> None:
     """The ranking tables the rank stage wrote (from ranking.json: nothing is recomputed)."""
     import json
 
-    from teachfit.rank import ranking_text
+    from teachfit.ranking_text import ranking_text
 
     try:
         data = json.loads(run.ranking_json.read_text(encoding="utf-8"))

@@ -17,6 +17,7 @@ import numpy as np
 from teachfit import metrics
 from teachfit.config import RankConfig
 from teachfit.run import RunDir
+from teachfit.ranking_text import lacks, markdown_table
 from teachfit.stage import Stage
 
 # Direction of each metric when ranking teachers: +1 higher is better, -1 lower is better.
@@ -126,25 +127,10 @@ def compared_rows(rows: Sequence[dict[str, Any]], shared_only: bool = True
     if not shared_only or len(shared) == len(union):
         return list(rows), coverage
     if not shared:
-        raise ValueError(f"no instruction is answered by every teacher ({_lacks(coverage)}): give the teachers "
+        raise ValueError(f"no instruction is answered by every teacher ({lacks(coverage)}): give the teachers "
                          "the same instructions (the same ids), or rank with --no-shared-only to compare each "
                          "teacher on its own pairs")
     return [r for r in rows if instruction_key(r) in shared], coverage
-
-
-def _lacks(coverage: dict[str, Any]) -> str:
-    return ", ".join(f"{t} lacks {n} of {coverage['instructions']}" for t, n in coverage["missing"].items() if n)
-
-
-def coverage_note(coverage: dict[str, Any] | None) -> str | None:
-    """One line saying that teachers cover different instructions and what was compared, or None."""
-    if not coverage or coverage["shared"] == coverage["instructions"]:
-        return None
-    shared = coverage["shared"]
-    which = f"{shared} instruction{'' if shared == 1 else 's'} all teachers share"
-    how = (f"compared on the {which} (--no-shared-only: each teacher on its own pairs)" if coverage["shared_only"]
-           else f"each teacher on its own pairs (--shared-only: compared on the {which})")
-    return f"Teachers cover different instructions ({_lacks(coverage)}, missing or skipped): {how}."
 
 
 def _rewards(groups: dict[str, list[dict[str, Any]]], transform: str) -> dict[str, np.ndarray]:
@@ -232,58 +218,6 @@ def add_ranks(table: list[dict[str, Any]]) -> None:
 
 
 # The terminal table's columns: (header, format of one row) — the README shows the same shape.
-TABLE_COLUMNS = (
-    ("teacher", lambda r: str(r["teacher"])),
-    ("CAR [95% CI]", lambda r: f"{r['car']:.3f}" + (f" [{r['car_ci_low']:.3f}, {r['car_ci_high']:.3f}]"
-                                                    if _finite(r.get("car_ci_low")) else "")),
-    ("on top", lambda r: f"{r['top_share']:.0%}" if _finite(r.get("top_share")) else "-"),
-    ("reward", lambda r: f"{r['reward']:.2f}"), ("L (nats)", lambda r: f"{r['L']:.3f}"),
-    ("PPL-Self", lambda r: f"{r['ppl_self']:.2f}"), ("IFD-Self", lambda r: f"{r['ifd_self']:.3f}"),
-    ("RSR-Self", lambda r: f"{r['rsr_self']:.2f}"), ("PPL-Ref", lambda r: f"{r['ppl_ref']:.2f}"),
-    ("IFD-Ref", lambda r: f"{r['ifd_ref']:.3f}"), ("length", lambda r: f"{r['length']:.0f}"),
-)
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
-
-
-def ranking_text(data: dict[str, Any]) -> str:
-    """A ranking (Ranking.to_dict()) as a Markdown table and the recommendation, for the terminal."""
-    rows = data["teachers"]
-    columns = [(name, show) for name, show in TABLE_COLUMNS if all(_can_show(show, r) for r in rows)]
-    lines = ["| " + " | ".join(name for name, _ in columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    lines += ["| " + " | ".join(show(row) for _, show in columns) + " |" for row in rows]
-    settings = data["settings"]
-    lines.append("")
-    lines.append(f"Recommended teacher: {data['recommended']} for {settings.get('student')} (highest CAR, "
-                 f"beta={settings['beta']:g}; on top in {data['top_share']:.0%} of {settings['n_bootstrap']} "
-                 "bootstrap resamples)")
-    note = coverage_note(settings.get("coverage"))
-    if note:
-        lines.append(note)
-    needed = settings.get("pairs_needed")
-    if needed:
-        estimate = (f"about {needed['pairs_needed']} pairs per teacher" if needed.get("pairs_needed")
-                    else f"more pairs than scored (not yet separated from {needed.get('limiting_teacher')})")
-        lines.append(f"To be on top in {needed['target']:.0%} of resamples: {estimate}; "
-                     f"{'enough scored' if needed.get('enough') else 'score more'}.")
-    return "\n".join(lines)
-
-
-def _can_show(show: Any, row: dict[str, Any]) -> bool:
-    """Whether a column has a value for this row (absent or NaN columns are left out)."""
-    try:
-        return not show(row).startswith("nan")
-    except (KeyError, TypeError, ValueError):
-        return False
-
-
-def markdown_table(ranking: Ranking) -> str:
-    """The ranking as a Markdown table for the terminal (see ranking_text)."""
-    return ranking_text(ranking.to_dict())
-
-
 def pairs_needed(
     rows: Sequence[dict[str, Any]], beta: float = 3.0, reward_transform: str = "raw", target: float = 0.95,
     confidence: float = 0.8, n_bootstrap: int = 1000, seed: int = 0, max_pairs: int = 10_000_000,
