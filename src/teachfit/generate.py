@@ -17,6 +17,7 @@ from typing import Any, Iterable, Sequence
 
 from teachfit.atomic import write_json_atomic
 from teachfit.config import GenerateConfig
+from teachfit.env import free_accelerator_memory
 from teachfit.files import write_jsonl
 from teachfit.instructions import Instruction
 from teachfit.models.base import GenerationSettings, user_messages
@@ -160,6 +161,7 @@ def generate(instructions: Sequence[Instruction], requests: Iterable[TeacherRequ
         else:
             stats = answer_all(instructions, request, path, lambda spec: _load_teacher(spec, load_options), show_progress)
         summaries.append(stats | {"settings": request.settings.to_dict(), "spec": request.spec})
+        free_accelerator_memory()  # this teacher is dropped: the next one finds its GPU memory
     return summaries
 
 

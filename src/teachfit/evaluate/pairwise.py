@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 from teachfit import metrics
 from teachfit.atomic import write_json_atomic
+from teachfit.env import free_accelerator_memory
 from teachfit.evaluate.answers import answers_from, answers_path, model_load_options
 from teachfit.evaluate.bench import BenchItem, attach_baseline, load_bench
 from teachfit.evaluate.judging import VERDICT_MEANING, JudgeConfig, parse_verdict, preference_for_first
@@ -180,6 +181,7 @@ def run_evaluation(config: Any, out: str | Path, labels: dict[str, str] | None =
     answers = answers_from(items, model, answers_path(out, name, bench_name), config.max_new_tokens, load_options,
                            config.progress)
     timings = {"answer": elapsed(started)}
+    free_accelerator_memory()  # the model under test is dropped before the judge loads
     judge_model = load_judge(config.judge, config.constraint, **config.server_options())
     parallel = config.concurrency if ModelSpec.parse(config.judge).prefix == "openai" else 1
     ae2, ah = [], []

@@ -37,8 +37,9 @@ def _keys(window: list[Pair], material: dict[str, Any]) -> list[str]:
 
 
 def _score_window(window: list[Pair], scorer: Scorer, cache: ResultCache, chunk: int, skip_invalid: bool,
-                  skipped: list[dict[str, Any]], progress: Any = None) -> None:
-    """Compute and cache the results of `window` that `cache` does not hold yet."""
+                  skipped: list[dict[str, Any]], progress: Any = None) -> int:
+    """Compute and cache the results of `window` that `cache` does not hold yet; returns how many
+    pairs were computed (not found in the cache)."""
     keys = _keys(window, scorer.key_material())
     missing = [i for i, key in enumerate(keys) if key not in cache]
     if progress is not None:
@@ -61,11 +62,13 @@ def _score_window(window: list[Pair], scorer: Scorer, cache: ResultCache, chunk:
         cache.put_many((keys[i], v) for i, v in zip(todo, values) if v is not None)
         if progress is not None:
             progress.update(len(todo))
+    return len(missing)
 
 
 def score_pairs(
     pairs: Callable[[], Iterable[Pair]] | Iterable[Pair], scorers: Sequence[Scorer], cache_root: str | Path,
     config: ScoreConfig, progress: Any = None, skipped: list[dict[str, Any]] | None = None,
+    computed: list[int] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Yield one metrics row per pair, in input order; results come from the cache when present
     and are written to it as soon as they are computed. `progress` counts (pair, scorer) steps.
@@ -74,16 +77,24 @@ def score_pairs(
     accelerator's cached memory with it) before the next scorer loads, so a vLLM student at 0.9
     of the GPU's memory never shares it with a reference or a reward model. The rows are then
     assembled from the caches. `pairs` is a function returning a fresh iterable of the pairs
-    (read once per scorer and once more: memory stays flat), or a sequence."""
+    (read once per scorer and once more: memory stays flat), or a sequence. `computed` receives
+    each scorer's number of pairs computed (the others came from the cache)."""
     source = pairs if callable(pairs) else (lambda items=list(pairs): items)
     skipped = skipped if skipped is not None else []
     caches = [ResultCache(Path(cache_root) / content_hash(s.key_material())[:16]) for s in scorers]
     chunk = max(1, min(config.window, 16))  # small enough that the progress bar moves every few seconds
     try:
-        for scorer, cache in zip(scorers, caches):
+        for number, (scorer, cache) in enumerate(zip(scorers, caches)):
+            done, pairs_seen = 0, 0
             for window in _windows(source(), config.window):
-                _score_window(window, scorer, cache, chunk, config.skip_invalid, skipped, progress)
+                done += _score_window(window, scorer, cache, chunk, config.skip_invalid, skipped, progress)
+                pairs_seen += len(window)
+            if number == 0 and progress is not None:  # now the pairs are counted: the bar's total is exact
+                progress.total = pairs_seen * len(scorers)
+                progress.refresh()
             getattr(scorer, "release", lambda: None)()
+            if computed is not None:
+                computed.append(done)
         for window in _windows(source(), config.window):
             per_scorer = [[cache.get(key) for key in _keys(window, s.key_material())] for s, cache in zip(scorers, caches)]
             for i, pair in enumerate(window):
@@ -97,6 +108,18 @@ def score_pairs(
     finally:
         for cache in caches:
             cache.close()
+
+
+def _several_pairs_per_row(path: Path) -> bool:
+    """Whether a file's first record holds several teachers' answers (a Zoo or UltraFeedback row)."""
+    from teachfit.files import iter_raw_records
+    from teachfit.records import expand_wide_record
+
+    try:
+        first = next((record for _, record in iter_raw_records(path) if isinstance(record, dict)), None)
+    except InputError:
+        return False
+    return first is not None and expand_wide_record(first) is not None
 
 
 def pair_instruction(pair: Pair) -> str:
@@ -145,14 +168,17 @@ def score_files(
         read = read_pairs(paths, skip_invalid=config.skip_invalid, stats=stats, reward_column=config.reward_column)
         return (p for p in read if chosen is None or pair_instruction(p) in chosen)
 
-    total = count_records(paths)
-    if config.sample:
+    # rows are pairs, unless a file holds several teachers' answers per row (Zoo, UltraFeedback):
+    # then the total is known after the first scorer's pass (score_pairs sets it)
+    total = None if any(_several_pairs_per_row(p) for p in paths) else count_records(paths)
+    if config.sample and total is not None:
         total = min(total, config.sample * len(paths))  # for the progress bar (one teacher per file)
-    writer, rows_written, truncated = None, 0, 0
+    writer, rows_written, truncated, computed = None, 0, 0, []
     with atomic_write(out, "wb") as handle:
-        with tqdm(total=total * len(scorers), unit="step", desc=f"score ({len(scorers)} scorers x pairs)",
+        with tqdm(total=total * len(scorers) if total is not None else None, unit="step",
+                  desc=f"score ({len(scorers)} scorers x pairs)",
                   disable=not config.progress) as bar:
-            for batch in _windows(score_pairs(pairs, scorers, cache_dir, config, bar, skipped), config.window):
+            for batch in _windows(score_pairs(pairs, scorers, cache_dir, config, bar, skipped, computed), config.window):
                 table = pa.Table.from_pylist(batch)
                 if writer is None:
                     writer = pq.ParquetWriter(handle, table.schema)
@@ -162,10 +188,12 @@ def score_files(
         if writer is None:
             raise InputError(paths[0] if paths else out, None, "no valid pairs to score")
         metadata = {
-            "stage": "score", "inputs": [str(p) for p in paths], "options": asdict(config),
+            "stage": "score", "inputs": [str(Path(p).resolve()) for p in paths], "options": asdict(config),
             "scorers": [s.describe() for s in scorers], "versions": versions(),
             "counts": {"read": stats.read, "scored": rows_written, "truncated": truncated,
-                       "skipped": len(stats.skipped) + len(skipped), **stats.counts},
+                       "skipped": len(stats.skipped) + len(skipped), **stats.counts,
+                       # pairs some scorer computed (the most any one computed; the rest came from the cache)
+                       "computed": max(computed, default=0), "cached": max(0, rows_written - max(computed, default=0))},
             "skipped": stats.skipped + skipped, "seconds": round(time.perf_counter() - started, 3),
         }
         writer.add_key_value_metadata({"teachfit": json.dumps(metadata)})
