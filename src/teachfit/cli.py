@@ -81,12 +81,13 @@ def _parameter(f: Any, hint: Any) -> inspect.Parameter:
         annotation, default = List[typing.get_args(hint)[0]], None
     else:
         annotation = hint
+    text = meta.get("help", "") + (" Required (on the command line or in --config)." if meta.get("required") else "")
     if meta.get("positional"):
-        info = typer.Argument(default, help=meta.get("help"), show_default=False)
+        info = typer.Argument(default, help=text, show_default=False)
     else:
         flag = meta.get("flag") or "--" + f.name.replace("_", "-")
         names = [f"{flag}/--no-{flag[2:]}"] if hint is bool else [flag]
-        info = typer.Option(default, *names, help=meta.get("help"))
+        info = typer.Option(default, *names, help=text)
     return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=annotation)
 
 

@@ -19,14 +19,15 @@ from typing import Any, List, Optional
 
 def option(default: Any = MISSING, help: str = "", choices: tuple[str, ...] | None = None,
            positional: bool = False, flag: str | None = None, path: bool = False, model: bool = False,
-           run_owned: bool = False, names: tuple[str, ...] = ()) -> Any:
+           run_owned: bool = False, names: tuple[str, ...] = (), required: bool = False) -> Any:
     """A config field with its help text and what a study file needs to know of it: allowed values,
     whether it is a positional argument (and its flag name), whether it names a file (`path`:
     relative to the study file) or a model spec (`model`: a local model's path is relative to the
     study file too; `names` are values that are not paths), and whether the run directory supplies
-    it (`run_owned`: a study may not set it)."""
+    it (`run_owned`: a study may not set it). `required` only says so in the help: a --config file
+    may give the value, so the flag itself is not enforced."""
     metadata = {"help": help, "choices": choices, "positional": positional, "flag": flag, "path": path,
-                "model": model, "run_owned": run_owned, "names": names}
+                "model": model, "run_owned": run_owned, "names": names, "required": required}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -115,9 +116,10 @@ class ServerOptions(LlamaCppOptions, ClientOptions):
 class GenerateConfig(CommonOptions, ServerOptions):
     """Stage `generate`: instructions x teachers -> RUN/responses/<dataset>.jsonl."""
 
-    instructions: List[str] = option([], "Instruction files (.jsonl/.json/.parquet); may be repeated.", path=True)
+    instructions: List[str] = option([], "Instruction files (.jsonl/.json/.parquet); may be repeated.", path=True,
+                                     required=True)
     teacher: List[str] = option([], "Teacher spec, repeatable; per-teacher settings as "
-                                    "SPEC?temperature=0.8&top_p=0.95&n=5&name=NAME.", model=True)
+                                    "SPEC?temperature=0.8&top_p=0.95&n=5&name=NAME.", model=True, required=True)
     temperature: float = option(0.0, "Default temperature (0 = greedy, the paper's default).")
     top_p: float = option(1.0, "Default nucleus sampling top-p.")
     max_new_tokens: int = option(1024, "Most tokens per response.")
@@ -126,7 +128,8 @@ class GenerateConfig(CommonOptions, ServerOptions):
     limit: Optional[int] = option(None, "Use only the first N instructions.")
     per_category: Optional[int] = option(None, "Use only the first N instructions of each category.")
     skip_invalid: bool = option(False, "Skip and report bad instructions instead of stopping.")
-    out: Optional[str] = option(None, "Run directory; datasets go to OUT/responses/<name>.jsonl.", run_owned=True)
+    out: Optional[str] = option(None, "Run directory; datasets go to OUT/responses/<name>.jsonl.", run_owned=True,
+                                required=True)
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -146,7 +149,7 @@ class ScoreConfig(CommonOptions, ClientOptions):
     inputs: List[str] = option([], "Response files (.jsonl/.json/.parquet) or run directories.", positional=True,
                                run_owned=True)
     student: List[str] = option([], "The student (base model) whose loss measures compatibility; repeat for several.",
-                                model=True)
+                                model=True, required=True)
     reference: Optional[str] = option(None, "Reference LM for the -Ref metrics (GPT-2 in the paper).", model=True)
     reward_model: Optional[str] = option(None, "Reward model: a sequence classifier or an instruct judge.",
                                           model=True)
@@ -265,9 +268,9 @@ class TrainConfig(CommonOptions):
 
     data: List[str] = option([], "Run directory or response files.", positional=True, run_owned=True)
     student: Optional[str] = option(None, "Base model to fine-tune (hf:, gguf:, packaged: are all trainable).",
-                                    model=True, run_owned=True)
+                                    model=True, run_owned=True, required=True)
     out: Optional[str] = option(None, "Checkpoint directory (model, tokenizer with chat template, logs).",
-                                run_owned=True)
+                                run_owned=True, required=True)
     teacher: List[str] = option([], "Train on these datasets only (names in the run); repeatable.")
     learning_rate: float = option(2e-5, "Peak learning rate [paper: 2e-5].")
     num_train_epochs: float = option(2.0, "Epochs [paper: 2].")
