@@ -196,10 +196,13 @@ def run(
 
 @app.command()
 def demo(
-    live: bool = typer.Option(False, "--live", help="Generate the teachers' responses live (llama.cpp) and use the "
-                              "1.5B judge; about 17 minutes here instead of about 5."),
+    live: bool = typer.Option(False, "--live", help="Also generate the four teachers' responses live (llama.cpp) and "
+                              "judge them with the packaged 0.5B teacher, adding a reference model for the -Ref "
+                              "columns: about half an hour on 2 CPU cores (`make demo-live` installs llama.cpp, a "
+                              "6-8 minute build the first time, and the teachers)."),
     print_config: bool = typer.Option(False, "--print-config", help="Print the demo's experiment file and stop."),
-    run_dir: Path = typer.Option(Path("runs/demo"), help="Run directory (re-running reuses what is there)."),
+    run_dir: Optional[Path] = typer.Option(None, help="Run directory (default: runs/demo, or runs/demo-live with "
+                                                      "--live; re-running reuses what is there)."),
 ) -> None:
     """The main job on the embedded default, offline: the packaged Gemma-3-270M base student scores
     the packaged teachers' responses to the shipped instructions, with a packaged judge's reward."""
