@@ -113,3 +113,27 @@ def test_report_shows_the_truth_column_correlate_used(tmp_path):
     assert {"car_vs_ap", "ap_run"} <= set(result["images"])
     car = next(r for r in result["numbers"]["correlation"] if r["metric"] == "car")
     assert car["rho"] == pytest.approx(-1.0)  # the reversed column: what correlate computed, shown as it is
+
+
+def test_average_rows_count_teachers_not_students():
+    metric_rows, truth_rows = synthetic()
+    table = correlation_table(join(metric_rows, truth_rows), n_bootstrap=20)
+    per_student = {r["student"]: r["n_teachers"] for r in table if r["student"] != "Average"}
+    students = len(per_student)
+    assert students > 1 and set(per_student.values()) == {12}
+    for row in (r for r in table if r["student"] == "Average"):
+        assert row["n_teachers"] == 12 and row["n_students"] == students
+
+
+def test_fewer_than_five_teachers_are_warned_about():
+    from teachfit.correlate import correlation_text, few_teachers_warning
+
+    metric_rows, truth_rows = synthetic()
+    keep = {"t0", "t1", "t2", "t3"}
+    joined = join([r for r in metric_rows if r["teacher"] in keep], [r for r in truth_rows if r["teacher"] in keep])
+    table = correlation_table(joined, n_bootstrap=20)
+    warning = few_teachers_warning(table)
+    assert warning and "4 teachers" in warning and "at least 5" in warning
+    assert few_teachers_warning(correlation_table(join(metric_rows, truth_rows), n_bootstrap=20)) is None
+    text = correlation_text({"correlation": table, "beta_sweep": beta_sweep(joined)})
+    assert warning in text

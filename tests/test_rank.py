@@ -124,3 +124,65 @@ def test_rank_cli_says_what_each_teacher_lacks(tmp_path):
     out = json.loads(done.stdout)
     assert out["settings"]["coverage"]["missing"] == {"a": 0, "b": 1, "c": 2}
     assert {r["teacher"]: r["n_pairs"] for r in out["teachers"]} == {"a": 4, "b": 3, "c": 2}
+
+
+# --- selections are datasets, not teachers: their own table, never recommended ---
+def test_selections_are_ranked_beside_the_teachers_and_never_recommended():
+    rows = rows_for("a", [5, 6, 7], [1.0, 1.0, 1.0]) + rows_for("b", [4, 5, 6], [1.0, 1.0, 1.0])
+    rows += rows_for("car-instance", [9, 9, 9], [0.5, 0.5, 0.5])  # better than every teacher on CAR
+    ranking = rank_teachers(rows, n_bootstrap=200, selections=["car-instance"])
+    assert ranking.recommended == "a" and ranking.top_share > 0.5
+    assert [r["teacher"] for r in ranking.rows] == ["a", "b"]
+    assert {r["kind"] for r in ranking.rows} == {"teacher"}
+    (selection,) = ranking.selections
+    assert selection["teacher"] == "car-instance" and selection["kind"] == "selection"
+    assert selection["car"] == pytest.approx(9 / (1 + 3 * 0.5))
+    assert selection["car_ci_low"] <= selection["car"] <= selection["car_ci_high"]
+    assert math.isnan(selection["top_share"])  # the bootstrap's "on top" is over teachers only
+    assert ranking.to_dict()["selections"] == ranking.selections
+    text = markdown_table(ranking)
+    assert "Recommended teacher: a" in text and "Recommended teacher: car-instance" not in text
+    teachers_table, rest = text.split("Selections", 1)
+    assert "car-instance" not in teachers_table and "| car-instance |" in rest
+
+
+def test_rank_stage_writes_selections_with_kind_and_correlate_keeps_them(tmp_path):
+    from teachfit.config import RankConfig
+    from teachfit.correlate import read_rankings
+    from teachfit.files import read_table, write_table
+    from teachfit.rank import run_rank
+    from teachfit.run import RunDir
+
+    run = RunDir(tmp_path)
+    run.scores_dir.mkdir()
+    rows = rows_for("a", [5, 6, 7], [1.0, 1.0, 1.0]) + rows_for("b", [4, 5, 6], [1.0, 1.0, 1.0])
+    write_table(run.scores("stu"), rows, {"scorers": [{"role": "self", "model": {"spec": "hf:stu"}}]})
+    run.selections_dir.mkdir()
+    write_table(run.selection("car-instance"), [{"teacher": "a", "id": "2"}, {"teacher": "b", "id": "1"}], {})
+    rankings = run_rank(RankConfig(scores=[str(tmp_path)], bootstrap=100), run)
+    assert rankings["hf:stu"].recommended == "a"
+    table, meta = read_table(run.ranking_csv)
+    assert [(r["teacher"], r["kind"]) for r in table] == [("a", "teacher"), ("b", "teacher"), ("car-instance", "selection")]
+    assert meta["students"]["hf:stu"]["recommended"] == "a"
+    assert {r["teacher"] for r in read_rankings([run.ranking_csv])} == {"a", "b", "car-instance"}
+
+
+# --- a lead that the bootstrap does not settle is said to be unsettled, with the pairs that would settle it ---
+def test_weak_lead_is_flagged_with_the_pairs_that_would_settle_it():
+    rng = np.random.default_rng(0)
+    rows = rows_for("a", rng.normal(5.2, 1, 40), np.full(40, 1.0)) + rows_for("b", rng.normal(5, 1, 40), np.full(40, 1.0))
+    ranking = rank_teachers(rows, n_bootstrap=500)
+    assert ranking.top_share < 0.8
+    needed = ranking.settings["pairs_needed"]  # computed without asking (no target given)
+    assert needed["target"] == 0.8 and needed["recommended"] == ranking.recommended
+    text = markdown_table(ranking)
+    assert "not settled" in text and "below 80%" in text
+    shown = needed["pairs_needed"] or needed["optimistic_pairs_needed"]
+    assert f"{shown} pairs per teacher" in text and f"{shown - 40} more than the 40 scored" in text
+
+
+def test_settled_lead_says_nothing_more():
+    rows = rows_for("large", [8, 9, 10], [2.0, 2.5, 3.0]) + rows_for("medium", [6, 7, 8], [0.5, 0.6, 0.7])
+    ranking = rank_teachers(rows, n_bootstrap=200)
+    assert ranking.top_share == 1.0 and "pairs_needed" not in ranking.settings
+    assert "not settled" not in markdown_table(ranking)

@@ -22,6 +22,7 @@ from teachfit.stage import Stage
 
 CORRELATED = ("car", "reward", "ppl_self", "ifd_self", "rsr_self", "ppl_ref", "ifd_ref", "length", "size_b")
 DIRECTIONS = METRIC_DIRECTIONS | {"size_b": +1}
+MIN_TEACHERS = 5  # under this many teachers a rank correlation means little (few orderings exist)
 BETA_GRID = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0)
 
 
@@ -73,7 +74,8 @@ def rho_with_interval(values: Sequence[float], ap: Sequence[float], n_bootstrap:
 
 def correlation_table(joined: dict[str, list[dict[str, Any]]], n_bootstrap: int = 1000) -> list[dict[str, Any]]:
     """One row per (student, metric) with rho, its interval and the number of teachers; plus
-    an `Average` row per metric over the students (the paper's last row)."""
+    an `Average` row per metric over the students (the paper's last row), whose `n_teachers` is the
+    fewest teachers any of its students has and `n_students` the students averaged."""
     rows = []
     for student, teachers in joined.items():
         ap = [t["ap"] for t in teachers]
@@ -83,13 +85,26 @@ def correlation_table(joined: dict[str, list[dict[str, Any]]], n_bootstrap: int 
                 continue
             rho, low, high = rho_with_interval(values, ap, n_bootstrap)
             rows.append({"student": student, "metric": metric, "rho": rho, "ci_low": low, "ci_high": high,
-                         "n_teachers": len(teachers)})
+                         "n_teachers": len(teachers), "n_students": 1})
     for metric in CORRELATED:
-        values = [r["rho"] for r in rows if r["metric"] == metric and not math.isnan(r["rho"])]
-        if values:
-            rows.append({"student": "Average", "metric": metric, "rho": mean(values), "ci_low": math.nan,
-                         "ci_high": math.nan, "n_teachers": len(values)})
+        averaged = [r for r in rows if r["metric"] == metric and r["student"] != "Average" and not math.isnan(r["rho"])]
+        if averaged:
+            rows.append({"student": "Average", "metric": metric, "rho": mean(r["rho"] for r in averaged),
+                         "ci_low": math.nan, "ci_high": math.nan,
+                         "n_teachers": min(r["n_teachers"] for r in averaged), "n_students": len(averaged)})
     return rows
+
+
+def few_teachers_warning(table: Sequence[dict[str, Any]]) -> str | None:
+    """A warning when some student's rho is over fewer than MIN_TEACHERS teachers, else None: with
+    n teachers there are only n! orderings, so a perfect rho comes by chance once in n! (1 in 24
+    for 4), and the interval over teachers is nearly all of [-1, 1]."""
+    counts = [int(r["n_teachers"]) for r in table if r.get("student") != "Average" and r.get("n_teachers") not in (None, "")]
+    if not counts or min(counts) >= MIN_TEACHERS:
+        return None
+    n = min(counts)
+    return (f"Only {n} teachers: rho over so few is close to meaningless (a perfect rho comes by chance once in "
+            f"{math.factorial(n)} orderings); compare at least {MIN_TEACHERS} teachers before reading anything into it.")
 
 
 def _car_rho(teachers: Sequence[dict[str, Any]], beta: float) -> float:
@@ -230,6 +245,9 @@ def correlation_text(report: dict[str, Any]) -> str:
             else:
                 parts.append(f"{row['rho']:>7.4f} [{row['ci_low']:.2f},{row['ci_high']:.2f}]".rjust(22))
         lines.append(f"{student:<{width}}" + "".join(parts))
+    warning = few_teachers_warning(table)
+    if warning:
+        lines.append(warning)
     lines.append("")
     lines.append("CAR beta sweep (mean rho over students): " + ", ".join(
         f"{r['beta']:g}: {r['rho_mean']:.3f}" for r in report["beta_sweep"]))

@@ -2,7 +2,10 @@
 
 CAR(D) = mean r / (1 + beta * L), L = mean loss(y|x) under the student (paper eq. 3). A paired
 bootstrap over pairs (resampling each teacher's pairs) gives CAR's 95% interval and how often the
-recommended teacher stays on top.
+recommended teacher stays on top. Selections (datasets `teachfit select` chose from the teachers'
+answers) get their CAR and interval in a table of their own: they are not teachers, so they are
+never recommended and take no part in "on top". A lead on top in fewer than SETTLED of the
+resamples is not settled: the ranking then says how many pairs per teacher would settle it.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ import numpy as np
 from teachfit import metrics
 from teachfit.config import RankConfig
 from teachfit.run import RunDir
-from teachfit.ranking_text import lacks, markdown_table
+from teachfit.ranking_text import SETTLED, lacks, markdown_table  # SETTLED: on top less often is unsettled
 from teachfit.stage import Stage
 
 # Direction of each metric when ranking teachers: +1 higher is better, -1 lower is better.
@@ -37,17 +40,19 @@ AVERAGED = ("reward", "loss_self", "loss_self_uncond", "ppl_self", "ifd_self", "
 
 @dataclass
 class Ranking:
-    """The per-teacher table, the recommendation and the settings that produced them."""
+    """The per-teacher table, the recommendation (a teacher, never a selection), the selections'
+    own table (`kind` = selection) and the settings that produced them."""
 
     rows: list[dict[str, Any]]
     recommended: str
     top_share: float
     settings: dict[str, Any] = field(default_factory=dict)
+    selections: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON output."""
         return {"recommended": self.recommended, "top_share": self.top_share, "settings": self.settings,
-                "directions": METRIC_DIRECTIONS, "teachers": self.rows}
+                "directions": METRIC_DIRECTIONS, "teachers": self.rows, "selections": self.selections}
 
 
 def _number(row: dict[str, Any], name: str) -> float:
@@ -156,23 +161,13 @@ def _bootstrap(rewards: dict[str, np.ndarray], losses: dict[str, np.ndarray], be
     return intervals, shares
 
 
-def rank_teachers(
-    rows: Sequence[dict[str, Any]], beta: float = 3.0, reward_transform: str = "raw",
-    n_bootstrap: int = 1000, seed: int = 0, student: str | None = None, shared_only: bool = True,
-) -> Ranking:
-    """Aggregate per-pair score rows into a ranked per-teacher table and a recommendation
-    (`student` labels the rows, so rankings of several students can be correlated together).
-    Teachers that cover different instructions (answers missing, skipped or dropped as non-finite)
-    are compared on the instructions all of them share, or with `shared_only=False` each on its
-    own pairs; settings["coverage"] and each row's `n_instructions_missing` say what each lacks."""
-    rows, dropped = _usable_rows(rows, beta)
-    rows, coverage = compared_rows(rows, shared_only)
-    groups = group_by_teacher(rows)
-    rewards = _rewards(groups, reward_transform)
-    losses = {t: _column(g, "loss_self") for t, g in groups.items()}
+def _table(groups: dict[str, list[dict[str, Any]]], rewards: dict[str, np.ndarray], losses: dict[str, np.ndarray],
+           beta: float, student: str | None, kind: str, dropped: dict[str, int], coverage: dict[str, Any]
+           ) -> list[dict[str, Any]]:
+    """One row per group (a teacher or a selection) with its averaged metrics and CAR."""
     table = []
     for teacher, group in groups.items():
-        row: dict[str, Any] = {"student": student or "student", "teacher": teacher, "n_pairs": len(group)}
+        row: dict[str, Any] = {"student": student or "student", "teacher": teacher, "kind": kind, "n_pairs": len(group)}
         for name in AVERAGED:
             if name in group[0]:
                 values = _column(group, name)
@@ -184,20 +179,70 @@ def rank_teachers(
         row["L"] = float(losses[teacher].mean())
         row["car"] = metrics.car(row["reward_used"], row["L"], beta)
         if not math.isfinite(row["car"]):
-            raise ValueError(f"CAR of teacher {teacher!r} is not finite (mean reward {row['reward_used']}, L {row['L']})")
+            raise ValueError(f"CAR of {kind} {teacher!r} is not finite (mean reward {row['reward_used']}, L {row['L']})")
         row["n_dropped_nonfinite"] = dropped.get(teacher, 0)
         row["n_instructions_missing"] = coverage["missing"].get(teacher, 0)
         table.append(row)
+    return table
+
+
+def rank_teachers(
+    rows: Sequence[dict[str, Any]], beta: float = 3.0, reward_transform: str = "raw",
+    n_bootstrap: int = 1000, seed: int = 0, student: str | None = None, shared_only: bool = True,
+    selections: Sequence[str] = (), target: float | None = None,
+) -> Ranking:
+    """Aggregate per-pair score rows into a ranked per-teacher table and a recommendation
+    (`student` labels the rows, so rankings of several students can be correlated together).
+    Teachers that cover different instructions (answers missing, skipped or dropped as non-finite)
+    are compared on the instructions all of them share, or with `shared_only=False` each on its
+    own pairs; settings["coverage"] and each row's `n_instructions_missing` say what each lacks.
+
+    Rows whose `teacher` is one of `selections` are selections: ranked on their own pairs in
+    Ranking.selections (`kind` = selection), with their CAR interval, but outside the
+    recommendation, the coverage and the share of resamples on top (`top_share` NaN). When the
+    recommended teacher is on top in fewer than SETTLED of the resamples, or a `target` is given,
+    settings["pairs_needed"] holds the pairs_needed estimate (for `target`, else SETTLED)."""
+    rows, dropped = _usable_rows(rows, beta)
+    chosen = {str(s) for s in selections}
+    selection_rows = [r for r in rows if str(r["teacher"]) in chosen]
+    rows = [r for r in rows if str(r["teacher"]) not in chosen]
+    if not rows:
+        raise ValueError("no teacher to rank: every scored pair belongs to a selection")
+    rows, coverage = compared_rows(rows, shared_only)
+    groups = group_by_teacher(rows)
+    rewards = _rewards(groups, reward_transform)
+    losses = {t: _column(g, "loss_self") for t, g in groups.items()}
+    table = _table(groups, rewards, losses, beta, student, "teacher", dropped, coverage)
     intervals, shares = _bootstrap(rewards, losses, beta, n_bootstrap, seed) if n_bootstrap else ({}, {})
     for row in table:
         row["car_ci_low"], row["car_ci_high"] = intervals.get(row["teacher"], (math.nan, math.nan))
         row["top_share"] = shares.get(row["teacher"], math.nan)
     add_ranks(table)
     table.sort(key=lambda r: r["rank_car"])
+    chosen_table: list[dict[str, Any]] = []
+    if selection_rows:  # on the transform's reference of the teachers' rewards, each on its own pairs
+        picked = group_by_teacher(selection_rows)
+        everything = np.concatenate([_column(g, "reward") for g in groups.values()])
+        picked_rewards = {t: metrics.transform_rewards(_column(g, "reward"), reward_transform, reference=everything)
+                          for t, g in picked.items()}
+        picked_losses = {t: _column(g, "loss_self") for t, g in picked.items()}
+        chosen_table = _table(picked, picked_rewards, picked_losses, beta, student, "selection", dropped,
+                              {"missing": {}})
+        picked_intervals = (_bootstrap(picked_rewards, picked_losses, beta, n_bootstrap, seed)[0]
+                            if n_bootstrap else {})
+        for row in chosen_table:
+            row["car_ci_low"], row["car_ci_high"] = picked_intervals.get(row["teacher"], (math.nan, math.nan))
+            row["top_share"] = math.nan
+        chosen_table.sort(key=lambda r: -r["car"])
     best = table[0]["teacher"]
     settings = {"beta": beta, "reward_transform": reward_transform, "n_bootstrap": n_bootstrap, "seed": seed,
-                "student": student, "dropped_nonfinite": sum(dropped.values()), "coverage": coverage}
-    return Ranking(rows=table, recommended=best, top_share=table[0]["top_share"], settings=settings)
+                "student": student, "dropped_nonfinite": sum(dropped.values()), "coverage": coverage,
+                "settled": SETTLED, "selections": [r["teacher"] for r in chosen_table]}
+    top_share = table[0]["top_share"]
+    if len(table) > 1 and (target or (math.isfinite(top_share) and top_share < SETTLED)):
+        settings["pairs_needed"] = pairs_needed(rows, beta, reward_transform, target or SETTLED,
+                                                n_bootstrap=n_bootstrap or 1000, seed=seed)
+    return Ranking(rows=table, recommended=best, top_share=top_share, settings=settings, selections=chosen_table)
 
 
 def student_of(metadata: dict[str, Any]) -> str | None:
@@ -346,28 +391,34 @@ def run_rank(config: RankConfig, run: Any, executor: Any = None) -> dict[str, Ra
     for path in files:
         rows, meta = read_table(path)
         student = student_of(meta) or path.stem
+        chosen: list[dict[str, Any]] = []
         if run is not None and all("teacher" in r for r in rows):  # else rank_teachers says what is wrong
-            rows = rows + selection_rows(run, rows)
+            chosen = selection_rows(run, rows)
+            clash = sorted({str(r["teacher"]) for r in chosen} & {str(r["teacher"]) for r in rows})
+            if clash:
+                raise InputError(run.selection(clash[0]), None, f"selection '{clash[0]}' has the name of a teacher: "
+                                                                "rename the selection (teachfit select --name)")
         try:  # what is wrong with the scores is an error about their file
-            ranking = rank_teachers(rows, beta=config.beta, reward_transform=config.reward_transform,
+            ranking = rank_teachers(rows + chosen, beta=config.beta, reward_transform=config.reward_transform,
                                     n_bootstrap=config.bootstrap, seed=config.seed, student=student,
-                                    shared_only=config.shared_only)
+                                    shared_only=config.shared_only, target=config.target,
+                                    selections=sorted({str(r["teacher"]) for r in chosen}))
             ranking.settings["scores"] = str(path)
-            if config.target:  # on the pairs the ranking compared
-                usable = [r for r in rows if math.isfinite(_number(r, "reward")) and math.isfinite(_number(r, "loss_self"))]
-                compared, _ = compared_rows(usable, config.shared_only)
-                ranking.settings["pairs_needed"] = pairs_needed(compared, config.beta, config.reward_transform,
-                                                                config.target, n_bootstrap=config.bootstrap or 1000,
-                                                                seed=config.seed)
         except InputError:
             raise
         except ValueError as error:
             raise InputError(path, None, str(error)) from None
         rankings[student] = ranking
-    table = [r for k in rankings.values() for r in k.rows]
+    table = [r for k in rankings.values() for r in k.rows + k.selections]
+    columns = list(dict.fromkeys(c for r in table for c in r))  # teachers and selections: one header
+    table = [{c: r.get(c, "") for c in columns} for r in table]
     data = {s: k.to_dict() for s, k in rankings.items()}
     settings = {"stage": "rank", "beta": config.beta, "reward_transform": config.reward_transform,
-                "shared_only": config.shared_only}
+                "shared_only": config.shared_only, "n_bootstrap": config.bootstrap, "seed": config.seed,
+                "target": config.target, "command": rank_command(config), "date": _now(), "settled": SETTLED,
+                "students": {s: {"recommended": k.recommended, "top_share": k.top_share, "scores": k.settings["scores"],
+                                 "coverage": k.settings["coverage"], "pairs_needed": k.settings.get("pairs_needed"),
+                                 "selections": k.settings["selections"]} for s, k in rankings.items()}}
     if run is not None:
         write_table(run.ranking_csv, table, settings)
         write_json_atomic(run.ranking_json, data)
@@ -376,6 +427,32 @@ def run_rank(config: RankConfig, run: Any, executor: Any = None) -> dict[str, Ra
     if config.json_out:
         write_json_atomic(Path(config.json_out), data if len(data) > 1 else next(iter(data.values())))
     return rankings
+
+
+def _now() -> str:
+    """The local date and time, to the second, with its UTC offset."""
+    from datetime import datetime
+
+    return datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def rank_command(config: RankConfig) -> str:
+    """The `teachfit rank` command line that gives this configuration (options at their default left out)."""
+    import shlex
+    from dataclasses import fields
+
+    parts = ["teachfit", "rank", *config.scores]
+    defaults = RankConfig()
+    for item in fields(config):
+        value = getattr(config, item.name)
+        if item.name == "scores" or value == getattr(defaults, item.name):
+            continue
+        flag = "--" + item.name.replace("_", "-")
+        if isinstance(value, bool):
+            parts.append(flag if value else "--no-" + item.name.replace("_", "-"))
+        else:
+            parts += [flag, str(value)]
+    return shlex.join(parts)
 
 
 def _units(config: RankConfig, plan: Any, run: Any) -> list[Any]:

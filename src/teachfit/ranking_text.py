@@ -1,5 +1,6 @@
 """A ranking (rank.Ranking.to_dict()) as text for the terminal: the Markdown table of teachers,
-the recommendation, and what the reader should know (uneven coverage, pairs still needed)."""
+the selections' own table, the recommendation, and what the reader should know (a lead not yet
+settled and the pairs that would settle it, uneven coverage). report.py shows the same words."""
 from __future__ import annotations
 
 import math
@@ -33,30 +34,89 @@ TABLE_COLUMNS = (
 )
 
 
+# Readable names of the metrics (correlate's rho table, the report's plots), as in TABLE_COLUMNS.
+METRIC_LABELS = {"car": "CAR", "reward": "reward", "ppl_self": "PPL-Self", "ifd_self": "IFD-Self",
+                 "rsr_self": "RSR-Self", "ppl_ref": "PPL-Ref", "ifd_ref": "IFD-Ref", "rsr_ref": "RSR-Ref",
+                 "length": "length", "size_b": "size (B params)"}
+SETTLED = 0.8  # rank.SETTLED: the share of resamples on top under which a lead is not settled
+
+
 def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def shown_columns(rows: list[dict[str, Any]], skip: tuple[str, ...] = ()) -> list[tuple[str, Any]]:
+    """TABLE_COLUMNS that every row has a value for (less `skip`)."""
+    return [(name, show) for name, show in TABLE_COLUMNS
+            if name not in skip and rows and all(_can_show(show, r) for r in rows)]
+
+
+def _markdown(rows: list[dict[str, Any]], columns: list[tuple[str, Any]], first: str = "teacher") -> list[str]:
+    names = [first if name == "teacher" else name for name, _ in columns]
+    lines = ["| " + " | ".join(names) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    return lines + ["| " + " | ".join(show(row) for _, show in columns) + " |" for row in rows]
+
+
+def recommendation_line(data: dict[str, Any]) -> str:
+    """`Recommended teacher: ...` with how often it stays on top, and whether that settles it."""
+    settings, share = data["settings"], data.get("top_share")
+    settled = settings.get("settled", SETTLED)
+    if not _finite(share) or not settings.get("n_bootstrap"):
+        how = "no bootstrap: how sure this is was not measured"
+    else:
+        how = f"on top in {share:.0%} of {settings['n_bootstrap']} bootstrap resamples"
+        if share < settled:
+            how += f": not settled, below {settled:.0%}"
+    return (f"Recommended teacher: {data['recommended']} for {settings.get('student')} (highest CAR, "
+            f"beta={settings['beta']:g}; {how})")
+
+
+def lead_note(data: dict[str, Any]) -> str | None:
+    """What the pairs_needed estimate says: for a lead that is not settled, how many pairs per teacher
+    would settle it (and how many more than scored); for an asked --target, whether enough are scored."""
+    settings = data["settings"]
+    needed = settings.get("pairs_needed")
+    if not needed:
+        return None
+    scored = min(needed["n_pairs"].values()) if needed.get("n_pairs") else None
+    target = needed["target"]
+
+    def more(n: int) -> str:
+        return f" ({n - scored} more than the {scored} scored)" if scored is not None and n > scored else ""
+
+    if needed.get("pairs_needed"):
+        estimate = f"about {needed['pairs_needed']} pairs per teacher{more(needed['pairs_needed'])}"
+    elif needed.get("optimistic_pairs_needed"):
+        estimate = (f"at least {needed['optimistic_pairs_needed']} pairs per teacher"
+                    f"{more(needed['optimistic_pairs_needed'])}, likely more: {needed.get('limiting_teacher')} "
+                    "is not yet separated from it")
+    else:
+        estimate = (f"more pairs than can be estimated: {needed.get('limiting_teacher')} is not yet separated "
+                    "from it (treat the two as tied, or score many more pairs)")
+    share = data.get("top_share")
+    if _finite(share) and share < settings.get("settled", SETTLED):
+        return (f"The lead is not settled: {data['recommended']} is on top in only {share:.0%} of resamples. "
+                f"To be on top in {target:.0%} of resamples it needs {estimate}.")
+    return (f"To be on top in {target:.0%} of resamples: {estimate}; "
+            f"{'enough scored' if needed.get('enough') else 'score more'}.")
 
 
 def ranking_text(data: dict[str, Any]) -> str:
-    """A ranking (Ranking.to_dict()) as a Markdown table and the recommendation, for the terminal."""
+    """A ranking (Ranking.to_dict()) as a Markdown table of teachers, the selections' own table and
+    the recommendation (always a teacher), for the terminal."""
     rows = data["teachers"]
-    columns = [(name, show) for name, show in TABLE_COLUMNS if all(_can_show(show, r) for r in rows)]
-    lines = ["| " + " | ".join(name for name, _ in columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    lines += ["| " + " | ".join(show(row) for _, show in columns) + " |" for row in rows]
+    lines = _markdown(rows, shown_columns(rows))
     settings = data["settings"]
     lines.append("")
-    lines.append(f"Recommended teacher: {data['recommended']} for {settings.get('student')} (highest CAR, "
-                 f"beta={settings['beta']:g}; on top in {data['top_share']:.0%} of {settings['n_bootstrap']} "
-                 "bootstrap resamples)")
-    note = coverage_note(settings.get("coverage"))
-    if note:
-        lines.append(note)
-    needed = settings.get("pairs_needed")
-    if needed:
-        estimate = (f"about {needed['pairs_needed']} pairs per teacher" if needed.get("pairs_needed")
-                    else f"more pairs than scored (not yet separated from {needed.get('limiting_teacher')})")
-        lines.append(f"To be on top in {needed['target']:.0%} of resamples: {estimate}; "
-                     f"{'enough scored' if needed.get('enough') else 'score more'}.")
+    lines.append(recommendation_line(data))
+    for note in (lead_note(data), coverage_note(settings.get("coverage"))):
+        if note:
+            lines.append(note)
+    selections = data.get("selections") or []
+    if selections:
+        lines += ["", "Selections (datasets chosen from the teachers' answers: ranked by CAR on their own pairs, "
+                      "never recommended as a teacher):", ""]
+        lines += _markdown(selections, shown_columns(selections, skip=("on top",)), first="selection")
     return "\n".join(lines)
 
 

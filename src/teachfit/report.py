@@ -1,8 +1,12 @@
 """`teachfit report`: one self-contained HTML page (plots embedded as PNG) plus the PNG files.
 
-It shows what a run has: the ranking table and CAR with its interval; with measured results,
-CAR vs AP, rho per metric and Figure-2-style AP bars; with --paper, the paper's own Figure 2
-and Table 4 from its published numbers; and the settings that produced all of it.
+It shows what a run has: per student the ranking table of teachers (CAR with its interval,
+readable column names as in the terminal), the recommendation (always a teacher) and whether its
+lead is settled, and the selections in a table of their own; with measured results, the
+measurements with their intervals, CAR vs AP, rho per metric with its interval (and a warning
+under 5 teachers) and Figure-2-style AP bars; with --paper, the paper's own Figure 2 and Table 4
+from its published numbers; and the settings that produced all of it (student, reward source,
+beta, pairs per teacher, date, version, command), read from the files the stages wrote.
 """
 from __future__ import annotations
 
@@ -34,16 +38,21 @@ def _figure_png(draw: Any, size: tuple[float, float] = (7.5, 4.0)) -> bytes:
     return buffer.getvalue()
 
 
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def car_bars(ranking: Sequence[dict[str, Any]]) -> bytes:
-    """CAR per teacher with its bootstrap 95% interval."""
+    """CAR per teacher with its bootstrap 95% interval; selections (kind = selection) in grey below."""
     def draw(ax: Any) -> None:
-        names = [r["teacher"] for r in ranking]
+        names = [("[selection] " if r.get("kind") == "selection" else "") + str(r["teacher"]) for r in ranking]
         values = [r["car"] for r in ranking]
-        low = [r["car"] - r.get("car_ci_low", r["car"]) for r in ranking]
-        high = [r.get("car_ci_high", r["car"]) - r["car"] for r in ranking]
-        ax.barh(names[::-1], values[::-1], xerr=[low[::-1], high[::-1]], color="#3b7dd8", capsize=3)
+        low = [r["car"] - r["car_ci_low"] if _finite(r.get("car_ci_low")) else 0.0 for r in ranking]
+        high = [r["car_ci_high"] - r["car"] if _finite(r.get("car_ci_high")) else 0.0 for r in ranking]
+        colors = ["#9a9a9a" if r.get("kind") == "selection" else "#3b7dd8" for r in ranking]
+        ax.barh(names[::-1], values[::-1], xerr=[low[::-1], high[::-1]], color=colors[::-1], capsize=3)
         ax.set_xlabel("CAR = r / (1 + beta L)  (higher is better)")
-        ax.set_title("Teachers ranked by Compatibility-Adjusted Reward")
+        ax.set_title("Teachers ranked by Compatibility-Adjusted Reward (selections in grey)")
     return _figure_png(draw)
 
 
@@ -74,16 +83,22 @@ def rho_bars(labels: Sequence[str], values: Sequence[float], title: str, truth: 
 
 
 def ap_bars(grid: Sequence[dict[str, Any]], title: str, truth: str = "AP (%)") -> bytes:
-    """Figure-2-style grouped bars: AP per teacher, one group per student."""
+    """Figure-2-style grouped bars: AP per teacher, one group per student (with its interval where
+    the rows have `ap_lo` and `ap_hi`)."""
     def draw(ax: Any) -> None:
         students = list(dict.fromkeys(r["student"] for r in grid))
         teachers = list(dict.fromkeys(r["teacher"] for r in grid))
         ap = {(r["student"], r["teacher"]): r["ap"] for r in grid}
+        interval = {(r["student"], r["teacher"]): (r.get("ap_lo"), r.get("ap_hi")) for r in grid}
         width = 0.8 / len(teachers)
         cmap = require("matplotlib", "report").colormaps["tab20"]
         for j, teacher in enumerate(teachers):
             xs = [i + j * width for i in range(len(students))]
-            ax.bar(xs, [ap.get((s, teacher), math.nan) for s in students], width, label=teacher, color=cmap(j % 20))
+            heights = [ap.get((s, teacher), math.nan) for s in students]
+            bounds = [interval.get((s, teacher), (math.nan, math.nan)) for s in students]
+            errors = ([[h - lo for h, (lo, _) in zip(heights, bounds)], [hi - h for h, (_, hi) in zip(heights, bounds)]]
+                      if all(_finite(lo) and _finite(hi) for lo, hi in bounds) else None)
+            ax.bar(xs, heights, width, label=teacher, color=cmap(j % 20), yerr=errors, capsize=2)
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(students))], students, fontsize=8)
         ax.set_ylabel(truth)
         ax.set_title(title)
@@ -99,10 +114,183 @@ def _table_html(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _cells_html(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A table of already formatted cells (escaped here)."""
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _ranking_html(rows: Sequence[dict[str, Any]], first: str, skip: tuple[str, ...] = ()) -> str:
+    """Teachers (or selections) with the terminal's readable columns (ranking_text.TABLE_COLUMNS)."""
+    from teachfit.ranking_text import shown_columns
+
+    columns = shown_columns(list(rows), skip)
+    if all(_finite(r.get("n_pairs")) for r in rows):
+        columns.insert(1, ("pairs", lambda r: f"{int(r['n_pairs'])}"))
+    header = [first if name == "teacher" else name for name, _ in columns]
+    return _cells_html(header, [[show(r) for _, show in columns] for r in rows])
+
+
+def _with_interval(value: Any, low: Any, high: Any, digits: int, interval_digits: int | None = None) -> str:
+    """`value [low, high]`, or the value alone when the interval is not known."""
+    if not _finite(value):
+        return "-"
+    inner = digits if interval_digits is None else interval_digits
+    return f"{value:.{digits}f}" + (f" [{low:.{inner}f}, {high:.{inner}f}]" if _finite(low) and _finite(high) else "")
+
+
+def interval_columns(column: str) -> tuple[str, str] | None:
+    """The columns of results.csv holding `column`'s 95% interval (evaluate writes them), or None."""
+    if column == "rating_mean":
+        return "rating_lo", "rating_hi"
+    if column == "ah_wr":
+        return "ah_ci_low", "ah_ci_high"
+    if column.startswith("ifeval_"):
+        return f"{column}_lo", f"{column}_hi"
+    return None
+
+
+def _measured_html(rows: Sequence[dict[str, Any]], column: str, truth: str, kinds: dict[Any, str]) -> str:
+    """The measured results with their intervals (AP: its parts, AE2 LC and AH WR with its interval)."""
+    parts = [column] + ([c for c in ("ae2_lc", "ah_wr") if any(_finite(r.get(c)) for r in rows)] if column == "ap" else [])
+    names = {"ap": "AP", "ae2_lc": "AE2 LC", "ah_wr": "AH WR"}
+    header = ["student", "teacher", "kind"] + [names.get(c, c) + (" [95% CI]" if interval_columns(c) else "") for c in parts]
+    body = []
+    for r in rows:
+        cells = [str(r["student"]), str(r["teacher"]), kinds.get((str(r["student"]), str(r["teacher"])), "teacher")]
+        for c in parts:
+            low, high = interval_columns(c) or ("", "")
+            cells.append(_with_interval(r.get(c), r.get(low), r.get(high), 1))
+        body.append(cells)
+    return f"<h3>Measured {html.escape(truth)}</h3>" + _cells_html(header, body)
+
+
+def _rho_html(table: Sequence[dict[str, Any]]) -> str:
+    """rho per metric with its interval over teachers, the teachers (and students averaged)."""
+    from teachfit.ranking_text import METRIC_LABELS
+
+    averaged = any(r["student"] == "Average" for r in table)
+    header = (["student"] if averaged else []) + ["metric", "rho [95% CI]", "teachers"] + (["students"] if averaged else [])
+    body = []
+    for r in table:
+        teachers = f"{int(r['n_teachers'])}" if _finite(r.get("n_teachers")) else "-"
+        cells = ([str(r["student"])] if averaged else []) + [METRIC_LABELS.get(r["metric"], r["metric"]),  # rho to 3 digits, its interval to 2 (as correlate's text)
+                 _with_interval(r["rho"], r.get("ci_low"), r.get("ci_high"), 3, 2), teachers]
+        if averaged:
+            cells.append(f"{int(r['n_students'])}" if _finite(r.get("n_students")) else "-")
+        body.append(cells)
+    return _cells_html(header, body)
+
+
+def _scores_metadata(path: Path) -> dict[str, Any]:
+    """The teachfit metadata of a scores file (its schema only, not its rows); {} when unreadable."""
+    try:
+        import pyarrow.parquet as pq
+
+        raw = (pq.read_schema(path).metadata or {}).get(b"teachfit")
+        data = json.loads(raw) if raw else {}
+    except Exception:  # a report still shows what it can
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def describe_scorer(scorer: dict[str, Any]) -> str:
+    """A scorer of a scores file's metadata in words: 'generative_judge packaged:...', "column 'r'"."""
+    if "column" in scorer:
+        return f"column '{scorer['column']}' of the responses files"
+    model = (scorer.get("model") or {}).get("spec", "")
+    return " ".join(str(p) for p in (scorer.get("kind") or scorer.get("role"), model) if p)
+
+
+def run_settings(run: Any, ranking: Sequence[dict[str, Any]], meta: dict[str, Any]) -> list[tuple[str, str]]:
+    """What was run, as (label, value): student, reward source, beta, pairs per teacher, date,
+    teachfit version and command, from the manifest, ranking.csv's metadata and the scores files."""
+    import os
+    from datetime import datetime
+
+    manifest = json.loads(run.manifest_path.read_text()) if run.manifest_path.exists() else {}
+    scores = {p: _scores_metadata(p) for p in run.score_files()}
+    scorers = [s for m in scores.values() for s in m.get("scorers") or []]
+    students = list(dict.fromkeys(str(r.get("student", "")) for r in ranking))
+    rewards = list(dict.fromkeys(describe_scorer(s) for s in scorers
+                                 if "role" not in s and s.get("kind") not in (None, "length")))
+    others = list(dict.fromkeys(f"{s['role']}: {describe_scorer(s)}" for s in scorers if "role" in s))
+    teachers = [r for r in ranking if r.get("kind", "teacher") != "selection"]
+    counts = sorted({int(r["n_pairs"]) for r in teachers if _finite(r.get("n_pairs"))})
+    version = ((manifest.get("versions") or {}).get("teachfit")
+               or next((m.get("versions", {}).get("teachfit") for m in scores.values() if m.get("versions")), None))
+    if not version:
+        from teachfit import __version__
+
+        version = f"{__version__} (installed now; the run recorded none)"
+    date = meta.get("date") or datetime.fromtimestamp(os.path.getmtime(run.ranking_csv)).astimezone().isoformat(
+        timespec="seconds") + " (ranking.csv's file time)"
+    config = manifest.get("config") or {}
+    out = [("Student", ", ".join(students)),
+           ("Reward source", ", ".join(rewards) or "not recorded (no scores file in the run)"),
+           ("Other scorers", ", ".join(others) or "-"),
+           ("beta", f"{meta['beta']:g}" if _finite(meta.get("beta")) else "not recorded"),
+           ("Reward transform", str(meta.get("reward_transform", "not recorded"))),
+           ("Pairs per teacher", "-".join(map(str, (counts[0], counts[-1]) if len(counts) > 1 else counts)) or "-"),
+           ("Bootstrap resamples", str(meta.get("n_bootstrap", "not recorded"))),
+           ("Compared on shared instructions", str(meta.get("shared_only", "not recorded"))),
+           ("Date", date), ("teachfit version", str(version))]
+    if config.get("experiment"):
+        sections = ", ".join(config.get("sections") or {})
+        out.append(("Command", f"teachfit run {config['experiment']}" + (f" (sections: {sections})" if sections else "")))
+    if meta.get("command"):
+        out.append(("Rank command", str(meta["command"])))
+    if scores:
+        out.append(("Scores files", ", ".join(str(p.relative_to(run.root)) if p.is_relative_to(run.root) else str(p)
+                                               for p in scores)))
+    return out
+
+
+def _settings_html(items: Sequence[tuple[str, str]], meta: dict[str, Any]) -> str:
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in items)
+    return (f'<h2>Settings</h2><table class="settings">{rows}</table><details><summary>Everything rank recorded '
+            f"(ranking.csv.meta.json)</summary><pre>{html.escape(json.dumps(meta, indent=2, default=str))}</pre></details>")
+
+
+def _student_html(student: Any, rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
+    """One student's teachers, recommendation (a teacher), lead note and selections."""
+    from teachfit.ranking_text import SETTLED, coverage_note, lead_note
+
+    teachers = sorted((r for r in rows if r.get("kind", "teacher") != "selection"), key=lambda r: -float(r["car"]))
+    chosen = sorted((r for r in rows if r.get("kind") == "selection"), key=lambda r: -float(r["car"]))
+    info = (meta.get("students") or {}).get(str(student)) or {}
+    best = teachers[0] if teachers else None
+    out = [f"<h2>Ranking for {html.escape(str(student))}</h2>"]
+    if best is not None:
+        recommended = info.get("recommended") or best["teacher"]
+        share = info.get("top_share", best.get("top_share"))
+        settled = meta.get("settled", SETTLED)
+        beta = f"beta={meta['beta']:g}; " if _finite(meta.get("beta")) else ""
+        if _finite(share) and len(teachers) > 1:
+            how = f"on top in {share:.0%} of the bootstrap resamples" + (f": not settled, below {settled:.0%}"
+                                                                         if share < settled else "")
+        else:
+            how = "how sure this is was not measured (no bootstrap)" if len(teachers) > 1 else "the only teacher"
+        out.append(f"<p>Recommended teacher: <b>{html.escape(str(recommended))}</b> (highest CAR, {beta}{html.escape(how)})</p>")
+        data = {"recommended": recommended, "top_share": share,
+                "settings": {"settled": settled, "pairs_needed": info.get("pairs_needed")}}
+        for note in (lead_note(data), coverage_note(info.get("coverage"))):
+            if note:
+                out.append(f'<p class="warning">{html.escape(note)}</p>')
+        out.append(_ranking_html(teachers, "teacher"))
+    if chosen:
+        out.append("<h3>Selections</h3><p>Datasets chosen from the teachers' answers by <code>teachfit select</code>: "
+                   "ranked by CAR on their own pairs, never recommended as a teacher.</p>")
+        out.append(_ranking_html(chosen, "selection", skip=("on top",)))
+    return "".join(out)
+
+
 PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>teachfit report</title><style>
 body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}}
 table{{border-collapse:collapse;font-size:13px;margin:1em 0}}td,th{{border:1px solid #ccc;padding:3px 7px;text-align:right}}
-th{{background:#f2f2f2}}img{{max-width:100%;display:block;margin:1em 0}}pre{{background:#f7f7f7;padding:1em;font-size:12px;overflow:auto}}
+th{{background:#f2f2f2}}table.settings th{{text-align:left}}table.settings td{{text-align:left}}
+.warning{{background:#fff4d6;border-left:4px solid #e0a000;padding:.5em .8em}}img{{max-width:100%;display:block;margin:1em 0}}pre{{background:#f7f7f7;padding:1em;font-size:12px;overflow:auto}}
 </style></head><body data-images="{n_images}"><h1>teachfit report</h1>{body}
 <script>window.addEventListener('load',()=>{{const ok=[...document.images].filter(i=>i.complete&&i.naturalWidth>0).length;
 document.body.dataset.loaded=String(ok);}});</script></body></html>"""
@@ -120,16 +308,17 @@ def build_report(run: Any, out: str | Path, include_paper: bool = False) -> dict
     images: dict[str, bytes] = {}
     numbers: dict[str, Any] = {}
     if run and run.ranking_csv.exists():
-        ranking, settings = read_table(run.ranking_csv)
-        ranking = sorted(ranking, key=lambda r: -float(r["car"]))  # best first, whatever the file's order
+        ranking, meta = read_table(run.ranking_csv)
+        for row in ranking:  # a ranking.csv from before selections had their own kind: every row a teacher
+            row["kind"] = row.get("kind") or "teacher"
+        # best first, whatever the file's order; selections after the teachers
+        ranking = sorted(ranking, key=lambda r: (r["kind"] == "selection", -float(r["car"])))
         numbers["ranking"] = ranking
-        columns = [c for c in ("teacher", "car", "car_ci_low", "car_ci_high", "top_share", "reward", "L", "ppl_self",
-                               "ifd_self", "ppl_ref", "ifd_ref", "length") if c in ranking[0]]
-        images["car_ranking"] = car_bars(ranking)
-        sections.append(f"<h2>Ranking for {html.escape(str(ranking[0].get('student', '')))}</h2>"
-                        f"<p>Recommended teacher: <b>{html.escape(str(ranking[0]['teacher']))}</b></p>"
-                        + _table_html(ranking, columns) + "{car_ranking}")
-        sections.append("<h2>Settings</h2><pre>" + html.escape(json.dumps(settings, indent=2)) + "</pre>")
+        students = list(dict.fromkeys(r.get("student", "") for r in ranking))
+        images["car_ranking"] = car_bars([r for r in ranking if r.get("student", "") == students[0]])
+        sections.append("".join(_student_html(s, [r for r in ranking if r.get("student", "") == s], meta)
+                                for s in students) + "{car_ranking}")
+        sections.append(_settings_html(run_settings(run, ranking, meta), meta))
     if run and run.results_csv.exists() and run.ranking_csv.exists():
         from teachfit.correlate import join, read_rankings, read_truth
 
@@ -138,20 +327,33 @@ def build_report(run: Any, out: str | Path, include_paper: bool = False) -> dict
         table, correlated = read_table(run.correlation_csv)
         column = correlated.get("truth_column", "ap")  # what correlate measured against (--truth-column)
         truth = "AP" if column == "ap" else column
-        joined = join(read_rankings([run.ranking_csv]), read_truth(run.results_csv, column), column)
+        from teachfit.correlate import few_teachers_warning
+
+        measured = read_truth(run.results_csv, column)
+        joined = join(read_rankings([run.ranking_csv]), measured, column)
         rows = [r for teachers in joined.values() for r in teachers]
-        students = {r["student"] for r in table}
+        bounds = interval_columns(column)
+        if bounds:
+            for row in rows:
+                row["ap_lo"], row["ap_hi"] = row.get(bounds[0]), row.get(bounds[1])
+        kinds = {(str(r["student"]), str(r["teacher"])): str(r.get("kind") or "teacher") for r in numbers.get("ranking", [])}
+        warning = few_teachers_warning(table)
+        every = table  # per student and (several students) their Average rows, all shown in the table
+        students = {r["student"] for r in table} - {"Average"}
         table = [r for r in table if r["student"] == ("Average" if len(students) > 1 else next(iter(students), None))]
         defined = [r for r in table if isinstance(r["rho"], float) and math.isfinite(r["rho"])]
         numbers["correlation"] = table
         images["car_vs_ap"] = car_vs_ap(rows, truth)
         if defined:
-            images["rho_run"] = rho_bars([r["metric"] for r in defined], [r["rho"] for r in defined],
-                                         "rho per metric (this run)", truth)
+            from teachfit.ranking_text import METRIC_LABELS
+
+            images["rho_run"] = rho_bars([METRIC_LABELS.get(r["metric"], r["metric"]) for r in defined],
+                                         [r["rho"] for r in defined], "rho per metric (this run)", truth)
         images["ap_run"] = ap_bars(rows, f"Measured {truth} per teacher (this run)", "AP (%)" if column == "ap" else column)
         note = "" if defined else f"<p>Every rho is undefined: the measured {truth} (or each metric) is the same for all teachers.</p>"
-        sections.append("<h2>Prediction vs measurement</h2>{car_vs_ap}" + ("{rho_run}" if defined else note)
-                        + "{ap_run}" + _table_html(table, ["metric", "rho", "n_teachers"]))
+        warned = f'<p class="warning">{html.escape(warning)}</p>' if warning else ""
+        sections.append("<h2>Prediction vs measurement</h2>" + warned + _measured_html(measured, column, truth, kinds)
+                        + "{car_vs_ap}" + ("{rho_run}" if defined else note) + "{ap_run}" + _rho_html(every))
     if include_paper:
         from teachfit import paper
 
