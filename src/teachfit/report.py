@@ -215,7 +215,7 @@ def run_settings(run: Any, ranking: Sequence[dict[str, Any]], meta: dict[str, An
     students = list(dict.fromkeys(str(r.get("student", "")) for r in ranking))
     rewards = list(dict.fromkeys(describe_scorer(s) for s in scorers
                                  if "role" not in s and s.get("kind") not in (None, "length")))
-    others = list(dict.fromkeys(f"{s['role']}: {describe_scorer(s)}" for s in scorers if "role" in s))
+    others = list(dict.fromkeys(f"{s['role']}: {(s.get('model') or {}).get('spec', '?')}" for s in scorers if "role" in s))
     teachers = [r for r in ranking if r.get("kind", "teacher") != "selection"]
     counts = sorted({int(r["n_pairs"]) for r in teachers if _finite(r.get("n_pairs"))})
     version = ((manifest.get("versions") or {}).get("teachfit")
