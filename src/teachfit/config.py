@@ -252,7 +252,12 @@ class SelectConfig:
     name: Optional[str] = option(None, "Name of the selection (default: from the method and teacher).")
     out: Optional[str] = option(None, "Also write the selection here (.jsonl, .parquet, or a folder for datasets).",
                                 run_owned=True)
-    format: str = option("messages", "messages | alpaca | sharegpt.", choices=("messages", "alpaca", "sharegpt"))
+    format: str = option("messages", "messages | prompt-completion (TRL trains on the completion only) | text (each pair "
+                                     "rendered with the template it was scored with) | alpaca | sharegpt.",
+                         choices=("messages", "prompt-completion", "text", "alpaca", "sharegpt"))
+    push_to_hub: Optional[str] = option(None, "Also upload the selection and its dataset card to this Hugging Face "
+                                              "dataset repository (owner/name; pip install 'teachfit[hub]').",
+                                        run_owned=True)
 
     def __post_init__(self) -> None:
         check_choices(self)

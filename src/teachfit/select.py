@@ -33,7 +33,8 @@ from teachfit.run import RunDir
 from teachfit.stage import Plan, Stage, Unit
 
 METHODS = ("car", "car-instance", "grape", "persyn", "reward", "random")
-FORMATS = ("messages", "alpaca", "sharegpt")
+FORMATS = ("messages", "prompt-completion", "text", "alpaca", "sharegpt")
+CONVERSATIONAL = ("messages", "prompt-completion", "sharegpt")  # rendered by the tokenizer's chat template
 NEEDS = {"car": ("reward", "loss_self"), "car-instance": ("reward", "loss_self"), "grape": ("loss_self",),
          "persyn": ("reward", "loss_self"), "reward": ("reward",), "random": ()}
 SUMMARY_COLUMNS = ("reward", "loss_self", "length")
@@ -211,11 +212,22 @@ def attach_texts(selection: Selection | Sequence[dict[str, Any]], pairs: Iterabl
     return out
 
 
-def format_row(row: dict[str, Any], fmt: str = "messages") -> dict[str, Any]:
-    """One selected row with text as a training record in `fmt`, plus its teacher, score and ids."""
+def format_row(row: dict[str, Any], fmt: str = "messages", tokenizer: Any = None) -> dict[str, Any]:
+    """One selected row with text as a training record in `fmt`, plus its teacher, score and ids.
+    prompt-completion is TRL's conversational layout ([user] / [assistant]: SFTTrainer trains on the
+    completion only); text is the pair rendered with the student's chat template, exactly the tokens
+    scored (template.training_text: needs the student's `tokenizer`, its template set)."""
     x, y = row["instruction"], row["response"]
     if fmt == "messages":
         record: dict[str, Any] = {"messages": [{"role": "user", "content": x}, {"role": "assistant", "content": y}]}
+    elif fmt == "prompt-completion":
+        record = {"prompt": [{"role": "user", "content": x}], "completion": [{"role": "assistant", "content": y}]}
+    elif fmt == "text":
+        if tokenizer is None:
+            raise ValueError("the text format needs the student's tokenizer (the template the pairs were scored with)")
+        from teachfit.template import training_text
+
+        record = {"text": training_text(tokenizer, x, y)}
     elif fmt == "alpaca":
         record = {"instruction": x, "input": "", "output": y}
     elif fmt == "sharegpt":
@@ -239,12 +251,17 @@ def _clean(value: Any) -> Any:
 
 
 def write_selection(selection: Selection, pairs: Iterable[Any] | None, out: str | Path,
-                    fmt: str = "messages") -> dict[str, Any]:
+                    fmt: str = "messages", tokenizer: Any = None, chat_template: str | None = None,
+                    stem_names: bool = False) -> dict[str, Any]:
     """Write the selection as training records to `out`: .jsonl or .parquet (summary in the
     metadata: `<out>.meta.json` or the Parquet key `teachfit`), or a `datasets` save_to_disk folder
     when `out` has no suffix (summary in `<out>/teachfit_selection.json`). `pairs` supplies the texts
     (None when the rows already carry them); instructions among the pairs that have no score row at
-    all are added to the summary's `missing`. Returns the summary written."""
+    all are added to the summary's `missing`. `tokenizer`: the student's, for the text format.
+    `chat_template`: written beside a conversational format as chat_template.jinja (the template
+    the pairs were scored with, when the student has none; dataset_card.beside says where, and
+    `stem_names` names it <stem>.chat_template.jinja). Returns the summary written (`files`: what
+    was written)."""
     from teachfit.files import write_table
 
     if fmt not in FORMATS:
@@ -260,7 +277,7 @@ def write_selection(selection: Selection, pairs: Iterable[Any] | None, out: str 
         rows = selection.rows
     from teachfit.atomic import strict_json
 
-    records = [strict_json(format_row(r, fmt)) for r in rows]  # strict JSON: no NaN / Infinity tokens
+    records = [strict_json(format_row(r, fmt, tokenizer)) for r in rows]  # strict JSON: no NaN / Infinity tokens
     summary = strict_json(_clean(summary))
     out = Path(out)
     if out.suffix in (".jsonl", ".parquet"):
@@ -273,7 +290,16 @@ def write_selection(selection: Selection, pairs: Iterable[Any] | None, out: str 
         write_json_atomic(out / "teachfit_selection.json", summary)
     else:
         raise ValueError(f"unknown output format '{out.suffix}': use .jsonl, .parquet or a folder (no suffix)")
-    return summary
+    files = {"data": str(out)}
+    if chat_template and fmt in CONVERSATIONAL:
+        from teachfit.atomic import atomic_write
+        from teachfit.dataset_card import beside
+
+        jinja = beside(out, "chat_template.jinja", stem_names, ours=lambda text: text == chat_template)
+        with atomic_write(jinja) as handle:
+            handle.write(chat_template)
+        files["chat_template"] = str(jinja)
+    return summary | {"files": files}
 
 
 # ---- the stage ---------------------------------------------------------------------------------
@@ -288,10 +314,62 @@ def selection_name(config: SelectConfig) -> str:
                      else config.by, "selection name")
 
 
+def student_scorer(metadata: dict[str, Any]) -> dict[str, Any] | None:
+    """The student's scorer description (role 'self') in a scores file's metadata, or None."""
+    for scorer in metadata.get("scorers") or []:
+        if isinstance(scorer, dict) and scorer.get("role") == "self":
+            return scorer
+    return None
+
+
+def student_tokenizer(metadata: dict[str, Any]) -> tuple[Any, str]:
+    """(tokenizer, template name) of the student a scores file was made with, its chat template
+    set as scoring set it (the model's, or teachfit's default when it has none): the tokenizer of
+    the template source a served student recorded, else of the student's spec (hf id or folder,
+    gguf:, packaged:). Only the tokenizer loads, not the model. A template other than the one the
+    scores record is an error (the text would not be the scored tokens)."""
+    scorer = student_scorer(metadata)
+    if scorer is None:
+        raise ValueError("the scores file does not record its student (no 'self' scorer in its metadata), "
+                         "so the template the pairs were scored with is unknown")
+    source = scorer.get("template_source") or (scorer.get("model") or {}).get("spec")
+    from teachfit.score.served import load_template_tokenizer
+
+    trust = bool((metadata.get("options") or {}).get("trust_remote_code", False))
+    tokenizer, name, _ = load_template_tokenizer(str(source), trust)
+    recorded = scorer.get("template")
+    if recorded and recorded != name:
+        raise ValueError(f"the pairs were scored with the chat template '{recorded}', but {source}'s tokenizer now "
+                         f"gives '{name}': score again, or choose another format")
+    return tokenizer, name
+
+
+def student_template(metadata: dict[str, Any], tokenizer_needed: bool) -> tuple[Any, str | None, str]:
+    """(tokenizer or None, template name or None, a note) for writing a selection: the tokenizer
+    loads only when `tokenizer_needed` (the text format) or when the scores do not say which
+    template was used (their model was never loaded: every result came from the cache); a student
+    that cannot be loaded then leaves the template unknown (note), unless the tokenizer is needed."""
+    scorer = student_scorer(metadata)
+    name = scorer.get("template") if scorer else None
+    if not tokenizer_needed and (name or scorer is None):
+        return None, name, "" if scorer else "the scores file does not record its student"
+    try:
+        tokenizer, name = student_tokenizer(metadata)
+    except Exception as error:  # noqa: BLE001 - the template is a convenience unless the text format needs it
+        if tokenizer_needed:
+            raise
+        return None, None, f"the student's chat template is unknown ({str(error).splitlines()[0][:200]})"
+    return tokenizer, name, ""
+
+
 def run_select(config: SelectConfig, run: Any, executor: Any = None) -> dict[str, Any]:
-    """Scores -> one response per instruction (RUN/selections/<name>.jsonl, and config.out)."""
+    """Scores -> one response per instruction (RUN/selections/<name>.jsonl, and config.out), each
+    with a dataset card beside it (dataset_card), the chat template scored with beside a
+    conversational format when the student has none, and, with config.push_to_hub, uploaded."""
+    from teachfit import dataset_card
     from teachfit.files import read_pairs, read_table
     from teachfit.rank import score_files_of
+    from teachfit.template import DEFAULT_TEMPLATE_NAME, DEFAULT_TRAINING_CHAT_TEMPLATE
 
     files = score_files_of(config.inputs, run)
     if not files:
@@ -305,14 +383,23 @@ def run_select(config: SelectConfig, run: Any, executor: Any = None) -> dict[str
                              reward_transform=config.reward_transform, worst=config.worst)
     pairs = list(read_pairs([Path(p) for p in meta.get("inputs", [])]))
     # the run's own copy is in the messages format, which train and rank read; --out in the one asked for
-    outs = [(run.selection(selection_name(config)), "messages")] if run else []
-    outs += [(Path(config.out), config.format)] if config.out else []
+    name = selection_name(config)
+    outs = [(run.selection(name), "messages", True)] if run else []
+    outs += [(Path(config.out), config.format, False)] if config.out else []
     if not outs:
         raise ValueError("give --out (or a run directory)")
-    summary = {}
-    for out, fmt in outs:
-        summary = write_selection(selection, pairs, out, fmt)
-    return summary | {"written": [str(out) for out, _ in outs]}
+    tokenizer, template, note = student_template(meta, any(fmt == "text" for _, fmt, _ in outs))
+    chat_template = DEFAULT_TRAINING_CHAT_TEMPLATE if template == DEFAULT_TEMPLATE_NAME else None
+    summary: dict[str, Any] = {}
+    context = dataset_card.CardContext(name=name, config=config, metadata=meta, scores=str(files[0]),
+                                       template=template, template_note=note, run_root=run.root if run else None)
+    for out, fmt, own in outs:
+        summary = write_selection(selection, pairs, out, fmt, tokenizer=tokenizer, chat_template=chat_template,
+                                  stem_names=own)
+        summary["files"]["card"] = str(dataset_card.write_card(context, summary, out, stem_names=own))
+    if config.push_to_hub:
+        summary["pushed"] = dataset_card.push_to_hub(config.push_to_hub, context, summary)
+    return summary | {"written": [str(out) for out, _, _ in outs]}
 
 
 def _plan(items: list[SelectConfig], plan: Plan) -> None:
@@ -362,5 +449,6 @@ STAGE = Stage(
     needs=("score",),
     help="The training set: one response per instruction, from one teacher (car) or mixed per instruction "
          "(car-instance, grape, persyn, reward, random); best-/worst-of-N with --teacher.",
-    summary=lambda s: {k: v for k, v in s.items() if k in ("selection", "share", "written", "format", "dropped_nonfinite")},
+    summary=lambda s: {k: v for k, v in s.items() if k in ("selection", "share", "written", "format", "dropped_nonfinite",
+                                                               "files", "pushed")},
 )

@@ -32,6 +32,24 @@ DEFAULT_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}### Response:\n{% endif %}"
 )
 
+# The same template for training in TRL (SFTTrainer), written beside a selection as chat_template.jinja
+# when the student has none: it renders every prompt and every scored response token exactly as
+# DEFAULT_CHAT_TEMPLATE does; the response and its end of turn are marked {% generation %} (TRL's
+# assistant_only_loss trains on them alone), and a conversation that ends with the assistant's turn
+# ends at its EOS, without the blank line teachfit never scores (so TRL's prompt-completion and
+# assistant masks hold exactly the scored tokens).
+DEFAULT_TRAINING_CHAT_TEMPLATE = (
+    "{{ bos_token if bos_token else (eos_token if eos_token else '') }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'] }}\n\n"
+    "{% elif message['role'] == 'user' %}### Instruction:\n{{ message['content'] }}\n\n"
+    "{% elif message['role'] == 'assistant' %}### Response:\n"
+    "{% generation %}{{ message['content'] }}{{ eos_token if eos_token else '' }}{% endgeneration %}"
+    "{% if not loop.last or add_generation_prompt %}{{ '\\n\\n' }}{% endif %}"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}### Response:\n{% endif %}"
+)
+
 
 @dataclass
 class EncodedPair:
@@ -142,3 +160,22 @@ def encode_response_alone(tokenizer: Any, response: str, max_length: int = 4096)
         response_start = 1
     truncated = len(ids) > max_length
     return EncodedPair(ids[:max_length], response_start, truncated)
+
+
+def training_text(tokenizer: Any, instruction: str, response: str) -> str:
+    """(x, y) as one text that a trainer tokenizing it the usual way (`tokenizer(text)`, special
+    tokens added, as TRL's SFTTrainer does for a `text` column) turns into exactly the tokens
+    encode_pair scores: the rendered conversation up to the end of turn, whitespace after it
+    dropped, and without the template's BOS text when the tokenizer adds BOS itself (no doubled BOS).
+    Never truncated. ValueError when this tokenizer cannot give the scored tokens back from text."""
+    encoded = encode_pair(tokenizer, instruction, response, max_length=1 << 40)
+    _, text, _ = render_pair(tokenizer, instruction, response, max_length=1 << 40)
+    bos = tokenizer.bos_token
+    added = list(tokenizer("a")["input_ids"])
+    if bos and tokenizer.bos_token_id is not None and added[:1] == [tokenizer.bos_token_id] \
+            and _tokenize(tokenizer, "a")[:1] != [tokenizer.bos_token_id] and text.startswith(bos):
+        text = text[len(bos):]
+    if list(tokenizer(text)["input_ids"]) != encoded.input_ids:
+        raise ValueError("the text format cannot hold the scored tokens for this tokenizer (tokenizing the rendered "
+                         "text does not give them back): use --format messages or prompt-completion")
+    return text
