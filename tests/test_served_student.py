@@ -176,11 +176,16 @@ def test_token_ids_are_sent_and_the_response_starts_at_encode_pairs_boundary(fak
         assert alone.input_ids in sent
         uncond = [-canned(k) for k in range(alone.response_start, len(alone.input_ids))]
         assert row["loss_self_uncond"] == pytest.approx(sum(uncond) / len(uncond))
-    assert ("rsr_self" in rows[0]) == (kind == "vllm")  # vLLM reports ranks
+    assert "rsr_self" not in rows[0]  # not asked for: vLLM is asked for the targets' log-probabilities only
     if kind == "sglang":
         assert all(r["path"] == "/generate" for r in posts)
     else:
         assert all(r["body"]["add_special_tokens"] is False and r["body"]["prompt_logprobs"] == 0 for r in posts)
+    if kind == "vllm":  # RSR asked for: the top 100 tokens of each position (strict ranks, score.vllm.strict_rank)
+        ranked = load("lm_scorer", spec, lm_role="self", options=ScoreConfig(progress=False, max_length=48,
+                                                                             metrics=["rsr_self"]))
+        assert "rsr_self" in ranked.compute(pairs[:1])[0]
+        assert srv.requests[-1]["body"]["prompt_logprobs"] == 100
     too_long = Pair("x", "word " * 60, "y", "t", source="pairs.jsonl:7")
     with pytest.raises(InputError, match=r"instruction longer than max_length .*\(pair x\)"):
         model.compute([too_long])

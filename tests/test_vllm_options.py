@@ -1,5 +1,6 @@
 """vLLM engine options in specs and experiment files, the kwargs that would reach vllm.LLM, and
 the vllm: student up to its lazy import (no GPU and no vLLM here)."""
+import math
 import importlib.util
 from types import SimpleNamespace
 
@@ -100,7 +101,8 @@ def test_prompt_logprobs_to_response_nll_and_batches():
     lp = lambda value, rank: SimpleNamespace(logprob=value, rank=rank)  # noqa: E731  (vllm.sequence.Logprob)
     ids = [5, 6, 7, 8]
     prompt_logprobs = [None, {6: lp(-1.0, 1)}, {7: lp(-2.0, 3)}, {8: lp(-4.0, 250)}]
-    assert response_logprobs(prompt_logprobs, ids, 2) == (6.0, 2, 3 + 100)  # ranks clipped at 100
+    nll, count, ranks = response_logprobs(prompt_logprobs, ids, 2)  # only the targets listed: no rank
+    assert (nll, count) == (6.0, 2) and math.isnan(ranks)
     assert token_groups([3, 3, 5, 9, 1], budget=6) == [[0, 1], [2], [3], [4]]
 
 
@@ -245,3 +247,25 @@ def test_model_sampling_settings_are_read_the_same_way_for_hf_and_vllm(tiny_llam
     assert seen["repetition_penalty"] == 1.05
     assert any(type(p).__name__ == "TopKLogitsWarper" and p.top_k == 20 for p in seen["logits_processor"])
     assert teacher.describe()["model_sampling"] == {"repetition_penalty": 1.05, "top_k": 20}
+
+
+def test_vllm_ranks_are_converted_to_teachfits_strict_rank_ties_included():
+    """vLLM's rank counts the tokens at least as likely as the target (ties against it); teachfit's
+    counts those strictly more likely. From the top 100 listed tokens the strict rank is exact:
+    here bf16-rounded log-probabilities tie the target with 2 others, vLLM would say rank 4."""
+    import torch
+
+    from teachfit.score.vllm import strict_rank
+
+    logits = torch.tensor([3.0, 2.0, 2.001, 2.002, 1.0] + [-5.0] * 120).to(torch.bfloat16)  # 2.0, 2.001, 2.002 tie
+    logprobs = torch.log_softmax(logits.float(), -1).to(torch.bfloat16).float()
+    target = 2
+    vllm_rank = int((logprobs >= logprobs[target]).sum())
+    teachfit_rank = 1 + int((logits > logits[target]).sum())
+    top = torch.topk(logprobs, 100).indices.tolist()
+    entry = {t: SimpleNamespace(logprob=float(logprobs[t]), rank=None) for t in set(top) | {target}}
+    assert vllm_rank == 4 and teachfit_rank == 2
+    assert strict_rank(entry, target, listed=100) == teachfit_rank
+    assert math.isnan(strict_rank({target: entry[target]}, target, listed=0))  # not asked for: RSR left out
+    far = {t: SimpleNamespace(logprob=0.0) for t in range(100)} | {200: SimpleNamespace(logprob=-9.0)}
+    assert strict_rank(far, 200, listed=100) == 100  # clipped

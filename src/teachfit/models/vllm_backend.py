@@ -58,6 +58,7 @@ def engine_kwargs(spec: ModelSpec, trust_remote_code: bool = False, scoring: boo
         kwargs.setdefault("max_num_batched_tokens", SCORE_STEP_TOKENS)
         # chunked prefill lets a prompt longer than the step cap through, one chunk per step
         kwargs.setdefault("enable_chunked_prefill", True)
+        kwargs.setdefault("max_logprobs", 100)  # RSR's strict rank reads the top 100 tokens (score/vllm.py)
     return kwargs
 
 

@@ -36,8 +36,9 @@ SERVER_FLAGS = {
     # prefix caching: with it on, vLLM's prompt log-probabilities depend on the order of requests
     # (vllm-project/vllm issue 42019, open; the fix PR 42245 not merged): scoring needs it off
     "vllm": "vLLM's server must allow prompt log-probabilities and keep them independent of request order: "
-            "a vLLM version with `prompt_logprobs` on /v1/completions, `--max-logprobs` >= 1 and prefix caching "
-            "off (vllm serve MODEL --max-logprobs 1 --no-enable-prefix-caching)",
+            "a vLLM version with `prompt_logprobs` on /v1/completions, `--max-logprobs` >= 100 (RSR reads the top "
+            "100 tokens of each position) and prefix caching off (vllm serve MODEL --max-logprobs 100 "
+            "--no-enable-prefix-caching)",
     "sglang": "SGLang's /generate must accept input_ids with return_logprob and logprob_start_len (SGLang >= 0.2); "
               "check that the base URL points at SGLang",
 }
@@ -66,9 +67,10 @@ class VLLMAdapter:
     """vLLM: token ids in, `prompt_logprobs` (the prompt token's entry of each position) out."""
 
     name, token_ids, endpoint = "vllm", True, "/completions"
+    listed = 0  # top tokens asked for at each position: RANK_CLIP when RSR is wanted (score.vllm.strict_rank)
 
     def body(self, model: str, ids: Sequence[int]) -> dict[str, Any]:
-        return {"model": model, "prompt": list(ids), "max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 0,
+        return {"model": model, "prompt": list(ids), "max_tokens": 1, "temperature": 0.0, "prompt_logprobs": self.listed,
                 "add_special_tokens": False}
 
     def entries(self, reply: Any, ids: Sequence[int]) -> list[dict[int, Any] | None]:

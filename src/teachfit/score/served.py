@@ -39,9 +39,9 @@ from teachfit.score.adapters import (PROBE_TEXT, REFUSAL_WORDS, SERVER_FLAGS, No
                                      detect_server, llamacpp_span, make_adapter, special_strings,
                                      vllm_prefix_caching)
 from teachfit.score.lm import lm_key_material, rows_from_nll
-from teachfit.score.vllm import response_logprobs
+from teachfit.score.vllm import RANK_CLIP, response_logprobs
 
-SERVED_VERSION = 2  # 2: token ids for vllm/sglang, client-side --max-length, no doubled BOS on llama.cpp
+SERVED_VERSION = 3  # 2: token ids for vllm/sglang, client-side --max-length, no doubled BOS on llama.cpp; 3: strict RSR ranks
 _DETECTED: dict[str, str] = {}  # base URL -> server kind found, shared by the cache key and the scorer
 
 
@@ -91,6 +91,8 @@ class ServedLMScorer(OpenAIClient):
         self.specials = special_strings(self.tokenizer)
         self.server = server_kind(spec, self)
         self.adapter = make_adapter(self.server, self.base_url)
+        if self.server == "vllm" and options.wants(f"rsr_{role}"):  # RSR's strict rank: the top 100 of each position
+            self.adapter.listed = RANK_CLIP
         self.endpoint = self.adapter.endpoint
         self.bos_text = self.tokenizer.bos_token if self.tokenizer.bos_token_id is not None else None
         self.server_adds_bos = False
@@ -191,7 +193,8 @@ class ServedLMScorer(OpenAIClient):
         ids = list(encoded.input_ids)
         try:
             return self._send(self.adapter.body(self.model, ids),
-                              lambda r: response_logprobs(self.adapter.entries(r, ids), ids, encoded.response_start),
+                              lambda r: response_logprobs(self.adapter.entries(r, ids), ids, encoded.response_start,
+                                                          getattr(self.adapter, "listed", 0)),
                               f"on pair {pair_id}")
         except (ValueError, KeyError, TypeError, AttributeError) as error:
             if isinstance(error, ModelSpecError):

@@ -56,25 +56,35 @@ def token_groups(lengths: Sequence[int], budget: int) -> list[list[int]]:
     return groups
 
 
-def response_logprobs(prompt_logprobs: Sequence[Any], ids: Sequence[int], start: int) -> tuple[float, int, float]:
-    """(sum of NLL, tokens, sum of clipped ranks) over ids[start:] from one vLLM output's
-    prompt_logprobs (one entry per prompt token, None first; each a {token id: Logprob} dict
-    that holds the prompt token with its logprob and rank).
+def strict_rank(entry: dict[int, Any], target: int, listed: int) -> float:
+    """teachfit's clipped rank of `target` (1 + the tokens strictly more likely, at most RANK_CLIP,
+    as forward.py counts) from one position of vLLM's prompt_logprobs listing the top `listed`
+    tokens and the target.
 
-    vLLM's rank counts ties against the target (vllm/v1/sample/ops/logprobs.py,
-    batched_count_greater_than: `(x >= values).sum(-1)`, on log-probabilities), teachfit's
-    (forward.py) counts only logits strictly above it: the two agree unless the target ties
-    with other tokens, which bf16 logits make common. From the target's entry alone the ties
-    cannot be taken out (the top RANK_CLIP tokens of every position would be needed, 100
-    log-probabilities per token), so RSR from vllm: is marked `rank_ties: counted` in the key and
-    the description, and is compared only with RSR from vllm:."""
+    vLLM's own `rank` counts ties against the target (vllm/v1/sample/ops/logprobs.py,
+    batched_count_greater_than is `(x >= values).sum(-1)`), so under bf16 logits, where ties are
+    common, it is larger than teachfit's. From the top RANK_CLIP tokens the strict rank is exact
+    up to the clip: every token strictly above the target is listed unless RANK_CLIP of them are.
+    (vLLM compares log-probabilities, forward.py logits: the log-softmax's rounding can make or
+    break a tie between logits a few ulps apart; a CPU cannot show vLLM's side.) With fewer tokens
+    listed the rank is unknown: NaN, and RSR is left out."""
+    if listed < RANK_CLIP:
+        return math.nan
+    value = float(entry[target].logprob)
+    above = sum(1 for token, item in entry.items() if token != target and float(item.logprob) > value)
+    return float(min(RANK_CLIP, 1 + above))
+
+
+def response_logprobs(prompt_logprobs: Sequence[Any], ids: Sequence[int], start: int,
+                      listed: int = 0) -> tuple[float, int, float]:
+    """(sum of NLL, tokens, sum of clipped ranks) over ids[start:] from one vLLM output's
+    prompt_logprobs (one entry per prompt token, None first; each a {token id: Logprob} dict that
+    holds the top `listed` tokens and the prompt token); ranks by strict_rank (NaN: RSR left out)."""
     nll, ranks, count = 0.0, 0.0, 0
     for position in range(max(1, start), len(ids)):
         entry = prompt_logprobs[position]
-        item = entry[ids[position]]
-        nll -= float(item.logprob)
-        rank = getattr(item, "rank", None)
-        ranks += min(RANK_CLIP, int(rank)) if rank is not None else math.nan
+        nll -= float(entry[ids[position]].logprob)
+        ranks += strict_rank(entry, ids[position], listed)
         count += 1
     return nll, count, ranks
 
@@ -95,13 +105,17 @@ class VLLMScorer:
         self.max_length = prompt_token_limit(options.max_length, getattr(model_config, "max_model_len", None))
         vocab = model_config.get_vocab_size() if hasattr(model_config, "get_vocab_size") else len(self.tokenizer)
         self.call_tokens = call_token_budget(vocab)
-        self.params = self._vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+        # RSR's strict rank needs the top RANK_CLIP tokens of every position (100 log-probabilities a
+        # token: `--metrics car` or no rsr column spares them); CAR and PPL need only the target's
+        self.listed = RANK_CLIP if options.wants(f"rsr_{role}") else 0
+        self.params = self._vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=self.listed,
+                                                detokenize=False)
 
     def describe(self) -> dict[str, Any]:
         """What the output's metadata records: the spec, the engine options, vLLM's version, the template."""
         return {"role": self.role, "model": {"spec": str(self.spec), "backend": "vllm", "engine": self.engine,
                                              "vllm": self._vllm.__version__, "tokenizer": "teachfit (token ids in)"},
-                "rank_ties": "counted (vLLM's rank: tokens at least as likely as the target)",
+                "rank": "strict (1 + tokens more likely, from the top 100), as teachfit counts",
                 "template": self.template_name, "effective_max_length": self.max_length,
                 "call_tokens": self.call_tokens}
 
@@ -110,8 +124,8 @@ class VLLMScorer:
         for group in token_groups([len(e.input_ids) for e in encoded], self.call_tokens):
             prompts = [{"prompt_token_ids": list(encoded[i].input_ids)} for i in group]
             outputs = self.llm.generate(prompts, self.params, use_tqdm=False)
-            results += [response_logprobs(out.prompt_logprobs, encoded[i].input_ids, encoded[i].response_start)
-                        for i, out in zip(group, outputs)]
+            results += [response_logprobs(out.prompt_logprobs, encoded[i].input_ids, encoded[i].response_start,
+                                          self.listed) for i, out in zip(group, outputs)]
         return results
 
     def compute(self, pairs: Sequence[Any]) -> list[dict[str, Any]]:
@@ -130,5 +144,5 @@ def load_vllm_scorer(spec: ModelSpec, lm_role: str, options: Any) -> VLLMScorer:
 def vllm_key_material(spec: ModelSpec, options: Any, role: str) -> dict[str, Any]:
     """What a vllm: student's cached results depend on (known before vLLM loads): the spec with
     its engine options (dtype, quantization...), the template rule, the length limit, loss(y) or not."""
-    return lm_key_material("lm-vllm", {"model": spec.fingerprint(), "spec": str(spec), "rank_ties": "counted"},
+    return lm_key_material("lm-vllm", {"model": spec.fingerprint(), "spec": str(spec), "rank": "strict"},
                            options.max_length, options.unconditional_for(role))
