@@ -91,7 +91,8 @@ report: {{}}
     assert (run / "scores" / f"{Path(tiny_llama).name}.parquet").exists()
     assert (run / "selections" / "car-instance.jsonl").exists()
     ranking = json.loads((run / "ranking.json").read_text())
-    assert {t["teacher"] for r in ranking.values() for t in r["teachers"]} == {"greedy", "sampled", "car-instance"}
+    assert {t["teacher"] for r in ranking.values() for t in r["teachers"]} == {"greedy", "sampled"}
+    assert {t["teacher"] for r in ranking.values() for t in r["selections"]} == {"car-instance"}  # beside, not among
     assert len(list((run / "checkpoints").iterdir())) == 3  # one student x (2 teachers + 1 selection)
     results = list(csv.DictReader((run / "results.csv").open()))
     assert sorted(r["bench"] for r in results) == ["bench"] * 3 + ["ifeval"] * 3  # 3 checkpoints x 2 benches

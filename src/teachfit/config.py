@@ -167,7 +167,8 @@ class ScoreConfig(CommonOptions, ClientOptions):
     sample: Optional[int] = option(None, "Score only N instructions, the same for every teacher (a seeded hash "
                                          "picks them: a larger N later contains them, so nothing is recomputed).")
     seed: int = option(0, "Seed of --sample.")
-    out: Optional[str] = option(None, "Output .parquet for one student (default: RUN/scores/<student>.parquet).",
+    out: Optional[str] = option(None, "Output .parquet for one student (default: RUN/scores/<student>.parquet for a run "
+                                           "directory, scores.parquet here for files).",
                                 run_owned=True)
     skip_invalid: bool = option(False, "Skip and count bad rows instead of stopping at the first.")
 

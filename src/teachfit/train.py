@@ -171,6 +171,8 @@ def build_trainer(pairs: Sequence[Any], loaded: Any, out: Path, config: TrainCon
                              eval_dataset=datasets.Dataset.from_list(eval_rows) if eval_rows else None,
                              processing_class=tokenizer, peft_config=peft_config,
                              callbacks=[_log_callback(out / "train_log.csv")])
+    # without progress bars the Trainer prints each log as a raw dict; train_log.csv keeps them instead
+    trainer.remove_callback(require("transformers", "train").PrinterCallback)
     counts.update(world_size=world_size, bf16=bf16, gradient_accumulation_steps=args.gradient_accumulation_steps)
     return trainer, counts
 

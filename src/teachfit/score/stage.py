@@ -168,9 +168,9 @@ def _line(stats: dict[str, Any]) -> str:
     parts = []
     for student, s in stats["students"].items():
         counts = s["counts"]
-        cached = f", {counts['cached']} from cache, {counts['computed']} computed" if "computed" in counts else ""
-        parts.append(f"{student}: scored {counts['scored']} pairs{cached} ({counts['truncated']} truncated, "
-                     f"{counts['skipped']} skipped) in {s['seconds']:.1f}s -> {s['out']}")
+        cached = f"; {counts['cached']} from cache, {counts['computed']} computed" if "computed" in counts else ""
+        parts.append(f"{student}: scored {counts['scored']} pairs ({counts['truncated']} truncated, "
+                     f"{counts['skipped']} skipped{cached}) in {s['seconds']:.1f}s -> {s['out']}")
     return "; ".join(parts)
 
 
