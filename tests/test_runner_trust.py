@@ -233,3 +233,20 @@ def test_ctrl_c_says_what_was_saved_and_a_second_run_waits_its_turn(tmp_path, ti
     again = run_cli("run", path)
     assert again.returncode == 0, again.stderr
 
+
+
+def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path):
+    """The lock is the operating system's (flock): a run killed with SIGKILL leaves RUN/.lock behind,
+    and the next run takes it over without a word."""
+    script = ("import sys, time\nfrom teachfit.run import RunDir\n"
+              "with RunDir(sys.argv[1]).lock():\n    print('held', flush=True)\n    time.sleep(60)\n")
+    holder = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "run")], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(InputError, match=f"pid {holder.pid} on"):
+        with RunDir(tmp_path / "run").lock():
+            pass
+    holder.kill()
+    holder.wait()
+    assert (tmp_path / "run" / ".lock").exists()
+    with RunDir(tmp_path / "run").lock():
+        assert f"pid {os.getpid()} on" in (tmp_path / "run" / ".lock").read_text()
