@@ -8,7 +8,8 @@ import pytest
 
 from teachfit.files import read_pairs
 from teachfit.records import Pair
-from teachfit.select import attach_texts, select_pairs, write_selection
+from teachfit.select import select_pairs
+from teachfit.training_set import attach_texts, write_selection
 
 TEACHERS = ["delta", "alpha", "charlie", "bravo"]  # not in name order on purpose
 

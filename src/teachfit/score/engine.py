@@ -124,7 +124,7 @@ def _several_pairs_per_row(path: Path) -> bool:
 
 def pair_instruction(pair: Pair) -> str:
     """The instruction a pair answers (its `instruction_id`, else its id without a `#s<k>` suffix)."""
-    from teachfit.select import instruction_key
+    from teachfit.records import instruction_key
 
     return instruction_key({"id": pair.id, **pair.extra})
 
