@@ -1,9 +1,10 @@
-"""rank.pairs_needed: how sure the recommendation is and how many pairs would make it sure, checked
+"""pairs_needed: how sure the recommendation is and how many pairs would make it sure, checked
 in repeated simulation with a known truth (not optimistic)."""
 import numpy as np
 import pytest
 
-from teachfit.rank import pairs_needed, rank_teachers
+from teachfit.pairs_needed import pairs_needed
+from teachfit.rank import rank_teachers
 
 BETA = 3.0
 TRUTH = {"a": (6.0, 1.0), "b": (5.3, 0.95), "c": (5.0, 1.0)}  # mean reward, mean loss: CAR 1.5, 1.38, 1.25

@@ -21,6 +21,8 @@ from teachfit import metrics
 from teachfit.config import RankConfig
 from teachfit.run import RunDir
 from teachfit.ranking_text import SETTLED, lacks, markdown_table  # SETTLED: on top less often is unsettled
+from teachfit.pairs_needed import pairs_needed
+from teachfit.score_rows import column, group_by_teacher, number
 from teachfit.stage import Stage
 
 # Direction of each metric when ranking teachers: +1 higher is better, -1 lower is better.
@@ -55,22 +57,6 @@ class Ranking:
                 "directions": METRIC_DIRECTIONS, "teachers": self.rows, "selections": self.selections}
 
 
-def _number(row: dict[str, Any], name: str) -> float:
-    """row[name] as a float (NaN when missing); anything else than a number is a clear ValueError."""
-    value = row.get(name)
-    if value is None:
-        return math.nan
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"column '{name}' holds {str(value)[:40]!r}, not a number "
-                         f"(pair {row.get('id')!r} of teacher {row.get('teacher')!r})") from None
-
-
-def _column(rows: Sequence[dict[str, Any]], name: str) -> np.ndarray:
-    return np.array([_number(r, name) for r in rows], dtype=float)
-
-
 def _usable_rows(rows: Sequence[dict[str, Any]], beta: float) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """The rows CAR can use, after refusing what cannot be ranked (bad beta, missing columns or
     values) and dropping pairs whose reward or loss is NaN or infinite (counted per teacher)."""
@@ -92,7 +78,7 @@ def _usable_rows(rows: Sequence[dict[str, Any]], beta: float) -> tuple[list[dict
                              f"{first.get('id')!r} of teacher {first.get('teacher')!r}")
     usable, dropped = [], {}
     for row in rows:
-        if math.isfinite(_number(row, "reward")) and math.isfinite(_number(row, "loss_self")):
+        if math.isfinite(number(row, "reward")) and math.isfinite(number(row, "loss_self")):
             usable.append(row)
         else:
             dropped[str(row["teacher"])] = dropped.get(str(row["teacher"]), 0) + 1
@@ -103,14 +89,6 @@ def _usable_rows(rows: Sequence[dict[str, Any]], beta: float) -> tuple[list[dict
         warnings.warn(f"dropped {sum(dropped.values())} pairs with a NaN or infinite reward or loss_self "
                       f"({', '.join(f'{t}: {n}' for t, n in dropped.items())})", RuntimeWarning, stacklevel=3)
     return usable, dropped
-
-
-def group_by_teacher(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Rows grouped by their `teacher` field, teachers in first-seen order."""
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault(str(row["teacher"]), []).append(row)
-    return groups
 
 
 def compared_rows(rows: Sequence[dict[str, Any]], shared_only: bool = True
@@ -139,7 +117,7 @@ def compared_rows(rows: Sequence[dict[str, Any]], shared_only: bool = True
 
 
 def _rewards(groups: dict[str, list[dict[str, Any]]], transform: str) -> dict[str, np.ndarray]:
-    raw = {t: _column(g, "reward") for t, g in groups.items()}
+    raw = {t: column(g, "reward") for t, g in groups.items()}
     everything = np.concatenate(list(raw.values()))
     if np.any(np.isnan(everything)):
         raise ValueError("some pairs have no reward: score every teacher with the same --reward-model")
@@ -170,7 +148,7 @@ def _table(groups: dict[str, list[dict[str, Any]]], rewards: dict[str, np.ndarra
         row: dict[str, Any] = {"student": student or "student", "teacher": teacher, "kind": kind, "n_pairs": len(group)}
         for name in AVERAGED:
             if name in group[0]:
-                values = _column(group, name)
+                values = column(group, name)
                 row[name] = float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
         for role in ("self", "ref"):  # a teacher's RSR: mean of per-pair mean ranks / mean of per-pair losses
             if f"mean_rank_{role}" in row and f"loss_{role}" in row:
@@ -211,7 +189,7 @@ def rank_teachers(
     rows, coverage = compared_rows(rows, shared_only)
     groups = group_by_teacher(rows)
     rewards = _rewards(groups, reward_transform)
-    losses = {t: _column(g, "loss_self") for t, g in groups.items()}
+    losses = {t: column(g, "loss_self") for t, g in groups.items()}
     table = _table(groups, rewards, losses, beta, student, "teacher", dropped, coverage)
     intervals, shares = _bootstrap(rewards, losses, beta, n_bootstrap, seed) if n_bootstrap else ({}, {})
     for row in table:
@@ -222,10 +200,10 @@ def rank_teachers(
     chosen_table: list[dict[str, Any]] = []
     if selection_rows:  # on the transform's reference of the teachers' rewards, each on its own pairs
         picked = group_by_teacher(selection_rows)
-        everything = np.concatenate([_column(g, "reward") for g in groups.values()])
-        picked_rewards = {t: metrics.transform_rewards(_column(g, "reward"), reward_transform, reference=everything)
+        everything = np.concatenate([column(g, "reward") for g in groups.values()])
+        picked_rewards = {t: metrics.transform_rewards(column(g, "reward"), reward_transform, reference=everything)
                           for t, g in picked.items()}
-        picked_losses = {t: _column(g, "loss_self") for t, g in picked.items()}
+        picked_losses = {t: column(g, "loss_self") for t, g in picked.items()}
         chosen_table = _table(picked, picked_rewards, picked_losses, beta, student, "selection", dropped,
                               {"missing": {}})
         picked_intervals = (_bootstrap(picked_rewards, picked_losses, beta, n_bootstrap, seed)[0]
@@ -263,91 +241,6 @@ def add_ranks(table: list[dict[str, Any]]) -> None:
 
 
 # The terminal table's columns: (header, format of one row) — the README shows the same shape.
-def pairs_needed(
-    rows: Sequence[dict[str, Any]], beta: float = 3.0, reward_transform: str = "raw", target: float = 0.95,
-    confidence: float = 0.8, n_bootstrap: int = 1000, seed: int = 0, max_pairs: int = 10_000_000,
-) -> dict[str, Any]:
-    """How sure the recommendation is, and how many pairs per teacher would keep the recommended
-    teacher on top in a `target` share of samples.
-
-    The bootstrap (each teacher's pairs resampled) gives the share of resamples in which the
-    recommended teacher is on top now, and each teacher's CAR standard error, hence a per-pair
-    spread sigma_j = se_j * sqrt(n_j). With n pairs per teacher the top teacher t beats rival j
-    with probability about Phi(gap_j / sqrt((sigma_t^2 + sigma_j^2) / n)), and beats all of them
-    with at least the product (the events share t's noise, so they correlate positively). The
-    observed gap is the largest of several noisy gaps and so too large on average (the winner's
-    curse); the estimate uses its lower confidence bound gap_j - z(confidence) * se(gap_j) instead,
-    so that it is not optimistic. Teachers are resampled independently: on shared instructions the
-    real spread of a gap is smaller, which again errs on the safe side. When some rival is not yet
-    separated (its lower bound <= 0), `pairs_needed` is None and `optimistic_pairs_needed` (from
-    the observed gaps, a lower bound on what is needed) says at least how far there is to go.
-    """
-    from statistics import NormalDist
-
-    if not 0.0 < target < 1.0 or not 0.5 <= confidence < 1.0:
-        raise ValueError(f"target must be in (0, 1) and confidence in [0.5, 1), got {target} and {confidence}")
-    usable = [r for r in rows if r.get("reward") is not None and r.get("loss_self") is not None
-              and math.isfinite(float(r["reward"])) and math.isfinite(float(r["loss_self"]))]
-    groups = group_by_teacher(usable)
-    if not groups:
-        raise ValueError("no scored pairs with a reward and a loss_self")
-    everything = np.array([float(r["reward"]) for r in usable])
-    rewards = {t: metrics.transform_rewards(_column(g, "reward"), reward_transform, reference=everything)
-               for t, g in groups.items()}
-    losses = {t: _column(g, "loss_self") for t, g in groups.items()}
-    teachers = sorted(groups)
-    cars = {t: metrics.car(float(rewards[t].mean()), float(losses[t].mean()), beta) for t in teachers}
-    top = max(teachers, key=lambda t: cars[t])  # ties: the first by name
-    counts = {t: len(groups[t]) for t in teachers}
-    out: dict[str, Any] = {"recommended": top, "n_pairs": counts, "target": target, "confidence": confidence,
-                           "beta": beta, "reward_transform": reward_transform}
-    if len(teachers) == 1:
-        return out | {"top_share": 1.0, "pairs_needed": 1, "optimistic_pairs_needed": 1, "enough": True,
-                      "limiting_teacher": None, "rivals": {}}
-    draws = metrics.car_bootstrap([rewards[t] for t in teachers], [losses[t] for t in teachers], beta,
-                                  max(n_bootstrap, 2), seed)
-    se = {t: float(draws[:, j].std(ddof=1)) for j, t in enumerate(teachers)}
-    top_share = float(np.mean(np.argmax(draws, axis=1) == teachers.index(top)))
-    z = NormalDist().inv_cdf(confidence)
-    rivals = {}
-    for teacher in teachers:
-        if teacher == top:
-            continue
-        gap = cars[top] - cars[teacher]
-        gap_se = math.sqrt(se[top] ** 2 + se[teacher] ** 2)
-        per_pair_var = se[top] ** 2 * counts[top] + se[teacher] ** 2 * counts[teacher]
-        rivals[teacher] = {"car_gap": gap, "gap_se": gap_se, "gap_low": gap - z * gap_se, "per_pair_var": per_pair_var}
-
-    def solve(gap_key: str) -> tuple[int | None, str | None]:
-        gaps = {t: v[gap_key] for t, v in rivals.items()}
-        if any(g <= 0 for g in gaps.values()):
-            return None, min(gaps, key=gaps.get)
-        if all(v["per_pair_var"] == 0 for v in rivals.values()):
-            return 1, None
-
-        def share(n: int) -> float:
-            return math.prod(NormalDist().cdf(gaps[t] / math.sqrt(v["per_pair_var"] / n)) if v["per_pair_var"] else 1.0
-                             for t, v in rivals.items())
-
-        high = 1
-        while share(high) < target:
-            high *= 2
-            if high > max_pairs:
-                return None, min(gaps, key=lambda t: gaps[t] / math.sqrt(rivals[t]["per_pair_var"] or 1.0))
-        low = high // 2
-        while high - low > 1:  # smallest n with share(n) >= target
-            middle = (low + high) // 2
-            low, high = (low, middle) if share(middle) >= target else (middle, high)
-        limiting = min(gaps, key=lambda t: gaps[t] / math.sqrt(rivals[t]["per_pair_var"] or 1.0))
-        return high, limiting
-
-    needed, limiting = solve("gap_low")
-    optimistic, _ = solve("car_gap")
-    return out | {"top_share": top_share, "pairs_needed": needed, "optimistic_pairs_needed": optimistic,
-                  "enough": needed is not None and needed <= min(counts.values()), "limiting_teacher": limiting,
-                  "rivals": {t: {k: v for k, v in r.items() if k != "per_pair_var"} for t, r in rivals.items()}}
-
-
 # ---- the stage ---------------------------------------------------------------------------------
 def score_files_of(inputs: Sequence[str], run: Any) -> list[Path]:
     """Score files named directly or inside run directories, else the run's own."""
