@@ -41,6 +41,27 @@ class ConfigValueError(ValueError):
         super().__init__(f"{key}: {message}")
 
 
+def command_line(command: str, config: Any) -> str:
+    """The `teachfit <command>` line that gives this config: positional values first, then every
+    option not at its default (a list repeats its flag, a bool is --flag / --no-flag)."""
+    import shlex
+
+    defaults, parts, options = type(config)(), ["teachfit", command], []
+    for item in fields(config):
+        value = getattr(config, item.name)
+        if item.metadata.get("positional"):
+            parts += [str(v) for v in (value if isinstance(value, list) else [value] if value else [])]
+            continue
+        if value == getattr(defaults, item.name):
+            continue
+        flag = item.metadata.get("flag") or "--" + item.name.replace("_", "-")
+        if isinstance(value, bool):
+            options.append(flag if value else "--no-" + flag[2:])
+        else:
+            options += [part for v in (value if isinstance(value, list) else [value]) for part in (flag, str(v))]
+    return shlex.join(parts + options)
+
+
 def check_choices(config: Any) -> None:
     """Raise ConfigValueError for a field whose value is not one of its declared choices."""
     for f in fields(config):

@@ -16,8 +16,7 @@ length of the selection and of every teacher, the number of pairs, the teachfit 
 from __future__ import annotations
 
 import json
-import shlex
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -65,18 +64,9 @@ class CardContext:
 
 def select_command(config: Any) -> str:
     """The `teachfit select` command line that gives this configuration (defaults left out)."""
-    parts = ["teachfit", "select", *config.inputs]
-    defaults = type(config)()
-    for item in fields(config):
-        value = getattr(config, item.name)
-        if item.name == "inputs" or value == getattr(defaults, item.name):
-            continue
-        flag = "--" + item.name.replace("_", "-")
-        if isinstance(value, bool):
-            parts.append(flag if value else "--no-" + item.name.replace("_", "-"))
-        else:
-            parts += [flag, str(value)]
-    return shlex.join(parts)
+    from teachfit.config import command_line
+
+    return command_line("select", config)
 
 
 def beside(out: str | Path, filename: str, stem_names: bool = False,

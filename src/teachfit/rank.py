@@ -331,21 +331,9 @@ def _now() -> str:
 
 def rank_command(config: RankConfig) -> str:
     """The `teachfit rank` command line that gives this configuration (options at their default left out)."""
-    import shlex
-    from dataclasses import fields
+    from teachfit.config import command_line
 
-    parts = ["teachfit", "rank", *config.scores]
-    defaults = RankConfig()
-    for item in fields(config):
-        value = getattr(config, item.name)
-        if item.name == "scores" or value == getattr(defaults, item.name):
-            continue
-        flag = "--" + item.name.replace("_", "-")
-        if isinstance(value, bool):
-            parts.append(flag if value else "--no-" + item.name.replace("_", "-"))
-        else:
-            parts += [flag, str(value)]
-    return shlex.join(parts)
+    return command_line("rank", config)
 
 
 def _units(config: RankConfig, plan: Any, run: Any) -> list[Any]:
