@@ -130,10 +130,12 @@ def resolve_model(text: str, base: Path) -> str:
     if prefix not in ("hf", "gguf") or not rest:
         return text
     body, query = (rest.split("?", 1) + [""])[:2]
-    local = body.startswith(("./", "../", "~")) or prefix == "gguf" or (base / body).exists()
-    if not local or Path(body).expanduser().is_absolute():
+    local = body.startswith(("./", "../", "~", "/")) or prefix == "gguf" or (base / body).exists()
+    if not local:
         return text
-    return f"{prefix}:{base / Path(body).expanduser()}" + (f"?{query}" if query else "")
+    expanded = Path(body).expanduser()
+    resolved = expanded if expanded.is_absolute() else base / expanded
+    return f"{prefix}:{resolved}" + (f"?{query}" if query else "")
 
 
 def resolve_option(value: Any, meta: Any, base: Path) -> Any:
