@@ -7,10 +7,16 @@ Accepted record formats (detected per record):
   sharegpt  {"conversations": [{"from": "human", ...}, {"from": "gpt", ...}]}
   zoo       {"uuid", "instruction", <generator>: {"content", <reward model>: float, ...}, ...}
   ultrafeedback {"instruction", "completions": [{"model", "response", "overall_score", ...}]}
-(the last two hold several teachers' answers and give one Pair per generator; an answer that
+  distilabel {"instruction", "generations": [str, ...], "model_names": [str, ...], "ratings"?: [float, ...]}
+(the last three hold several teachers' answers and give one Pair per generator; an answer that
 cannot be read, such as a struct without `content`, a generator column holding a string or a
 completion without `response`, is a bad row naming its generator, and a null generator column
 means that generator did not answer).
+distilabel: generation i is answered by model_names[i] (its teacher) and rated ratings[i], kept as
+the pair's field `rating` (so `--reward-column rating` takes it as the reward); the row's scalar
+fields travel with each pair. Lists of different lengths, a generation that is not a string and a
+missing model name are bad rows (generations numbered from 1). A model named twice in one row
+(distilabel's num_generations > 1) gives samples: ids `<id>#s0`, `<id>#s1`, ... as generate writes.
 A missing `id` becomes a hash of the instruction, so the same instruction answered by several
 teachers keeps one id; a missing `teacher` becomes the file's stem.
 """
@@ -178,9 +184,54 @@ def _is_ultrafeedback(record: dict[str, Any]) -> bool:
     return isinstance(completions, list) and any(isinstance(c, dict) and "model" in c for c in completions)
 
 
+def _is_distilabel(record: dict[str, Any]) -> bool:
+    return isinstance(record.get("generations"), list)
+
+
+def _distilabel_answers(record: dict[str, Any]) -> list[tuple[str, Any, dict[str, Any]] | ValueError]:
+    """(teacher, response, fields) of each generation of a distilabel row, or the reasons it cannot be read."""
+    generations, models, ratings = record["generations"], record.get("model_names"), record.get("ratings")
+    if not isinstance(models, list):
+        what = "missing field" if models is None else "wrong type"
+        return [ValueError(f"{what}: 'model_names' (the model of each of the {len(generations)} generations)")]
+    for name, values in (("model_names", models), ("ratings", ratings)):
+        if values is not None and (not isinstance(values, list) or len(values) != len(generations)):
+            size = len(values) if isinstance(values, list) else f"a {type(values).__name__} of"
+            return [ValueError(f"wrong shape: {len(generations)} generations but {size} {name} "
+                               "(the lists must be the same length)")]
+    counts: dict[str, int] = {}
+    for model in models:
+        if model not in (None, ""):
+            counts[str(model)] = counts.get(str(model), 0) + 1
+    answers: list[tuple[str, Any, dict[str, Any]] | ValueError] = []
+    seen: dict[str, int] = {}
+    for number, (text, model) in enumerate(zip(generations, models), start=1):
+        if model in (None, ""):
+            answers.append(ValueError(f"missing field: generation {number} has no model name in 'model_names'"))
+            continue
+        model = str(model)
+        if not isinstance(text, str):
+            kind = "is null" if text is None else f"is a {type(text).__name__}"
+            answers.append(ValueError(f"wrong type: generation {number} (model '{model}') {kind}, not a string"))
+            continue
+        fields: dict[str, Any] = {}
+        if ratings is not None:
+            rating = ratings[number - 1]
+            if rating is not None and not _is_number(rating):
+                answers.append(ValueError(f"wrong type: rating of generation {number} (model '{model}') "
+                                          f"holds {str(rating)[:40]!r}, not a number"))
+                continue
+            fields["rating"] = rating
+        if counts[model] > 1:  # one model sampled several times: samples, numbered as generate does
+            fields["sample"] = seen.get(model, 0)
+            seen[model] = fields["sample"] + 1
+        answers.append((model, text, fields))
+    return answers
+
+
 def expand_wide_record(record: Any, generators: set[str] | frozenset[str] = frozenset()
                        ) -> list[dict[str, Any] | ValueError] | None:
-    """The answers of a Generator-Zoo or UltraFeedback record, or None for any other record: a plain
+    """The answers of a Generator-Zoo, UltraFeedback or distilabel record, or None for any other record: a plain
     record per generator, or a ValueError naming the generator whose answer cannot be read (a
     struct without `content`, a generator column holding a string, a completion without
     `response` or `model`). `generators`: columns known to hold generators in this file (a Zoo
@@ -193,7 +244,11 @@ def expand_wide_record(record: Any, generators: set[str] | frozenset[str] = froz
     if base_id is None and isinstance(instruction, str):
         base_id = instruction_id(instruction)
     answers: list[tuple[str, Any, dict[str, Any]] | ValueError] = []
-    if _is_ultrafeedback(record):
+    if _is_distilabel(record):
+        answers = _distilabel_answers(record)
+        shared = {k: v for k, v in record.items() if k not in ("uuid", "id", "instruction")
+                  and (v is None or isinstance(v, (str, int, float, bool)))}
+    elif _is_ultrafeedback(record):
         shared: dict[str, Any] = {}
         for number, completion in enumerate(record["completions"], start=1):
             if not isinstance(completion, dict):
@@ -229,7 +284,13 @@ def expand_wide_record(record: Any, generators: set[str] | frozenset[str] = froz
             continue
         teacher, response, fields = answer
         numeric = {k: v for k, v in fields.items() if _is_number(v)}
-        out.append({**shared, **numeric, "id": base_id, "instruction": instruction, "response": response,
+        if "rating" in fields and _is_distilabel(record):
+            numeric["rating"] = fields["rating"]  # null when the judge gave none
+        answer_id = base_id
+        if "sample" in numeric and _is_distilabel(record) and base_id is not None:
+            answer_id = f"{base_id}#s{numeric['sample']}"
+            numeric["instruction_id"] = base_id
+        out.append({**shared, **numeric, "id": answer_id, "instruction": instruction, "response": response,
                     "teacher": teacher})
     return out
 
@@ -256,7 +317,7 @@ class WideLayout:
         if expanded is None:
             return None
         problems: list[tuple[int, str]] = []
-        if not _is_ultrafeedback(record):
+        if not _is_ultrafeedback(record) and not _is_distilabel(record):
             new = {k for k, v in record.items() if isinstance(v, dict) and "content" in v} - self.generators
             for name in sorted(new):
                 self.generators.add(name)
