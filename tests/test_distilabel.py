@@ -141,3 +141,65 @@ def test_score_cli_skips_bad_distilabel_rows_or_exits_2(tmp_path, tiny_llama):
     rows, meta = read_table(tmp_path / "s.parquet")
     assert len(rows) == 4 and [r["line"] for r in meta["skipped"]] == [1, 2, 3, 4]
     assert f"model '{MODELS[1]}'" in meta["skipped"][1]["reason"]
+
+
+# --- a nested or dotted reward column ---
+def plain(reward_fields, **more):
+    return {"instruction": "Explain recursion.", "response": f"A function that calls itself ({more}).",
+            **reward_fields, **more}
+
+
+def test_a_dotted_reward_column_reads_a_nested_field(tmp_path):
+    records = [plain({"annotations": {"helpfulness": {"Rating": 4.5}}}, id="a"),
+               plain({"annotations": {"helpfulness": {"Rating": 2}}, "annotations.helpfulness.Rating": 9.0}, id="b"),
+               plain({"scores": {"judge.v2": {"overall": 3.0}}}, id="c")]
+    path = write(tmp_path / "nested.jsonl", records[:2])
+    pairs = list(read_pairs([path], reward_column="annotations.helpfulness.Rating"))
+    assert [p.extra["reward"] for p in pairs] == [4.5, 9.0]  # a key holding the dots literally wins
+    path = write(tmp_path / "dotted_key.jsonl", records[2:])
+    assert [p.extra["reward"] for p in read_pairs([path], reward_column="scores.judge.v2.overall")] == [3.0]
+
+
+@pytest.mark.parametrize("value, reason", [
+    ({"annotations": {"helpfulness": {"Rating": "4"}}}, "reward column 'annotations.helpfulness.Rating' holds '4', not a number"),
+    ({"annotations": {"helpfulness": {"Rating": [8.5, 7.0]}}}, "holds '[8.5, 7.0]', not a number"),
+    ({"annotations": {"helpfulness": {"Rationale": "ok"}}},
+     "missing field: reward column 'annotations.helpfulness.Rating' ('annotations.helpfulness' has no 'Rating'; "
+     "keys there: Rationale)"),
+    ({"annotations": {"helpfulness": [4.0]}},
+     "missing field: reward column 'annotations.helpfulness.Rating' ('annotations.helpfulness' holds a list, not an object)"),
+    ({"other": 1.0}, "missing field: reward column 'annotations.helpfulness.Rating' (columns here: other)"),
+])
+def test_a_dotted_reward_column_that_cannot_be_read_is_a_bad_row(tmp_path, value, reason):
+    path = write(tmp_path / "nested.jsonl", [plain(value)])
+    with pytest.raises(InputError) as error:
+        list(read_pairs([path], reward_column="annotations.helpfulness.Rating"))
+    assert reason in str(error.value) and str(error.value).startswith(f"{path}:1: ")
+
+
+def ultrafeedback_records():
+    """UltraFeedback-style rows whose ratings sit in each completion's annotations."""
+    return [{"source": "evol", "instruction": question, "completions": [
+        {"model": model, "response": f"{model} says: {question}", "overall_score": 5.0,
+         "annotations": {"helpfulness": {"Rating": float((i + m) % 5) + 1.0, "Rationale": "fine"},
+                         "honesty": {"Rating": 3.0, "Rationale": "ok"}}}
+        for m, model in enumerate(MODELS)]} for i, question in enumerate(QUESTIONS)]
+
+
+def test_a_dotted_reward_column_reads_ultrafeedback_annotations(tmp_path, tiny_llama):
+    path = write(tmp_path / "uf.parquet", ultrafeedback_records())
+    expected = {(instruction_id(r["instruction"]), c["model"]): c["annotations"]["helpfulness"]["Rating"]
+                for r in pq.read_table(path).to_pylist() for c in r["completions"]}
+    pairs = list(read_pairs([path], reward_column="annotations.helpfulness.Rating"))
+    assert {(p.id, p.teacher): p.extra["reward"] for p in pairs} == expected
+    assert "annotations" not in pairs[0].extra  # only the resolved field travels, not the struct
+    out = tmp_path / "s.parquet"
+    done = run("score", path, "--student", f"hf:{tiny_llama}", "--reward-column", "annotations.helpfulness.Rating",
+               "--metrics", "car,length", "--dtype", "float32", "--no-progress", "--out", out)
+    assert done.returncode == 0, done.stderr
+    rows, _ = read_table(out)
+    assert {(r["id"], r["teacher"]): r["reward"] for r in rows} == expected
+    done = run("score", path, "--student", f"hf:{tiny_llama}", "--reward-column", "annotations.truthfulness.Rating",
+               "--metrics", "car", "--dtype", "float32", "--no-progress", "--out", tmp_path / "t.parquet")
+    assert done.returncode == 2 and "uf.parquet:1: missing field: reward column 'annotations.truthfulness.Rating'" \
+        in done.stderr, done.stderr

@@ -110,7 +110,8 @@ def read_pairs(
     """Stream validated Pairs from files; a bad record raises InputError unless skip_invalid,
     in which case it is recorded in `stats` and skipped. Multi-teacher records (Generator-Zoo,
     UltraFeedback) give one Pair per generator; `reward_column` copies that numeric field of each
-    record (or generator) into `pair.extra["reward"]`, and its absence is an error.
+    record (or generator) into `pair.extra["reward"]` (a dotted name reads a nested field), and its
+    absence is an error.
 
     Within one teacher, a repeated id or a repeated (instruction, response) is a duplicate (the
     same id under several teachers is the normal case: one instruction, several answers)."""
@@ -118,7 +119,7 @@ def read_pairs(
     seen_ids: dict[tuple[str, str], str] = {}
     seen_pairs: dict[tuple[str, bytes], str] = {}
     for path in paths:
-        layout = WideLayout()  # which columns of this file hold generators
+        layout = WideLayout(reward_column)  # which columns of this file hold generators
         for number, raw in read_records(path, stats.skip if skip_invalid else None):
             wide = layout.expand(raw, number)
             records, problems = wide if wide is not None else ([raw], [])

@@ -17,6 +17,9 @@ the pair's field `rating` (so `--reward-column rating` takes it as the reward); 
 fields travel with each pair. Lists of different lengths, a generation that is not a string and a
 missing model name are bad rows (generations numbered from 1). A model named twice in one row
 (distilabel's num_generations > 1) gives samples: ids `<id>#s0`, `<id>#s1`, ... as generate writes.
+A reward column (`with_reward`) is a field of the record or of a generator's answer; a dotted name
+(`annotations.helpfulness.Rating`) reads a nested field, a key holding the dots literally winning.
+Like a plain column it must hold a number: a string such as "4" is a bad row, not read as 4.
 A missing `id` becomes a hash of the instruction, so the same instruction answered by several
 teachers keeps one id; a missing `teacher` becomes the file's stem.
 """
@@ -229,14 +232,16 @@ def _distilabel_answers(record: dict[str, Any]) -> list[tuple[str, Any, dict[str
     return answers
 
 
-def expand_wide_record(record: Any, generators: set[str] | frozenset[str] = frozenset()
-                       ) -> list[dict[str, Any] | ValueError] | None:
+def expand_wide_record(record: Any, generators: set[str] | frozenset[str] = frozenset(),
+                       reward_column: str | None = None) -> list[dict[str, Any] | ValueError] | None:
     """The answers of a Generator-Zoo, UltraFeedback or distilabel record, or None for any other record: a plain
     record per generator, or a ValueError naming the generator whose answer cannot be read (a
     struct without `content`, a generator column holding a string, a completion without
     `response` or `model`). `generators`: columns known to hold generators in this file (a Zoo
     generator is a column holding a struct with `content`; see WideLayout). A generator whose
-    column is null did not answer this instruction: no record, no error."""
+    column is null did not answer this instruction: no record, no error. A dotted `reward_column`
+    (`annotations.helpfulness.Rating`) is read from the generator's own fields, else from the row,
+    and kept under that name."""
     if not isinstance(record, dict) or "instruction" not in record or any(k in record for k in _PLAIN_KEYS):
         return None
     instruction = record["instruction"]
@@ -290,8 +295,16 @@ def expand_wide_record(record: Any, generators: set[str] | frozenset[str] = froz
         if "sample" in numeric and _is_distilabel(record) and base_id is not None:
             answer_id = f"{base_id}#s{numeric['sample']}"
             numeric["instruction_id"] = base_id
-        out.append({**shared, **numeric, "id": answer_id, "instruction": instruction, "response": response,
-                    "teacher": teacher})
+        plain = {**shared, **numeric, "id": answer_id, "instruction": instruction, "response": response,
+                 "teacher": teacher}
+        if reward_column and "." in reward_column and reward_column not in plain:
+            for source in (fields, record):
+                try:
+                    plain[reward_column] = column_value(source, reward_column)
+                    break
+                except _NotFound:
+                    continue
+        out.append(plain)
     return out
 
 
@@ -306,14 +319,15 @@ class WideLayout:
 
     _SUSPECT = (str, dict, list)
 
-    def __init__(self) -> None:
+    def __init__(self, reward_column: str | None = None) -> None:
+        self.reward_column = reward_column  # a dotted one is read inside each generator's answer
         self.generators: set[str] = set()
         self._pending: dict[str, dict[str, Any]] = {}  # column -> {type name: array of lines}
 
     def expand(self, record: Any, line: int) -> tuple[list[dict[str, Any]], list[tuple[int, str]]] | None:
         """(the plain records of `record`, [(line, reason)] of the bad answers found now, earlier
         lines included), or None when `record` is not a multi-teacher record."""
-        expanded = expand_wide_record(record, self.generators)
+        expanded = expand_wide_record(record, self.generators, self.reward_column)
         if expanded is None:
             return None
         problems: list[tuple[int, str]] = []
@@ -335,14 +349,46 @@ class WideLayout:
         return records, problems
 
 
+class _NotFound(LookupError):
+    """A dotted column's path stops: `at` (the path so far, "" at the top) and why."""
+
+    def __init__(self, at: str, reason: str):
+        super().__init__(reason)
+        self.at, self.reason = at, reason
+
+
+def _nested(value: Any, parts: list[str], at: str = "") -> Any:
+    if not parts:
+        return value
+    if not isinstance(value, dict):
+        raise _NotFound(at, f"'{at}' holds a {type(value).__name__}, not an object")
+    for cut in range(len(parts), 0, -1):  # the longest key first: a key holding dots literally wins
+        key = ".".join(parts[:cut])
+        if key in value:
+            return _nested(value[key], parts[cut:], f"{at}.{key}" if at else key)
+    keys = ", ".join(sorted(map(str, value))) or "none"
+    raise _NotFound(at, f"'{at}' has no '{'.'.join(parts)}'; keys there: {keys}" if at else "")
+
+
+def column_value(record: dict[str, Any], column: str) -> Any:
+    """record[column], else the nested field a dotted column names (`a.b.c`: record["a"]["b"]["c"];
+    at each level a key holding dots literally is tried first); _NotFound where the path stops."""
+    return _nested(record, column.split("."))
+
+
 def with_reward(record: Any, reward_column: str | None) -> Any:
-    """`record` with record[reward_column] copied to `reward`; ValueError naming the columns that exist."""
+    """`record` with the field `reward_column` names (a top-level column, or a dotted path into nested
+    objects: column_value) copied to `reward`; ValueError naming the columns that exist, or where
+    a dotted path stops."""
     if reward_column is None or not isinstance(record, dict):
         return record
-    if reward_column not in record:
+    try:
+        value = column_value(record, reward_column)
+    except _NotFound as stop:
+        if stop.at:
+            raise ValueError(f"missing field: reward column '{reward_column}' ({stop.reason})") from None
         columns = sorted(k for k in record if k not in ("id", "instruction", "response", "teacher"))
-        raise ValueError(f"missing field: reward column '{reward_column}' (columns here: {', '.join(columns) or 'none'})")
-    value = record[reward_column]
+        raise ValueError(f"missing field: reward column '{reward_column}' (columns here: {', '.join(columns) or 'none'})") from None
     if not _is_number(value) or value != value:
         raise ValueError(f"wrong type: reward column '{reward_column}' holds {str(value)[:40]!r}, not a number")
     return {**record, "reward": float(value)}
