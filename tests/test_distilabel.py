@@ -149,6 +149,12 @@ def plain(reward_fields, **more):
             **reward_fields, **more}
 
 
+def test_a_rating_stored_as_text_is_a_number(tmp_path):
+    """UltraFeedback keeps its annotation ratings as strings ("4"): they are read as numbers."""
+    path = write(tmp_path / "text.jsonl", [plain({"annotations": {"helpfulness": {"Rating": " 4"}}}, id="a")])
+    assert [p.extra["reward"] for p in read_pairs([path], reward_column="annotations.helpfulness.Rating")] == [4.0]
+
+
 def test_a_dotted_reward_column_reads_a_nested_field(tmp_path):
     records = [plain({"annotations": {"helpfulness": {"Rating": 4.5}}}, id="a"),
                plain({"annotations": {"helpfulness": {"Rating": 2}}, "annotations.helpfulness.Rating": 9.0}, id="b"),
@@ -161,7 +167,7 @@ def test_a_dotted_reward_column_reads_a_nested_field(tmp_path):
 
 
 @pytest.mark.parametrize("value, reason", [
-    ({"annotations": {"helpfulness": {"Rating": "4"}}}, "reward column 'annotations.helpfulness.Rating' holds '4', not a number"),
+    ({"annotations": {"helpfulness": {"Rating": "N/A"}}}, "reward column 'annotations.helpfulness.Rating' holds 'N/A', not a number"),
     ({"annotations": {"helpfulness": {"Rating": [8.5, 7.0]}}}, "holds '[8.5, 7.0]', not a number"),
     ({"annotations": {"helpfulness": {"Rationale": "ok"}}},
      "missing field: reward column 'annotations.helpfulness.Rating' ('annotations.helpfulness' has no 'Rating'; "

@@ -389,6 +389,11 @@ def with_reward(record: Any, reward_column: str | None) -> Any:
             raise ValueError(f"missing field: reward column '{reward_column}' ({stop.reason})") from None
         columns = sorted(k for k in record if k not in ("id", "instruction", "response", "teacher"))
         raise ValueError(f"missing field: reward column '{reward_column}' (columns here: {', '.join(columns) or 'none'})") from None
+    if isinstance(value, str):  # ratings stored as text, as UltraFeedback's annotations are ("4")
+        try:
+            value = float(value.strip())
+        except ValueError:
+            pass
     if not _is_number(value) or value != value:
         raise ValueError(f"wrong type: reward column '{reward_column}' holds {str(value)[:40]!r}, not a number")
     return {**record, "reward": float(value)}
