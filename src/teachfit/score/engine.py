@@ -18,6 +18,7 @@ from teachfit.config import ScoreConfig
 from teachfit.files import count_records, expand_inputs, read_pairs
 from teachfit.records import InputError, Pair, ReadStats
 from teachfit.score.base import Scorer
+from teachfit.score.lm import pair_progress
 from teachfit.store import ResultCache, content_hash
 
 
@@ -36,32 +37,47 @@ def _keys(window: list[Pair], material: dict[str, Any]) -> list[str]:
     return [content_hash(material, p.instruction, p.response) for p in window]
 
 
-def _score_window(window: list[Pair], scorer: Scorer, cache: ResultCache, chunk: int, skip_invalid: bool,
+def _score_window(window: list[Pair], scorer: Scorer, cache: ResultCache, skip_invalid: bool,
                   skipped: list[dict[str, Any]], progress: Any = None) -> int:
     """Compute and cache the results of `window` that `cache` does not hold yet; returns how many
-    pairs were computed (not found in the cache)."""
+    pairs were computed (not found in the cache).
+
+    The window's missing pairs are one computation, so the forward pass packs them into batches
+    that fill the token budget (teachfit.forward.plan_batches); the bar moves per batch (an LM
+    scorer reports pairs done through teachfit.score.lm.pair_progress; any other scorer's pairs
+    count when its computation returns). Results are cached, durably, once per window: a kill
+    loses at most one window's work."""
     keys = _keys(window, scorer.key_material())
     missing = [i for i, key in enumerate(keys) if key not in cache]
     if progress is not None:
         progress.update(len(window) - len(missing))
-    for start in range(0, len(missing), chunk):
-        todo = missing[start : start + chunk]
+    if not missing:
+        return 0
+    reported = 0
+
+    def advance(pairs: int) -> None:  # per batch; never past the window's missing pairs
+        nonlocal reported
+        step = min(pairs, len(missing) - reported)
+        if step > 0 and progress is not None:
+            reported += step
+            progress.update(step)
+
+    with pair_progress(advance):
         try:
-            values = scorer.compute([window[i] for i in todo])
+            values = scorer.compute([window[i] for i in missing])
         except InputError:
             if not skip_invalid:
                 raise
             values = []
-            for i in todo:  # find the bad pair(s) one by one
+            for i in missing:  # find the bad pair(s) one by one
                 try:
                     values.append(scorer.compute([window[i]])[0])
                 except InputError as error:
                     path, _, line = (window[i].source or error.path).rpartition(":")
                     skipped.append(InputError(path, int(line), error.reason).as_row() if line.isdigit() else error.as_row())
                     values.append(None)
-        cache.put_many((keys[i], v) for i, v in zip(todo, values) if v is not None)
-        if progress is not None:
-            progress.update(len(todo))
+    cache.put_many((keys[i], v) for i, v in zip(missing, values) if v is not None)
+    advance(len(missing))  # what the scorer did not report
     return len(missing)
 
 
@@ -82,12 +98,11 @@ def score_pairs(
     source = pairs if callable(pairs) else (lambda items=list(pairs): items)
     skipped = skipped if skipped is not None else []
     caches = [ResultCache(Path(cache_root) / content_hash(s.key_material())[:16]) for s in scorers]
-    chunk = max(1, min(config.window, 16))  # small enough that the progress bar moves every few seconds
     try:
         for number, (scorer, cache) in enumerate(zip(scorers, caches)):
             done, pairs_seen = 0, 0
             for window in _windows(source(), config.window):
-                done += _score_window(window, scorer, cache, chunk, config.skip_invalid, skipped, progress)
+                done += _score_window(window, scorer, cache, config.skip_invalid, skipped, progress)
                 pairs_seen += len(window)
             if number == 0 and progress is not None:  # now the pairs are counted: the bar's total is exact
                 progress.total = pairs_seen * len(scorers)

@@ -9,8 +9,10 @@ clipped rank of the response tokens / loss(y|x) (teachfit.metrics.rsr); length i
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from teachfit import metrics
 from teachfit.config import ScoreConfig
@@ -19,6 +21,22 @@ from teachfit.records import InputError, Pair
 from teachfit.score.base import DeferredScorer
 from teachfit.template import DEFAULT_TEMPLATE_NAME, encode_pair, encode_response_alone, ensure_chat_template
 from teachfit.tokens import token_length
+
+# Who hears of pairs done, batch by batch, while an LM scorer computes (the scoring engine's bar).
+_PAIR_PROGRESS: contextvars.ContextVar[Callable[[int], None] | None] = contextvars.ContextVar("pair_progress", default=None)
+
+
+@contextlib.contextmanager
+def pair_progress(report: Callable[[int], None]) -> Iterator[None]:
+    """Within this block, an LM scorer's compute calls `report(pairs)` after each forward batch
+    with the pairs that batch completed (counted by the share of the tokens done), so a progress
+    bar moves per batch while one call computes a whole window."""
+    token = _PAIR_PROGRESS.set(report)
+    try:
+        yield
+    finally:
+        _PAIR_PROGRESS.reset(token)
+
 
 SCORING_VERSION = 2  # bump when a computation changes, so old cache entries are not reused (2: RSR columns)
 
@@ -62,11 +80,22 @@ class LMScorer:
         """Per-pair losses (nats per response token) and the metrics derived from them."""
         encoded = encode_pairs(self.loaded.tokenizer, pairs, self.max_length, self.options.unconditional_for(self.role))
         nll = response_nll(self.loaded.model, self.loaded.tokenizer, encoded, self.options.plan,
-                           self.loaded.device, on_batch=self._count, ranks=True)
+                           self.loaded.device, on_batch=self._counter(len(pairs), encoded), ranks=True)
         return rows_from_nll(nll, [e.truncated for e in encoded[: len(pairs)]], self.role)
 
-    def _count(self, tokens: int) -> None:
-        self.tokens_done += tokens
+    def _counter(self, pairs: int, encoded: Sequence[Any]) -> Callable[[int], None]:
+        """on_batch for response_nll: counts tokens, and reports pairs done to pair_progress."""
+        report, total = _PAIR_PROGRESS.get(), sum(len(e.input_ids) for e in encoded) or 1
+        done = {"tokens": 0, "pairs": 0}
+
+        def count(tokens: int) -> None:
+            self.tokens_done += tokens
+            done["tokens"] += tokens
+            now = pairs * done["tokens"] // total
+            if report is not None and now > done["pairs"]:
+                report(now - done["pairs"])
+                done["pairs"] = now
+        return count
 
 
 def encode_pairs(tokenizer: Any, pairs: Sequence[Pair], max_length: int, unconditional: bool) -> list[Any]:
