@@ -55,3 +55,15 @@ def test_a_window_is_one_computation_with_batches_beyond_16_sequences(tmp_path, 
     bar = Bar()
     assert list(score_pairs(pairs, [scorer], tmp_path / "cache", options, progress=bar)) == rows  # all cached
     assert sizes == [] and sum(bar.updates) == 100
+
+
+def test_a_bad_pair_in_a_window_is_skipped_and_the_rest_scored_once(tmp_path, tiny_llama):
+    pairs = [Pair(id=f"p{i}", instruction=p["instruction"], response=p["response"], teacher="t", source=f"t.jsonl:{i + 1}")
+             for i, p in enumerate(PAIRS)]
+    pairs.insert(1, Pair(id="long", instruction="word " * 400, response="x", teacher="t", source="t.jsonl:9"))
+    options = ScoreConfig(dtype="float32", max_length=64, skip_invalid=True)
+    scorer = LMScorer(load("causal_lm", f"hf:{tiny_llama}", dtype="float32"), "self", options)
+    skipped, bar = [], Bar()
+    rows = list(score_pairs(pairs, [scorer], tmp_path / "cache", options, progress=bar, skipped=skipped))
+    assert [r["id"] for r in rows] == [p.id for p in pairs if p.id != "long"]
+    assert len(skipped) == 1 and skipped[0]["line"] == 9 and sum(bar.updates) == len(pairs)
