@@ -4,7 +4,8 @@ import torch
 
 from conftest import PAIRS, write_pairs
 from teachfit.models import ModelSpec
-from teachfit.models.packaged import PACKAGED, resolve_packaged, sha256_file
+from teachfit.env import sha256_file
+from teachfit.models.packaged import PACKAGED, resolve_packaged
 
 NAME = "smollm2-135m-instruct"
 

@@ -24,6 +24,17 @@ def require(module: str, extra: str) -> Any:
         ) from error
 
 
+def sha256_file(path: str | os.PathLike, block: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes, read a block at a time."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def free_accelerator_memory() -> None:
     """Collect dropped models now and hand the GPU's cached blocks back (when torch is loaded), so
     the next model of a stage finds the memory the previous one held."""

@@ -29,7 +29,7 @@ from typing import Any
 from teachfit.config import ConfigValueError, ExecutorConfig
 from teachfit.records import InputError
 from teachfit.stage import Plan, Stage
-from teachfit.yaml_file import read_yaml
+from teachfit.yaml_file import line_of, read_yaml
 
 
 @dataclass
@@ -52,8 +52,7 @@ class SectionReader:
         self.path, self.lines = path, lines
 
     def fail(self, where: tuple, message: str) -> typing.NoReturn:
-        line = next((self.lines[where[:n]] for n in range(len(where), 0, -1) if where[:n] in self.lines), None)
-        raise InputError(self.path, line, message)
+        raise InputError(self.path, line_of(self.lines, where), message)
 
     def section(self, cls: type, data: Any, where: tuple, in_study: bool = False) -> Any:
         """An instance of `cls` from a mapping, every key and value checked; in a study, the keys

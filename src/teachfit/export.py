@@ -54,7 +54,7 @@ def source_identity(spec: ModelSpec) -> dict[str, Any]:
         identity["sha256"] = PACKAGED[spec.name].sha256
         identity["file"] = PACKAGED[spec.name].file_name
     elif spec.prefix == "gguf":
-        from teachfit.models.packaged import sha256_file
+        from teachfit.env import sha256_file
 
         identity["sha256"] = sha256_file(Path(spec.name))
         identity["file"] = Path(spec.name).name

@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from teachfit.env import sha256_file
 from teachfit.records import InputError
+from teachfit.yaml_file import line_of
 
 LARGE_FILE = 64 << 20  # bytes; larger files (model weights) are identified by size and mtime, not hashed
 
@@ -64,11 +66,7 @@ def _file_digest(path: Path) -> str:
     stat = path.stat()
     if stat.st_size > LARGE_FILE:
         return f"size={stat.st_size},mtime_ns={stat.st_mtime_ns}"
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()[:32]
+    return sha256_file(path)[:32]
 
 
 def _rows_digest(output: CsvRows) -> str | None:
@@ -142,7 +140,7 @@ class Plan:
 
     def line(self, where: tuple) -> int | None:
         """The line of `where` in the study file, or of the nearest enclosing key."""
-        return next((self.lines[where[:n]] for n in range(len(where), 0, -1) if where[:n] in self.lines), None)
+        return line_of(self.lines, where)
 
     def fail(self, where: tuple, message: str) -> None:
         raise InputError(self.source, self.line(where), message)

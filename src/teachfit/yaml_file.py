@@ -67,6 +67,11 @@ def key_lines(node: Any, prefix: tuple = ()) -> dict[tuple, int]:
     return lines
 
 
+def line_of(lines: dict[tuple, int], where: tuple) -> int | None:
+    """The line of the key path `where` (from key_lines), or of its nearest enclosing key."""
+    return next((lines[where[:n]] for n in range(len(where), 0, -1) if where[:n] in lines), None)
+
+
 def read_yaml(path: str | Path) -> tuple[Any, dict[tuple, int]]:
     """(data, line of every key path) of a YAML file; InputError naming the file on anything wrong."""
     import yaml

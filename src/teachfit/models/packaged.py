@@ -5,7 +5,6 @@ chunks are concatenated into teachfit's cache, and the sha256 of the assembled f
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -13,7 +12,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from teachfit.env import cache_root
+from teachfit.env import cache_root, sha256_file
 
 
 @dataclass(frozen=True)
@@ -103,15 +102,6 @@ def chunk_paths(model: PackagedModel) -> list[Path]:
     if missing:
         raise PackagedModelError(f"packaged model '{model.name}': missing files {missing}; {model.install_hint()}")
     return paths
-
-
-def sha256_file(path: Path, block: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _verified_marker(path: Path) -> Path:
