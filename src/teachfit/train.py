@@ -187,11 +187,11 @@ def train_student(data: Sequence[str | Path], student: str, out: str | Path, con
 
     config = config or TrainConfig()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     keep = {teacher} if isinstance(teacher, str) else set(teacher or ())
     pairs = [p for p in read_pairs(expand_inputs(data)) if not keep or p.teacher in keep]
     if not pairs:
         raise ValueError(f"no pairs to train on in {', '.join(map(str, data))}" + (f" for teacher '{', '.join(sorted(keep))}'" if keep else ""))
+    out.mkdir(parents=True, exist_ok=True)  # after the data is read: a bad path leaves no empty checkpoint folder
     device, dtype = training_placement(dict(os.environ), require("torch", "train"))
     loaded = load("causal_lm", student, dtype=dtype, device=device)
     trainer, counts = build_trainer(pairs, loaded, out, config, show_progress)
