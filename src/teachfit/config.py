@@ -184,6 +184,12 @@ class ScoreConfig(CommonOptions, ClientOptions):
     token_budget: Optional[int] = option(None, "Tokens per batch (batch size x padded length); default 16384 on a GPU, "
                                                "2048 on a CPU (where larger batches are slower).")
     max_batch_size: int = option(64, "Most sequences in one batch.")
+    engine: str = option("torch", "Engine of in-process students and references: torch (transformers) | ctranslate2 "
+                                  "(CPU inference runtime; the model is converted once and cached; pip install "
+                                  "'teachfit[ctranslate2]').", choices=("torch", "ctranslate2"))
+    compute_type: str = option("float32", "--engine ctranslate2's compute type: float32 (agrees with torch fp32) | "
+                                          "int8 (weights quantized at load: faster, losses slightly off).",
+                               choices=("float32", "int8"))
     window: int = option(512, "Pairs read, scored and cached per step (memory stays flat).")
     sample: Optional[int] = option(None, "Score only N instructions, the same for every teacher (a seeded hash "
                                          "picks them: a larger N later contains them, so nothing is recomputed).")

@@ -9,19 +9,23 @@ from teachfit.models.registry import LOADERS
 from teachfit.models.spec import ModelSpec
 from teachfit.score import served, vllm  # noqa: F401  (they register the lm_scorer loaders of openai: and vllm:)
 from teachfit.score.base import DeferredScorer, Scorer
+from teachfit.score.ctranslate2 import deferred_ct2
 from teachfit.score.lm import LengthScorer, deferred_lm
 from teachfit.score.reward import FileRewardScorer, deferred_reward
 
 
 def lm_scorer(spec: str, role: str, config: ScoreConfig) -> DeferredScorer:
     """The LM scorer of `spec` for `role` ('self' or 'ref'), loaded when a pair needs it: served
-    (openai:) and vLLM (vllm:) models by their own scorers, any other spec in process."""
+    (openai:) and vLLM (vllm:) models by their own scorers, any other spec in process (torch, or
+    CTranslate2 with `engine: ctranslate2`)."""
     parsed = ModelSpec.parse(spec)
     if parsed.prefix in LOADERS.get("lm_scorer", {}):
         material = LOADERS["lm_scorer_key"][parsed.prefix](parsed, config, role)
         description = {"role": role, "model": {"spec": str(parsed), "backend": parsed.prefix}}
         build = LOADERS["lm_scorer"][parsed.prefix]
         return DeferredScorer(material, description, lambda: build(parsed, lm_role=role, options=config))
+    if config.engine == "ctranslate2":
+        return deferred_ct2(parsed, role, config)
     return deferred_lm(parsed, role, config)
 
 
