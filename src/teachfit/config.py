@@ -137,7 +137,8 @@ class ServerOptions(LlamaCppOptions, ClientOptions):
 class GenerateConfig(CommonOptions, ServerOptions):
     """Stage `generate`: instructions x teachers -> RUN/responses/<dataset>.jsonl."""
 
-    instructions: List[str] = option([], "Instruction files (.jsonl/.json/.parquet); may be repeated.", path=True,
+    instructions: List[str] = option([], "Instruction files (.jsonl/.json/.parquet), `datasets` folders or "
+                                         "hf-dataset:<hub id or path>[:split]; may be repeated.", path=True,
                                      required=True)
     teacher: List[str] = option([], "Teacher spec, repeatable; per-teacher settings as "
                                     "SPEC?temperature=0.8&top_p=0.95&n=5&name=NAME.", model=True, required=True)
@@ -167,7 +168,8 @@ SCORE_METRICS = ("car", "reward", "ppl_self", "ifd_self", "rsr_self", "ppl_ref",
 class ScoreConfig(CommonOptions, ClientOptions):
     """Stage `score`: every (instruction, response) pair -> RUN/scores/<student>.parquet."""
 
-    inputs: List[str] = option([], "Response files (.jsonl/.json/.parquet) or run directories.", positional=True,
+    inputs: List[str] = option([], "Response files (.jsonl/.json/.parquet), run directories, "
+                                   "`datasets` folders or hf-dataset:<hub id or path>[:split].", positional=True,
                                run_owned=True)
     student: List[str] = option([], "The student (base model) whose loss measures compatibility; repeat for several.",
                                 model=True, required=True)

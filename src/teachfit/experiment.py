@@ -114,9 +114,12 @@ def _number(text: str) -> Any:
 def resolve_path(text: str, base: Path) -> str:
     """A file named in a study: `teachfit:<path>` inside the package, else relative to `base`."""
     from teachfit.env import SHIPPED_PREFIX, package_file
+    from teachfit.hub_datasets import absolute, is_hub_spec
 
     if text.startswith(SHIPPED_PREFIX):
         return str(package_file(text))
+    if is_hub_spec(text):  # hf-dataset:<local path>[:split] relative to the study; a hub id as it is
+        return absolute(text, base)
     path = Path(text).expanduser()
     return str(path if path.is_absolute() else base / path)
 

@@ -2,7 +2,8 @@
 Parquet and CSV out (every write atomic: teachfit.atomic). `read_records` is the one strict
 reader of JSON objects (file:line errors); `read_pairs` turns files into validated Pairs
 (record schemas: teachfit.records). Inputs are files, run directories, folders of Parquet
-files, or `datasets` save_to_disk folders.
+files, `datasets` save_to_disk folders, or `hf-dataset:<hub id or path>[:split]` (read through
+`datasets`: teachfit.hub_datasets).
 """
 from __future__ import annotations
 
@@ -13,21 +14,28 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from teachfit.atomic import atomic_write, write_json_atomic
-from teachfit.records import InputError, Pair, ReadStats, WideLayout, pair_from_record, with_reward
+from teachfit.hub_datasets import display_name, is_hub_spec, is_saved_dataset
+from teachfit.records import InputError, Pair, ReadStats, WideLayout, location, pair_from_record, with_reward
 
 RESPONSE_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 
 def iter_raw_records(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
-    """Yield (line or row number from 1, raw record) from a JSONL, JSON-array or Parquet file.
+    """Yield (line or row number from 1, raw record) from a JSONL, JSON-array or Parquet file, a
+    `datasets` save_to_disk folder or an `hf-dataset:` input.
 
-    Streams: JSONL line by line and Parquet batch by batch, so memory stays flat.
+    Streams: JSONL line by line, Parquet and `datasets` batch by batch, so memory stays flat.
     """
+    from teachfit import hub_datasets
+
+    if is_hub_spec(path):
+        yield from hub_datasets.spec_records(path)
+        return
     path = Path(path)
     if not path.exists():
         raise InputError(path, None, "file not found")
     if path.is_dir() and (path / "state.json").is_file():  # a `datasets` save_to_disk folder
-        yield from _saved_dataset_records(path)
+        yield from hub_datasets.saved_records(path)
         return
     if path.suffix == ".parquet":
         yield from _parquet_records(path)
@@ -148,12 +156,12 @@ def _checked_pair(record: dict[str, Any], path: str | os.PathLike, number: int, 
     in a multi-teacher record, and a reason names it."""
     of = f" (generator '{generator}')" if generator is not None else ""
     try:
-        pair = pair_from_record(with_reward(record, reward_column), default_teacher=Path(path).stem)
+        pair = pair_from_record(with_reward(record, reward_column), default_teacher=display_name(path))
     except ValueError as error:
         raise InputError(path, number, f"{error}{of}") from None
     except (TypeError, AttributeError, KeyError) as error:  # a shape no check above foresaw
         raise InputError(path, number, f"invalid record ({type(error).__name__}: {error}){of}") from None
-    where = f"{path}:{number}"
+    where = location(path, number)
     id_key = (pair.teacher, pair.id)
     if id_key in seen_ids:
         raise InputError(path, number, f"duplicate id: '{pair.id}' of teacher '{pair.teacher}' "
@@ -180,11 +188,15 @@ def parquet_rows(path: Path) -> int:
 
 
 def count_records(paths: Iterable[str | os.PathLike]) -> int:
-    """Rows in input files (non-blank JSONL lines, Parquet row counts; 0 for other formats), for
-    progress bars; a file that is not valid Parquet is an InputError, like reading it."""
+    """Rows in input files (non-blank JSONL lines, Parquet and `datasets` row counts; 0 for other
+    formats), for progress bars; a file that is not valid Parquet is an InputError, like reading it."""
+    from teachfit import hub_datasets
+
     total = 0
     for path in map(Path, paths):
-        if path.suffix == ".parquet" and path.is_file():
+        if is_hub_spec(path) or is_saved_dataset(path):
+            total += hub_datasets.count_rows(path)
+        elif path.suffix == ".parquet" and path.is_file():
             total += parquet_rows(path)
         elif path.suffix == ".jsonl" and path.is_file():
             with path.open("rb") as handle:
@@ -193,12 +205,18 @@ def count_records(paths: Iterable[str | os.PathLike]) -> int:
 
 
 def expand_inputs(inputs: Iterable[str | os.PathLike], subdir: str = "responses") -> list[Path]:
-    """Files named directly, plus every response file inside a run directory's `subdir`."""
+    """Files named directly, plus every response file inside a run directory's `subdir`; an
+    `hf-dataset:` input is opened now (hub_datasets.checked) and kept as its spelling."""
+    from teachfit import hub_datasets
+
     files: list[Path] = []
     for item in inputs:
+        if is_hub_spec(item):
+            files.append(Path(hub_datasets.checked(item)))
+            continue
         item = Path(item)
         if is_saved_dataset(item):
-            files.extend(saved_dataset_parts(item))
+            files.extend(hub_datasets.saved_dataset_parts(item))
         elif item.is_dir():
             folder = item / subdir if (item / subdir).is_dir() else item
             found = sorted(p for p in folder.iterdir() if p.suffix in RESPONSE_SUFFIXES)
@@ -211,7 +229,7 @@ def expand_inputs(inputs: Iterable[str | os.PathLike], subdir: str = "responses"
         else:
             files.append(item)
     for path in files:  # a damaged Parquet file is reported now, before any model is loaded
-        if path.suffix == ".parquet":
+        if path.suffix == ".parquet" and not is_hub_spec(path):
             parquet_rows(path)
     return files
 
@@ -292,30 +310,3 @@ def read_table(path: str | os.PathLike) -> tuple[list[dict[str, Any]], dict[str,
         with path.open(encoding="utf-8") as handle:
             return [{k: _cell(v) for k, v in row.items()} for row in csv.DictReader(handle)], metadata
     return [record for _, record in read_records(path)], metadata
-
-
-# --- Hugging Face `datasets` folders (save_to_disk): Arrow stream files listed in state.json ---
-def is_saved_dataset(folder: Path) -> bool:
-    """Whether `folder` is a `datasets` save_to_disk folder (a Dataset or a DatasetDict)."""
-    return folder.is_dir() and ((folder / "state.json").is_file() or (folder / "dataset_dict.json").is_file())
-
-
-def saved_dataset_parts(folder: Path) -> list[Path]:
-    """The Dataset folders of a save_to_disk folder: itself, or each split of a DatasetDict."""
-    if (folder / "dataset_dict.json").is_file():
-        splits = json.loads((folder / "dataset_dict.json").read_text()).get("splits", [])
-        return [folder / split for split in splits]
-    return [folder]
-
-
-def _saved_dataset_records(folder: Path) -> Iterator[tuple[int, Any]]:
-    import pyarrow as pa
-
-    state = json.loads((folder / "state.json").read_text())
-    row = 0
-    for entry in state.get("_data_files", []):
-        with pa.memory_map(str(folder / entry["filename"])) as source:
-            for batch in pa.ipc.open_stream(source):
-                for record in batch.to_pylist():
-                    row += 1
-                    yield row, record

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from teachfit.files import read_records
-from teachfit.records import InputError, has_lone_surrogate, instruction_id
+from teachfit.records import InputError, has_lone_surrogate, instruction_id, location
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ def _validate(path: Any, number: int, record: dict[str, Any], seen_text: dict[st
         raise InputError(path, number, "empty instruction")
     if has_lone_surrogate(text):
         raise InputError(path, number, "invalid unicode (lone surrogate) in the instruction")
-    where = f"{path}:{number}"
+    where = location(path, number)
     if text in seen_text:
         raise InputError(path, number, f"duplicate instruction (first at {seen_text[text]})")
     raw_id = record.get("id", record.get("question_id"))

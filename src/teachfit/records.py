@@ -33,13 +33,20 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
+def location(path: str | os.PathLike, line: int | None) -> str:
+    """Where a record is: `file:line`, `hf-dataset:<id>[:split]:row N` (a dataset's row, so the
+    number is not read as a split), or the path alone."""
+    if line is None:
+        return str(path)
+    return f"{path}:row {line}" if str(path).startswith("hf-dataset:") else f"{path}:{line}"
+
+
 class InputError(ValueError):
     """A bad input record: says which file, which line or row, and what was wrong."""
 
     def __init__(self, path: str | os.PathLike, line: int | None, reason: str):
         self.path, self.line, self.reason = str(path), line, reason
-        where = f"{self.path}:{line}" if line is not None else self.path
-        super().__init__(f"{where}: {reason}")
+        super().__init__(f"{location(path, line)}: {reason}")
 
     def as_row(self) -> dict[str, Any]:
         """The one shape of a skipped row in every stage's stats: path, line, reason."""

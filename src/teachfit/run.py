@@ -45,11 +45,17 @@ def safe_name(name: str, what: str = "name") -> str:
 
 
 def file_digest(paths: Iterable[Path]) -> str:
-    """sha256 over the names and bytes of files (sorted by path), hex; missing files count as absent."""
+    """sha256 over the names and bytes of files (sorted by path), hex; missing files count as absent.
+    An `hf-dataset:` input or a `datasets` folder counts as what it holds (hub_datasets.digest:
+    its files' bytes, or a hub dataset's revision)."""
+    from teachfit import hub_datasets
+
     digest = hashlib.sha256()
     for path in sorted(Path(p) for p in paths):
         digest.update(str(path.name).encode() + b"\0")
-        if path.is_file():
+        if hub_datasets.is_hub_spec(path) or hub_datasets.is_saved_dataset(path):
+            digest.update(hub_datasets.digest(path).encode())
+        elif path.is_file():
             with path.open("rb") as handle:
                 while block := handle.read(1 << 20):
                     digest.update(block)

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 from teachfit.atomic import atomic_write
 from teachfit.config import ScoreConfig
 from teachfit.files import count_records, expand_inputs, read_pairs
+from teachfit.hub_datasets import absolute
 from teachfit.records import InputError, Pair, ReadStats
 from teachfit.score.base import Scorer
 from teachfit.score.lm import pair_progress
@@ -203,7 +204,7 @@ def score_files(
         if writer is None:
             raise InputError(paths[0] if paths else out, None, "no valid pairs to score")
         metadata = {
-            "stage": "score", "inputs": [str(Path(p).resolve()) for p in paths], "options": asdict(config),
+            "stage": "score", "inputs": [absolute(p) for p in paths], "options": asdict(config),
             "scorers": [s.describe() for s in scorers], "versions": versions(),
             "counts": {"read": stats.read, "scored": rows_written, "truncated": truncated,
                        "skipped": len(stats.skipped) + len(skipped), **stats.counts,
