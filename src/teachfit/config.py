@@ -134,7 +134,17 @@ class ServerOptions(LlamaCppOptions, ClientOptions):
 
 
 @dataclass(kw_only=True)
-class GenerateConfig(CommonOptions, ServerOptions):
+class PriceOptions:
+    """What the stages that make tokens (generate, evaluate) cost: a price table for the ledger."""
+
+    prices: Optional[str] = option(None, "Price table (YAML or JSON): model name -> {input: USD, output: USD} per "
+                                         "million tokens, optional batch_discount (0.5 = half price in a batch API); "
+                                         "adds cost_usd to the summary, RUN/ledger.csv and the --dry-run estimate.",
+                                   path=True)
+
+
+@dataclass(kw_only=True)
+class GenerateConfig(CommonOptions, ServerOptions, PriceOptions):
     """Stage `generate`: instructions x teachers -> RUN/responses/<dataset>.jsonl."""
 
     instructions: List[str] = option([], "Instruction files (.jsonl/.json/.parquet), `datasets` folders or "
@@ -354,7 +364,7 @@ def bench_name(bench: str) -> str:
 
 
 @dataclass(kw_only=True)
-class EvaluateConfig(CommonOptions, ServerOptions):
+class EvaluateConfig(CommonOptions, ServerOptions, PriceOptions):
     """Stage `evaluate`: a model's answers judged against a baseline (AE2 WR/LC, AH WR, AP)."""
 
     model: Optional[str] = option(None, "The model to evaluate: a checkpoint (hf:DIR) or any teacher spec "

@@ -20,6 +20,7 @@ from teachfit.config import GenerateConfig
 from teachfit.env import free_accelerator_memory
 from teachfit.files import write_jsonl
 from teachfit.instructions import Instruction
+from teachfit.ledger import ledger_line, read_prices, write_ledger
 from teachfit.models.base import GenerationSettings, user_messages
 from teachfit.stage import Plan, Stage, Unit
 from teachfit.teachers import TeacherRequest, parse_teacher
@@ -245,9 +246,11 @@ def run_generate(config: GenerateConfig, run: Any, executor: Any = None) -> dict
     items = pick_instructions(config)
     if not items:
         raise ValueError(f"no instructions in {', '.join(config.instructions)}")
+    prices = read_prices(config.prices)  # a bad price table stops the run before any model loads
     summaries = generate(items, teacher_requests(config), run, config.load_options() | config.server_options(),
                          show_progress=config.progress, executor=executor)
-    return {"instructions": len(items), "datasets": summaries,
+    ledger = [r for r in write_ledger(getattr(run, "root", run), prices) if r["stage"] == "generate"]
+    return {"instructions": len(items), "datasets": summaries, "ledger": ledger,
             "failed": sum(s["errors"] for s in summaries), "generated": sum(s["generated"] for s in summaries)}
 
 
@@ -280,13 +283,15 @@ def _units(config: GenerateConfig, plan: Plan, run: Any) -> list[Unit]:
 def _line(stats: dict[str, Any]) -> str:
     parts = [f"{s['dataset']} {s['generated']} new + {s['already_done']} done"
              + (f", {s['errors']} failed" if s["errors"] else "") for s in stats["datasets"]]
-    return f"{stats['instructions']} instructions: " + "; ".join(parts)
+    tokens = ledger_line(stats.get("ledger") or [], "generate")
+    return f"{stats['instructions']} instructions: " + "; ".join(parts) + (f" | {tokens}" if tokens else "")
 
 
 def _text(stats: dict[str, Any]) -> str:
     speed = {s["dataset"]: f", {s['tokens_per_second']} tok/s" if s.get("tokens_per_second") else "" for s in stats["datasets"]}
-    return "\n".join(f"{s['dataset']}: {s['generated']} new, {s['already_done']} already done, {s['errors']} failed"
-                     f"{speed[s['dataset']]}" for s in stats["datasets"])
+    tokens = ledger_line(stats.get("ledger") or [], "generate")
+    return "\n".join([f"{s['dataset']}: {s['generated']} new, {s['already_done']} already done, {s['errors']} failed"
+                      f"{speed[s['dataset']]}" for s in stats["datasets"]] + ([tokens] if tokens else []))
 
 
 def _failed(stats: dict[str, Any]) -> str | None:

@@ -27,8 +27,34 @@ class StudyInterrupted(KeyboardInterrupt):
 
 
 def settings_of(config: Any) -> dict[str, Any]:
-    """A config's fields that change results (the progress bar does not)."""
-    return {k: v for k, v in asdict(config).items() if k != "progress"}
+    """A config's fields that change results (the progress bar and the price table do not)."""
+    return {k: v for k, v in asdict(config).items() if k not in ("progress", "prices")}
+
+
+def study_prices(experiment: Experiment) -> dict[str, Any]:
+    """The price table of a study: the `prices` files its generate and evaluate sections name, read
+    in that order (a later file's entry for a model wins); {} when none does."""
+    from teachfit.ledger import read_prices
+
+    configs = [experiment.stages.get("generate")] + list(experiment.stages.get("evaluate") or [])
+    return read_prices(dict.fromkeys(c.prices for c in configs if getattr(c, "prices", None)))
+
+
+def generation_estimate(experiment: Experiment, run: RunDir, prices: dict[str, Any]) -> list[dict[str, Any]]:
+    """The dry run's ledger of the generate section: per teacher model, the answers still to make,
+    cl100k tokens of their instructions in, and answers x max_new_tokens out (an upper bound)."""
+    from teachfit.generate import pick_instructions, read_done, teacher_requests
+    from teachfit.ledger import estimate_rows
+
+    config = experiment.stages.get("generate")
+    if config is None or not config.teacher or not config.instructions:
+        return []
+    items, jobs = pick_instructions(config), []
+    for request in teacher_requests(config):
+        done = read_done(run.responses(request.name), request)
+        texts = [i.text for i in items for k in range(request.settings.n) if (i.id, k) not in done]
+        jobs.append((request.spec, texts, request.settings.max_new_tokens))
+    return [row for row in estimate_rows(jobs, prices) if row["requests"]]
 
 
 def import_responses(experiment: Experiment, run: RunDir) -> int:
@@ -101,11 +127,20 @@ def run_experiment(path: str | Path, run_dir: str | Path | None = None, only: Se
         experiment.executor = replace(experiment.executor, type=executor)
     wanted = _wanted(experiment, only)
     run = RunDir(experiment.run_dir)
+    prices = study_prices(experiment)  # a bad price table stops the study before anything runs
     if dry_run:
-        return {"run_dir": str(run.root), "plan": plan_study(experiment, run, wanted)}
+        estimate = generation_estimate(experiment, run, prices) if "generate" in wanted else []
+        return {"run_dir": str(run.root), "plan": plan_study(experiment, run, wanted), "estimate": estimate}
     with run.lock():
-        return {"run_dir": str(run.root), "stages": _run_units(experiment, run, wanted, path, logged(run, show),
-                                                                progress)}
+        log = logged(run, show)
+        stages = _run_units(experiment, run, wanted, path, log, progress)
+        if {"generate", "evaluate"} & set(experiment.stages):
+            from teachfit.ledger import ledger_line, write_ledger
+
+            line = ledger_line(write_ledger(run.root, prices))  # every stage's tokens, at the study's prices
+            if line:
+                log(f"ledger ({run.root / 'ledger.csv'}): {line}")
+        return {"run_dir": str(run.root), "stages": stages}
 
 
 def logged(run: RunDir, show: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -189,4 +224,10 @@ def plan_text(result: dict[str, Any]) -> str:
     lines = [f"run directory: {result['run_dir']}", f"{'unit':<{width}}  {'status':<7}  work"]
     lines += [f"{r['stage']:<{width}}  {r['status']:<7}  {r['work']}" + (f"  ({r['why']})" if r["why"] else "")
               for r in result["plan"]]
+    if result.get("estimate"):
+        from teachfit.ledger import ledger_line
+
+        lines += [ledger_line(result["estimate"], "generate", estimate=True),
+                  "  (in: cl100k tokens of the instruction texts, without the chat template, which adds a few "
+                  "to dozens per request; out: an upper bound, every answer max_new_tokens long; cost: of these)"]
     return "\n".join(lines)

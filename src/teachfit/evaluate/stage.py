@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from teachfit.config import EvaluateConfig, bench_name
+from teachfit.ledger import ledger_line, read_prices, write_ledger
 from teachfit.stage import CsvRows, Plan, Stage, Unit
 
 NEEDS_NO_JUDGE = ("ifeval",)  # benches answered without a judge
@@ -26,11 +27,16 @@ def run_evaluate(config: EvaluateConfig, run: Any = None, executor: Any = None) 
         raise ValueError("give --out (a run directory or an output folder)")
     out = Path(config.out) if config.out else run.evaluations_dir
     results_csv = run.results_csv if run else out / "results.csv"
+    prices = read_prices(config.prices)  # a bad price table stops the run before any model loads
     if config.bench in NO_BASELINE:  # IFEval, or the absolute rating: no baseline, no pairwise judge
-        return run_truth(config, out, results_csv)
-    if not config.model or not config.judge:
+        report = run_truth(config, out, results_csv)
+    elif not config.model or not config.judge:
         raise ValueError("give --model and --judge")
-    return run_evaluation(config, out, result_labels(config), results_csv, run.cache("judgments") if run else None)
+    else:
+        report = run_evaluation(config, out, result_labels(config), results_csv,
+                                run.cache("judgments") if run else None)
+    ledger = write_ledger(run.root if run else out, prices)  # a run's ledger.csv, or the output folder's
+    return report | {"ledger": [r for r in ledger if r["stage"] == "evaluate"]}
 
 
 def _plan(items: list[EvaluateConfig], plan: Plan) -> None:
@@ -79,8 +85,13 @@ def _units(items: list[EvaluateConfig], plan: Plan, run: Any) -> list[Unit]:
 
 
 def _line(report: dict[str, Any]) -> str:
+    """The scores (see _scores_line), then the evaluate rows of the ledger: tokens in and out per model."""
+    tokens = ledger_line(report.get("ledger") or [], "evaluate")
+    return _scores_line(report["results"]) + (f" | {tokens}" if tokens else "")
+
+
+def _scores_line(r: dict[str, Any]) -> str:
     """IFEval's and the rating's summary line, or the pairwise numbers (AE2 WR and LC, AH WR, AP)."""
-    r = report["results"]
     if r["bench"] in ("ifeval", "rating"):
         from teachfit.evaluate.judge_free import summary_line
 
@@ -108,5 +119,5 @@ STAGE = Stage(
     needs=("train",),
     help="Judge a model against a baseline: AlpacaEval-2 WR and LC, Arena-Hard WR with a 95% interval, and AP; "
          "or, judge-free, IFEval accuracy (--bench ifeval), or the absolute rating (--bench rating).",
-    summary=lambda report: {"results": report["results"]},
+    summary=lambda report: {"results": report["results"], "ledger": report.get("ledger") or []},
 )
