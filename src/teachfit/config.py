@@ -309,7 +309,8 @@ class SelectConfig:
 
 @dataclass(kw_only=True)
 class TrainConfig(CommonOptions):
-    """Stage `train`: SFT of a student on a dataset; the defaults are the paper's Table 5."""
+    """Stage `train`: SFT of a student on a dataset; the defaults are the paper's recipe: Table 5 and the
+    authors' Axolotl config on their model cards (e.g. flydust/gemma-2-2b-magpie-gemma2-9b)."""
 
     data: List[str] = option([], "Run directory or response files.", positional=True, run_owned=True)
     student: Optional[str] = option(None, "Base model to fine-tune (hf:, gguf:, packaged: are all trainable).",
@@ -319,10 +320,15 @@ class TrainConfig(CommonOptions):
     teacher: List[str] = option([], "Train on these datasets only (names in the run); repeatable.")
     learning_rate: float = option(2e-5, "Peak learning rate [paper: 2e-5].")
     num_train_epochs: float = option(2.0, "Epochs [paper: 2].")
-    optimizer: str = option("adamw_torch", "Optimizer name (transformers).")
+    optimizer: str = option("paged_adamw_8bit", "Optimizer name (transformers) [authors' config: paged_adamw_8bit; "
+                                                "it needs CUDA and bitsandbytes: without them adamw_torch, recorded].")
     lr_scheduler_type: str = option("cosine", "Learning-rate schedule (transformers).")
-    warmup_steps: int = option(100, "Warmup steps [paper: 100].")
-    effective_batch_size: int = option(32, "Per-device batch x accumulation x devices [paper: 32].")
+    warmup_ratio: float = option(0.1, "Warmup as a share of the optimizer steps [authors' config: 0.1; Table 5 says "
+                                      "100 steps].")
+    warmup_steps: Optional[int] = option(None, "Warmup steps; when given they replace --warmup-ratio (0: no warmup).")
+    packing: bool = option(True, "Pack several pairs into each max-length sequence (no attention between them) "
+                                 "[authors' config: sample_packing].")
+    effective_batch_size: int = option(32, "Per-device batch x accumulation x devices [paper: 1 x 8 x 4 GPUs = 32].")
     per_device_batch_size: int = option(1, "Sequences per device per step [paper: 1].")
     max_length: int = option(4096, "Max sequence length [paper: 4096].")
     max_steps: int = option(-1, "Stop after this many optimizer steps (-1: epochs decide).")
@@ -347,6 +353,10 @@ class TrainConfig(CommonOptions):
     def gradient_accumulation(self, world_size: int) -> int:
         """Steps to accumulate so that per-device batch x devices x steps = effective batch."""
         per_step = self.per_device_batch_size * world_size
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigValueError("warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise ConfigValueError("warmup_steps", f"must be >= 0, got {self.warmup_steps}")
         if self.effective_batch_size % per_step:
             raise ConfigValueError("effective_batch_size", f"{self.effective_batch_size} is not a multiple of "
                                    f"per-device batch {self.per_device_batch_size} x {world_size} devices")

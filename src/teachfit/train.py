@@ -1,6 +1,7 @@
 """Stage `train`: SFT of a student on one teacher's dataset, TRL's SFTTrainer used as a library.
 
-Defaults are the paper's recipe (Table 5). Every pair is tokenized by teachfit itself with
+Defaults are the paper's recipe: Table 5 and the authors' Axolotl config on their model cards
+(warmup ratio 0.1, sample packing, 4096 tokens, paged 8-bit AdamW, micro-batch 1). Every pair is tokenized by teachfit itself with
 template.encode_pair, and the labels are -100 everywhere but on the response tokens of DESIGN
 section 2, so the loss training minimises is exactly the student loss that CAR uses.
 """
@@ -21,6 +22,7 @@ from teachfit.config import TrainConfig
 from teachfit.env import require
 from teachfit.run import RunDir
 from teachfit.stage import Stage
+from teachfit.train_recipe import training_arguments
 
 
 def tokenize_for_training(pairs: Sequence[Any], tokenizer: Any, max_length: int) -> tuple[list[dict[str, list[int]]], dict[str, int]]:
@@ -126,14 +128,17 @@ def model_card(summary: dict[str, Any]) -> str:
                      f"- steps: {summary['global_step']}, final train loss {summary['train_loss']:.4f}",
                      f"- learning rate {config['learning_rate']}, epochs {config['num_train_epochs']}, "
                      f"effective batch {config['effective_batch_size']}, max length {config['max_length']}, "
-                     f"LoRA: {config['lora']}", ""]
+                     f"LoRA: {config['lora']}",
+                     f"- optimizer {summary['counts'].get('optimizer', config['optimizer'])}"
+                     + (f" ({summary['counts']['optimizer_fallback']})" if summary['counts'].get('optimizer_fallback') else "")
+                     + f", packing: {config.get('packing', False)}", ""]
     return "\n".join(lines)
 
 
 def build_trainer(pairs: Sequence[Any], loaded: Any, out: Path, config: TrainConfig, show_progress: bool = True,
                   eval_pairs: Sequence[Any] = ()) -> tuple[Any, dict[str, Any]]:
     """An SFTTrainer over teachfit-tokenized pairs (labels only on response tokens), and the
-    tokenization counts."""
+    tokenization counts (with the optimizer used, and why when it is not the one asked for)."""
     torch = require("torch", "train")
     trl = require("trl", "train")
     datasets = require("datasets", "train")
@@ -152,15 +157,9 @@ def build_trainer(pairs: Sequence[Any], loaded: Any, out: Path, config: TrainCon
         bf16 = cuda and gpu_dtype(torch.cuda.get_device_capability()) == "bfloat16"
     else:
         bf16 = str(config.bf16).lower() == "true"
-    args = trl.SFTConfig(
-        output_dir=str(out), learning_rate=config.learning_rate, num_train_epochs=config.num_train_epochs,
-        max_steps=config.max_steps, optim=config.optimizer, lr_scheduler_type=config.lr_scheduler_type,
-        warmup_steps=config.warmup_steps, per_device_train_batch_size=config.per_device_batch_size,
-        per_device_eval_batch_size=1, gradient_accumulation_steps=config.gradient_accumulation(world_size),
-        max_length=config.max_length, gradient_checkpointing=config.gradient_checkpointing, bf16=bf16,
-        seed=config.seed, logging_steps=config.logging_steps, save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit, report_to=[], disable_tqdm=not show_progress, packing=False,
-    )
+    args, chosen = training_arguments(config, out, world_size, cuda, bf16, show_progress)
+    if chosen["optimizer_fallback"]:
+        print(f"teachfit train: {chosen['optimizer_fallback']}", file=sys.stderr)
     peft_config = None
     if config.lora:
         peft = require("peft", "train")
@@ -173,7 +172,8 @@ def build_trainer(pairs: Sequence[Any], loaded: Any, out: Path, config: TrainCon
                              callbacks=[_log_callback(out / "train_log.csv")])
     # without progress bars the Trainer prints each log as a raw dict; train_log.csv keeps them instead
     trainer.remove_callback(require("transformers", "train").PrinterCallback)
-    counts.update(world_size=world_size, bf16=bf16, gradient_accumulation_steps=args.gradient_accumulation_steps)
+    counts.update(world_size=world_size, bf16=bf16, gradient_accumulation_steps=args.gradient_accumulation_steps,
+                  packing=config.packing, train_sequences=len(trainer.train_dataset), **chosen)
     return trainer, counts
 
 
