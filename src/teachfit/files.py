@@ -285,6 +285,13 @@ def _cell(text: str) -> Any:
 
 def read_table(path: str | os.PathLike) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Read rows and teachfit metadata written by `write_table`."""
+    rows, metadata = read_table_columnar(path)
+    return (rows.to_pylist() if hasattr(rows, "to_pylist") else rows), metadata
+
+
+def read_table_columnar(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
+    """`read_table`, with a Parquet file's rows as a pyarrow.Table (columns: no dict per row, for
+    millions of rows); JSONL and CSV rows as read_table reads them (a list of dicts)."""
     path = Path(path)
     if not path.exists():
         raise InputError(path, None, "file not found")
@@ -301,7 +308,7 @@ def read_table(path: str | os.PathLike) -> tuple[list[dict[str, Any]], dict[str,
             metadata = json.loads(raw or b"{}")
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise InputError(path, None, "its teachfit metadata is not valid JSON") from None
-        return table.to_pylist(), metadata if isinstance(metadata, dict) else {}
+        return table, metadata if isinstance(metadata, dict) else {}
     meta_path = Path(str(path) + ".meta.json")
     metadata = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     if path.suffix == ".csv":

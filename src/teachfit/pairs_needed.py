@@ -35,16 +35,27 @@ def pairs_needed(
     usable = [r for r in rows if r.get("reward") is not None and r.get("loss_self") is not None
               and math.isfinite(float(r["reward"])) and math.isfinite(float(r["loss_self"]))]
     groups = group_by_teacher(usable)
-    if not groups:
+    return pairs_needed_of({t: column(g, "reward") for t, g in groups.items()},
+                           {t: column(g, "loss_self") for t, g in groups.items()}, beta, reward_transform, target,
+                           confidence, n_bootstrap, seed, max_pairs)
+
+
+def pairs_needed_of(
+    raw_rewards: dict[str, np.ndarray], losses: dict[str, np.ndarray], beta: float = 3.0,
+    reward_transform: str = "raw", target: float = 0.95, confidence: float = 0.8, n_bootstrap: int = 1000,
+    seed: int = 0, max_pairs: int = 10_000_000,
+) -> dict[str, Any]:
+    """pairs_needed of each teacher's finite rewards (untransformed) and losses, by teacher."""
+    if not 0.0 < target < 1.0 or not 0.5 <= confidence < 1.0:
+        raise ValueError(f"target must be in (0, 1) and confidence in [0.5, 1), got {target} and {confidence}")
+    if not raw_rewards:
         raise ValueError("no scored pairs with a reward and a loss_self")
-    everything = np.array([float(r["reward"]) for r in usable])
-    rewards = {t: metrics.transform_rewards(column(g, "reward"), reward_transform, reference=everything)
-               for t, g in groups.items()}
-    losses = {t: column(g, "loss_self") for t, g in groups.items()}
-    teachers = sorted(groups)
+    everything = np.concatenate(list(raw_rewards.values()))
+    rewards = {t: metrics.transform_rewards(r, reward_transform, reference=everything) for t, r in raw_rewards.items()}
+    teachers = sorted(raw_rewards)
     cars = {t: metrics.car(float(rewards[t].mean()), float(losses[t].mean()), beta) for t in teachers}
     top = max(teachers, key=lambda t: cars[t])  # ties: the first by name
-    counts = {t: len(groups[t]) for t in teachers}
+    counts = {t: len(raw_rewards[t]) for t in teachers}
     out: dict[str, Any] = {"recommended": top, "n_pairs": counts, "target": target, "confidence": confidence,
                            "beta": beta, "reward_transform": reward_transform}
     if len(teachers) == 1:

@@ -10,7 +10,6 @@ resamples is not settled: the ranking then says how many pairs per teacher would
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -20,9 +19,11 @@ import numpy as np
 from teachfit import metrics
 from teachfit.config import RankConfig
 from teachfit.run import RunDir
-from teachfit.ranking_text import SETTLED, lacks, markdown_table  # SETTLED: on top less often is unsettled
-from teachfit.pairs_needed import pairs_needed
-from teachfit.score_rows import column, group_by_teacher, number
+from teachfit.ranking_text import SETTLED, markdown_table  # SETTLED: on top less often is unsettled
+from teachfit.pairs_needed import pairs_needed_of
+from teachfit.rank_arrays import (AVERAGED, compared_pairs, groups_of, rewards_of, table_rows,  # noqa: F401
+                                  usable_pairs, values_of)
+from teachfit.score_columns import ScoreColumns
 from teachfit.stage import Stage
 
 # Direction of each metric when ranking teachers: +1 higher is better, -1 lower is better.
@@ -35,9 +36,6 @@ METRIC_DIRECTIONS: dict[str, int] = {
     "ppl_ref": -1, "ifd_ref": +1, "ifd_loss_ratio_ref": +1, "loss_ref": -1,
     "rsr_self": -1, "rsr_ref": -1,
 }
-AVERAGED = ("reward", "loss_self", "loss_self_uncond", "ppl_self", "ifd_self", "ifd_loss_ratio_self",
-            "loss_ref", "loss_ref_uncond", "ppl_ref", "ifd_ref", "ifd_loss_ratio_ref", "length", "n_response_tokens",
-            "mean_rank_self", "mean_rank_ref")
 
 
 @dataclass
@@ -57,78 +55,6 @@ class Ranking:
                 "directions": METRIC_DIRECTIONS, "teachers": self.rows, "selections": self.selections}
 
 
-def _usable_rows(rows: Sequence[dict[str, Any]], beta: float) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """The rows CAR can use, after refusing what cannot be ranked (bad beta, missing columns or
-    values) and dropping pairs whose reward or loss is NaN or infinite (counted per teacher)."""
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta) or beta < 0:
-        raise ValueError(f"beta must be a finite number >= 0, got {beta}")
-    if not rows:
-        raise ValueError("no scored pairs to rank")
-    needs = {"teacher": "the scores have no 'teacher' column: were they written by `teachfit score`?",
-             "reward": "the scores have no 'reward' column: score with --reward-model to compute CAR",
-             "loss_self": "the scores have no 'loss_self' column: score with --student to compute the student's loss"}
-    for name, message in needs.items():
-        if not any(name in r for r in rows):
-            raise ValueError(message)
-        missing = [r for r in rows if r.get(name) is None or r.get(name) == ""]
-        if missing:
-            first = missing[0]
-            hint = " (score every teacher with the same --reward-model)" if name == "reward" else ""
-            raise ValueError(f"{len(missing)} of {len(rows)} pairs have no {name}{hint}: first pair "
-                             f"{first.get('id')!r} of teacher {first.get('teacher')!r}")
-    usable, dropped = [], {}
-    for row in rows:
-        if math.isfinite(number(row, "reward")) and math.isfinite(number(row, "loss_self")):
-            usable.append(row)
-        else:
-            dropped[str(row["teacher"])] = dropped.get(str(row["teacher"]), 0) + 1
-    if dropped:
-        lost = sorted(set(dropped) - {str(r["teacher"]) for r in usable})
-        if lost:
-            raise ValueError(f"every pair of teacher(s) {', '.join(lost)} has a NaN or infinite reward or loss_self")
-        warnings.warn(f"dropped {sum(dropped.values())} pairs with a NaN or infinite reward or loss_self "
-                      f"({', '.join(f'{t}: {n}' for t, n in dropped.items())})", RuntimeWarning, stacklevel=3)
-    return usable, dropped
-
-
-def compared_rows(rows: Sequence[dict[str, Any]], shared_only: bool = True
-                  ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The rows to compare teachers on, and what each teacher covers: `coverage` holds the number
-    of instructions any teacher answered, how many every teacher answered (`shared`) and how many
-    each teacher lacks (`missing`). With `shared_only` the rows are those of the shared instructions
-    (N samples of a teacher share their instruction: records.instruction_key), so that no teacher
-    is compared on other instructions than another; nothing shared is then a ValueError."""
-    from teachfit.records import instruction_key
-
-    keys: dict[str, set[str]] = {}
-    for row in rows:
-        keys.setdefault(str(row["teacher"]), set()).add(instruction_key(row))
-    union = set().union(*keys.values()) if keys else set()
-    shared = set.intersection(*keys.values()) if keys else set()
-    coverage = {"instructions": len(union), "shared": len(shared),
-                "missing": {t: len(union) - len(k) for t, k in keys.items()}, "shared_only": shared_only}
-    if not shared_only or len(shared) == len(union):
-        return list(rows), coverage
-    if not shared:
-        raise ValueError(f"no instruction is answered by every teacher ({lacks(coverage)}): give the teachers "
-                         "the same instructions (the same ids), or rank with --no-shared-only to compare each "
-                         "teacher on its own pairs")
-    return [r for r in rows if instruction_key(r) in shared], coverage
-
-
-def _rewards(groups: dict[str, list[dict[str, Any]]], transform: str) -> dict[str, np.ndarray]:
-    raw = {t: column(g, "reward") for t, g in groups.items()}
-    everything = np.concatenate(list(raw.values()))
-    if np.any(np.isnan(everything)):
-        raise ValueError("some pairs have no reward: score every teacher with the same --reward-model")
-    negative = [t for t, r in raw.items() if r.mean() < 0]
-    if negative and transform == "raw":
-        warnings.warn(
-            f"mean reward is negative for {', '.join(negative)}: CAR = r / (1 + beta L) then rewards higher loss; "
-            "consider --reward-transform shift or sigmoid", RuntimeWarning, stacklevel=3)
-    return {t: metrics.transform_rewards(r, transform, reference=everything) for t, r in raw.items()}
-
-
 def _bootstrap(rewards: dict[str, np.ndarray], losses: dict[str, np.ndarray], beta: float, n: int, seed: int
                ) -> tuple[dict[str, tuple[float, float]], dict[str, float]]:
     teachers = list(rewards)
@@ -139,88 +65,72 @@ def _bootstrap(rewards: dict[str, np.ndarray], losses: dict[str, np.ndarray], be
     return intervals, shares
 
 
-def _table(groups: dict[str, list[dict[str, Any]]], rewards: dict[str, np.ndarray], losses: dict[str, np.ndarray],
-           beta: float, student: str | None, kind: str, dropped: dict[str, int], coverage: dict[str, Any]
-           ) -> list[dict[str, Any]]:
-    """One row per group (a teacher or a selection) with its averaged metrics and CAR."""
-    table = []
-    for teacher, group in groups.items():
-        row: dict[str, Any] = {"student": student or "student", "teacher": teacher, "kind": kind, "n_pairs": len(group)}
-        for name in AVERAGED:
-            if name in group[0]:
-                values = column(group, name)
-                row[name] = float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
-        for role in ("self", "ref"):  # a teacher's RSR: mean of per-pair mean ranks / mean of per-pair losses
-            if f"mean_rank_{role}" in row and f"loss_{role}" in row:
-                row[f"rsr_{role}"] = metrics.rsr(row[f"mean_rank_{role}"], row[f"loss_{role}"])
-        row["reward_used"] = float(rewards[teacher].mean())
-        row["L"] = float(losses[teacher].mean())
-        row["car"] = metrics.car(row["reward_used"], row["L"], beta)
-        if not math.isfinite(row["car"]):
-            raise ValueError(f"CAR of {kind} {teacher!r} is not finite (mean reward {row['reward_used']}, L {row['L']})")
-        row["n_dropped_nonfinite"] = dropped.get(teacher, 0)
-        row["n_instructions_missing"] = coverage["missing"].get(teacher, 0)
-        table.append(row)
-    return table
-
-
 def rank_teachers(
-    rows: Sequence[dict[str, Any]], beta: float = 3.0, reward_transform: str = "raw",
+    rows: Sequence[dict[str, Any]] | Any, beta: float = 3.0, reward_transform: str = "raw",
     n_bootstrap: int = 1000, seed: int = 0, student: str | None = None, shared_only: bool = True,
     selections: Sequence[str] = (), target: float | None = None,
 ) -> Ranking:
-    """Aggregate per-pair score rows into a ranked per-teacher table and a recommendation
-    (`student` labels the rows, so rankings of several students can be correlated together).
-    Teachers that cover different instructions (answers missing, skipped or dropped as non-finite)
-    are compared on the instructions all of them share, or with `shared_only=False` each on its
-    own pairs; settings["coverage"] and each row's `n_instructions_missing` say what each lacks.
+    """Aggregate per-pair score rows (dicts, or a pyarrow.Table of them: files.read_table_columnar) into a
+    ranked per-teacher table and a recommendation (`student` labels the rows, so rankings of
+    several students can be correlated together). Teachers that cover different instructions
+    (answers missing, skipped or dropped as non-finite) are compared on the instructions all of
+    them share, or with `shared_only=False` each on its own pairs; settings["coverage"] and each
+    row's `n_instructions_missing` say what each lacks.
 
     Rows whose `teacher` is one of `selections` are selections: ranked on their own pairs in
     Ranking.selections (`kind` = selection), with their CAR interval, but outside the
     recommendation, the coverage and the share of resamples on top (`top_share` NaN). When the
     recommended teacher is on top in fewer than SETTLED of the resamples, or a `target` is given,
     settings["pairs_needed"] holds the pairs_needed estimate (for `target`, else SETTLED)."""
-    rows, dropped = _usable_rows(rows, beta)
-    chosen = {str(s) for s in selections}
-    selection_rows = [r for r in rows if str(r["teacher"]) in chosen]
-    rows = [r for r in rows if str(r["teacher"]) not in chosen]
-    if not rows:
+    columns = ScoreColumns(rows)
+    usable, dropped = usable_pairs(columns, beta)
+    codes, names = columns.codes("teacher")
+    chosen = np.isin(codes, [k for k, name in enumerate(names) if name in {str(s) for s in selections}])
+    if not (usable & ~chosen).any():
         raise ValueError("no teacher to rank: every scored pair belongs to a selection")
-    rows, coverage = compared_rows(rows, shared_only)
-    groups = group_by_teacher(rows)
-    rewards = _rewards(groups, reward_transform)
-    losses = {t: column(g, "loss_self") for t, g in groups.items()}
-    table = _table(groups, rewards, losses, beta, student, "teacher", dropped, coverage)
+    compared, coverage = compared_pairs(columns, usable & ~chosen, shared_only)
+    groups = groups_of(columns, compared)
+    raw = values_of(columns, "reward", groups)
+    rewards = rewards_of(raw, reward_transform)
+    losses = values_of(columns, "loss_self", groups)
+    table = table_rows(columns, groups, rewards, losses, beta, student, "teacher", dropped, coverage)
     intervals, shares = _bootstrap(rewards, losses, beta, n_bootstrap, seed) if n_bootstrap else ({}, {})
     for row in table:
         row["car_ci_low"], row["car_ci_high"] = intervals.get(row["teacher"], (math.nan, math.nan))
         row["top_share"] = shares.get(row["teacher"], math.nan)
     add_ranks(table)
     table.sort(key=lambda r: r["rank_car"])
-    chosen_table: list[dict[str, Any]] = []
-    if selection_rows:  # on the transform's reference of the teachers' rewards, each on its own pairs
-        picked = group_by_teacher(selection_rows)
-        everything = np.concatenate([column(g, "reward") for g in groups.values()])
-        picked_rewards = {t: metrics.transform_rewards(column(g, "reward"), reward_transform, reference=everything)
-                          for t, g in picked.items()}
-        picked_losses = {t: column(g, "loss_self") for t, g in picked.items()}
-        chosen_table = _table(picked, picked_rewards, picked_losses, beta, student, "selection", dropped,
-                              {"missing": {}})
-        picked_intervals = (_bootstrap(picked_rewards, picked_losses, beta, n_bootstrap, seed)[0]
-                            if n_bootstrap else {})
-        for row in chosen_table:
-            row["car_ci_low"], row["car_ci_high"] = picked_intervals.get(row["teacher"], (math.nan, math.nan))
-            row["top_share"] = math.nan
-        chosen_table.sort(key=lambda r: -r["car"])
+    chosen_table = _selections_table(columns, groups_of(columns, usable & chosen), np.concatenate(list(raw.values())),
+                                     beta, reward_transform, n_bootstrap, seed, student, dropped)
     best = table[0]["teacher"]
     settings = {"beta": beta, "reward_transform": reward_transform, "n_bootstrap": n_bootstrap, "seed": seed,
                 "student": student, "dropped_nonfinite": sum(dropped.values()), "coverage": coverage,
                 "settled": SETTLED, "selections": [r["teacher"] for r in chosen_table]}
     top_share = table[0]["top_share"]
     if len(table) > 1 and (target or (math.isfinite(top_share) and top_share < SETTLED)):
-        settings["pairs_needed"] = pairs_needed(rows, beta, reward_transform, target or SETTLED,
-                                                n_bootstrap=n_bootstrap or 1000, seed=seed)
+        settings["pairs_needed"] = pairs_needed_of(raw, losses, beta, reward_transform, target or SETTLED,
+                                                   n_bootstrap=n_bootstrap or 1000, seed=seed)
     return Ranking(rows=table, recommended=best, top_share=top_share, settings=settings, selections=chosen_table)
+
+
+def _selections_table(columns: ScoreColumns, picked: dict[str, np.ndarray], everything: np.ndarray, beta: float,
+                      transform: str, n_bootstrap: int, seed: int, student: str | None, dropped: dict[str, int]
+                      ) -> list[dict[str, Any]]:
+    """The selections' rows, best CAR first: each on its own pairs, its rewards transformed over
+    the teachers' (`everything`), with its CAR interval and no share on top."""
+    if not picked:
+        return []
+    picked_rewards = {t: metrics.transform_rewards(r, transform, reference=everything)
+                      for t, r in values_of(columns, "reward", picked).items()}
+    picked_losses = values_of(columns, "loss_self", picked)
+    table = table_rows(columns, picked, picked_rewards, picked_losses, beta, student, "selection", dropped,
+                       {"missing": {}})
+    intervals = _bootstrap(picked_rewards, picked_losses, beta, n_bootstrap, seed)[0] if n_bootstrap else {}
+    for row in table:
+        row["car_ci_low"], row["car_ci_high"] = intervals.get(row["teacher"], (math.nan, math.nan))
+        row["top_share"] = math.nan
+    table.sort(key=lambda r: -r["car"])
+    return table
 
 
 def student_of(metadata: dict[str, Any]) -> str | None:
@@ -249,31 +159,41 @@ def score_files_of(inputs: Sequence[str], run: Any) -> list[Path]:
     return files or (run.score_files() if run else [])
 
 
-def selection_rows(run: Any, scores: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Score rows of every selection in the run, relabelled with the selection's name, so that
-    selections are ranked beside whole teachers. A torn or edited selection line is an InputError
-    naming its file and line."""
+def with_selections(run: Any, scores: Any) -> tuple[Any, list[str]]:
+    """The scores (rows or a pyarrow.Table) with the score rows of every selection in the run
+    appended, relabelled with the selection's name, so that selections are ranked beside whole
+    teachers; and the selections' names, one per appended row. A torn or edited selection line is
+    an InputError naming its file and line."""
     from teachfit.files import read_records
     from teachfit.records import InputError
 
-    by_pair = {(str(r["teacher"]), str(r["id"])): r for r in scores}
-    rows = []
+    wanted: list[tuple[str, str, str]] = []  # (selection, teacher, id)
     for path in run.selection_files():
         for line, record in read_records(path):
             if "teacher" not in record or "id" not in record:
                 raise InputError(path, line, "not a selection record (it needs 'teacher' and 'id'): "
                                              "re-run `teachfit select` to write it again")
-            row = by_pair.get((str(record["teacher"]), str(record["id"])))
-            if row is not None:
-                rows.append(dict(row, teacher=path.stem))
-    return rows
+            wanted.append((path.stem, str(record["teacher"]), str(record["id"])))
+    if not wanted:
+        return scores, []
+    found = ScoreColumns(scores).rows_of_pairs({(t, i) for _, t, i in wanted})
+    picked = [(name, found[(t, i)]) for name, t, i in wanted if (t, i) in found]
+    names = [name for name, _ in picked]
+    if not hasattr(scores, "column_names"):
+        return list(scores) + [dict(scores[k], teacher=name) for name, k in picked], names
+    import pyarrow as pa
+
+    extra = scores.take([k for _, k in picked])
+    at = extra.column_names.index("teacher")
+    extra = extra.set_column(at, "teacher", pa.array(names, pa.string()).cast(extra.schema.field(at).type))
+    return pa.concat_tables([scores, extra]), names
 
 
 def run_rank(config: RankConfig, run: Any, executor: Any = None) -> dict[str, Ranking]:
     """Scores -> one ranking per student, written to RUN/ranking.csv and ranking.json (a
     `student` column tells them apart), and to --csv / --json-out. Returns the rankings, by student."""
     from teachfit.atomic import write_json_atomic
-    from teachfit.files import read_table, write_table
+    from teachfit.files import read_table_columnar, write_table
 
     from teachfit.records import InputError
 
@@ -282,20 +202,20 @@ def run_rank(config: RankConfig, run: Any, executor: Any = None) -> dict[str, Ra
         raise ValueError("no score files: run `teachfit score` first")
     rankings = {}
     for path in files:
-        rows, meta = read_table(path)
+        scores, meta = read_table_columnar(path)  # Parquet: a pyarrow.Table, no dict per row
         student = student_of(meta) or path.stem
-        chosen: list[dict[str, Any]] = []
-        if run is not None and all("teacher" in r for r in rows):  # else rank_teachers says what is wrong
-            chosen = selection_rows(run, rows)
-            clash = sorted({str(r["teacher"]) for r in chosen} & {str(r["teacher"]) for r in rows})
+        chosen: list[str] = []
+        if run is not None and ScoreColumns(scores).everyone_has("teacher"):  # else rank_teachers says what is wrong
+            teachers = set(ScoreColumns(scores).codes("teacher")[1])
+            scores, chosen = with_selections(run, scores)
+            clash = sorted(set(chosen) & teachers)
             if clash:
                 raise InputError(run.selection(clash[0]), None, f"selection '{clash[0]}' has the name of a teacher: "
                                                                 "rename the selection (teachfit select --name)")
         try:  # what is wrong with the scores is an error about their file
-            ranking = rank_teachers(rows + chosen, beta=config.beta, reward_transform=config.reward_transform,
+            ranking = rank_teachers(scores, beta=config.beta, reward_transform=config.reward_transform,
                                     n_bootstrap=config.bootstrap, seed=config.seed, student=student,
-                                    shared_only=config.shared_only, target=config.target,
-                                    selections=sorted({str(r["teacher"]) for r in chosen}))
+                                    shared_only=config.shared_only, target=config.target, selections=sorted(set(chosen)))
             ranking.settings["scores"] = str(path)
         except InputError:
             raise
