@@ -127,10 +127,14 @@ class ServerOptions(LlamaCppOptions, ClientOptions):
             "Decoding reads every weight once per step for the whole batch, so larger is faster while memory "
             "lasts (measured for the 270M student on 2 CPU cores: 14, 35, 46 tokens/s at 8, 32, 64).")
 
+    batch_poll_interval: float = option(30.0, "Seconds between polls of a provider batch (openai-batch: teachers, "
+                                              "or openai:<model>@<url>?batch=1).")
+
     def server_options(self) -> dict[str, Any]:
         """Keyword options for teachers and judges behind a server, in llama.cpp or in-process."""
         return self.client_options() | {"n_ctx": self.n_ctx, "n_threads": self.n_threads,
-                                        "batch_size": self.generation_batch_size}
+                                        "batch_size": self.generation_batch_size,
+                                        "batch_poll_interval": self.batch_poll_interval}
 
 
 @dataclass(kw_only=True)
@@ -166,7 +170,7 @@ class GenerateConfig(CommonOptions, ServerOptions, PriceOptions):
     def __post_init__(self) -> None:
         check_choices(self)
         check_positive(self, "max_new_tokens", "n", "limit", "per_category", "concurrency", "timeout", "n_threads",
-                       "generation_batch_size")
+                       "generation_batch_size", "batch_poll_interval")
 
 
 # The columns `score --metrics` can ask for. CAR and reward need the reward; *_self the student;

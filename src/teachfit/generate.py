@@ -103,8 +103,10 @@ def _end_torn_line(path: Path) -> None:
 
 
 def answer_all(instructions: Sequence[Instruction], request: TeacherRequest, path: Path, teacher_loader: Any,
-               show_progress: bool = True) -> dict[str, Any]:
-    """Make sure `path` holds every (instruction, sample) of `request`; returns counts and speed."""
+               show_progress: bool = True, batch_state: Path | None = None) -> dict[str, Any]:
+    """Make sure `path` holds every (instruction, sample) of `request`; returns counts and speed.
+    A teacher behind a provider batch API gets every missing answer at once, its batches recorded
+    in `batch_state` (models/openai_batch.py); any other, windows of its batch_size."""
     from tqdm.auto import tqdm
 
     settings = request.settings
@@ -120,10 +122,7 @@ def answer_all(instructions: Sequence[Instruction], request: TeacherRequest, pat
         started = time.perf_counter()
         with path.open("a", encoding="utf-8") as handle, tqdm(total=len(todo), desc=request.name, unit="resp",
                                                                disable=not show_progress) as bar:
-            for start in range(0, len(todo), teacher.batch_size):
-                chunk = todo[start : start + teacher.batch_size]
-                generations = teacher.generate([user_messages(i.text) for i, _ in chunk], settings,
-                                               [settings.sample_seed(i.id, k) for i, k in chunk])
+            def write(chunk: Sequence[tuple[Instruction, int]], generations: Sequence[Any]) -> None:
                 for (instruction, sample), generation in zip(chunk, generations):
                     record = _record(instruction, sample, request, backend, generation, settings.n > 1)
                     handle.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -134,6 +133,17 @@ def answer_all(instructions: Sequence[Instruction], request: TeacherRequest, pat
                 elapsed = time.perf_counter() - started
                 bar.update(len(chunk))
                 bar.set_postfix(tok_s=f"{stats['completion_tokens'] / max(elapsed, 1e-9):.1f}")
+
+            if getattr(teacher, "submits_batches", False):  # custom_id `<instruction id>#s<sample>`
+                keyed = {f"{i.id}#s{k}": (i, k) for i, k in todo}
+                teacher.run_batches([(key, user_messages(i.text), settings.sample_seed(i.id, k))
+                                     for key, (i, k) in keyed.items()], settings, batch_state,
+                                    lambda pairs: write([keyed[key] for key, _ in pairs], [g for _, g in pairs]))
+            else:
+                for start in range(0, len(todo), teacher.batch_size):
+                    chunk = todo[start : start + teacher.batch_size]
+                    write(chunk, teacher.generate([user_messages(i.text) for i, _ in chunk], settings,
+                                                  [settings.sample_seed(i.id, k) for i, k in chunk]))
         stats["seconds"] = round(time.perf_counter() - started, 3)
     stats["errors"] = compact(path, instructions, settings.n, request) if path.exists() else 0
     stats["tokens_per_second"] = round(stats["completion_tokens"] / stats["seconds"], 2) if stats["seconds"] else None
@@ -157,10 +167,12 @@ def generate(instructions: Sequence[Instruction], requests: Iterable[TeacherRequ
     summaries = []
     for request in requests:
         path = run.responses(request.name)
-        if executor is not None and executor.world_size > 1:
+        batches = request.spec.startswith("openai-batch:")  # one provider batch per dataset: never sharded
+        if executor is not None and executor.world_size > 1 and not batches:
             stats = _generate_sharded(instructions, request, path, run, load_options, executor)
         else:
-            stats = answer_all(instructions, request, path, lambda spec: _load_teacher(spec, load_options), show_progress)
+            stats = answer_all(instructions, request, path, lambda spec: _load_teacher(spec, load_options), show_progress,
+                               batch_state=run.batch_state(request.name) if batches else None)
         summaries.append(stats | {"settings": request.settings.to_dict(), "spec": request.spec})
         free_accelerator_memory()  # this teacher is dropped: the next one finds its GPU memory
     return summaries

@@ -9,6 +9,8 @@
     RUN/evaluations/             answers/, judgments/, scores-*.json
     RUN/results.csv, correlation.csv, report.html
     RUN/.cache/<kind>/           the one cache root (content-hash shards)
+    RUN/.batches/<dataset>.json  the provider batches a batch teacher submitted (ids, their requests):
+                                 a re-run polls them instead of paying twice
     RUN/.markers/<unit>.json     completion markers: what a finished unit was computed from, and
                                  the digest of each output it wrote
     RUN/.lock                    held by the one `teachfit run` working in this directory
@@ -104,6 +106,11 @@ class RunDir:
     def responses(self, dataset: str) -> Path:
         """RUN/responses/<dataset>.jsonl."""
         return self.own(self.responses_dir / f"{safe_name(dataset, 'dataset name')}.jsonl")
+
+    def batch_state(self, dataset: str) -> Path:
+        """RUN/.batches/<dataset>.json: the provider batches submitted for a dataset (not a cache:
+        they cost money and cannot be rebuilt)."""
+        return self.own(self.root / ".batches" / f"{safe_name(dataset, 'dataset name')}.json")
 
     def response_files(self) -> list[Path]:
         """Every dataset of the run (responses/*.jsonl), sorted."""

@@ -5,6 +5,8 @@
   packaged:<name>              an offline model shipped by a PyPI package (see packaged.py)
   openai:<model>@<base_url>    any OpenAI-compatible server (teachers, judges; students and references
                                through the server's prompt log-probabilities: teachfit.score.served)
+  openai-batch:<model>@<url>   a provider's batch API (/v1/files + /v1/batches, models/openai_batch.py):
+                               teachers; `openai:<model>@<url>?batch=1` is the same spec
   vllm:<hub id or dir>         vLLM on a GPU (teachers, students and references)
 
 openai: and vllm: specs take options after `?` (SPEC_OPTIONS): `vllm:Qwen/Qwen2.5-72B-Instruct?
@@ -25,7 +27,7 @@ from urllib.parse import parse_qsl, quote, urlencode
 
 from teachfit.models.packaged import PACKAGED, resolve_packaged
 
-PREFIXES = ("hf", "gguf", "packaged", "openai", "vllm")
+PREFIXES = ("hf", "gguf", "packaged", "openai", "openai-batch", "vllm")
 
 
 class ModelSpecError(ValueError):
@@ -102,7 +104,10 @@ SPEC_OPTIONS: dict[str, dict[str, Callable[[str], Any]]] = {
     "vllm": VLLM_ENGINE_OPTIONS,
     # key_env: the environment variable holding the API key (openai_api.key_env_for: the one rule);
     # served students and references (teachfit.score.served): which adapter, and whose chat template
-    "openai": {"server": _choice("auto", "llamacpp", "vllm", "sglang"), "template": str, "key_env": _env_name},
+    # batch: the provider's batch API instead (parsed into the openai-batch: spec, openai_batch.py)
+    "openai": {"server": _choice("auto", "llamacpp", "vllm", "sglang"), "template": str, "key_env": _env_name,
+               "batch": _boolean},
+    "openai-batch": {"key_env": _env_name},
 }
 
 
@@ -154,6 +159,16 @@ class ModelSpec:
         if spec.prefix in SPEC_OPTIONS and "?" in spec.name:
             name, _, query = spec.name.rpartition("?")
             spec = cls(spec.prefix, name, parse_spec_options(spec.prefix, query, text))
+        if spec.prefix == "openai" and spec.option("batch") is not None:  # ?batch=1: one spelling, openai-batch:
+            rest = tuple((k, v) for k, v in spec.options if k != "batch")
+            if spec.option("batch"):
+                batch_keys = SPEC_OPTIONS["openai-batch"]
+                if any(k not in batch_keys for k, _ in rest):
+                    raise ModelSpecError(f"'{text}': with batch=1 the only other option is "
+                                         f"{', '.join(sorted(batch_keys))}")
+                spec = cls("openai-batch", spec.name, rest)
+            else:
+                spec = cls("openai", spec.name, rest)
         if not spec.name:
             raise ModelSpecError(f"empty model name in '{text}'")
         if spec.prefix == "packaged" and spec.name not in PACKAGED:

@@ -1,0 +1,264 @@
+"""Teachers through a provider's batch API: OpenAI's /v1/files and /v1/batches (half price at
+hosted providers, answers within the completion window instead of at once).
+
+Spec: openai-batch:<model>@<base_url>, or openai:<model>@<base_url>?batch=1 (parsed into the
+same spec). The key rules are the openai: ones (openai_api.key_env_for; `?key_env=NAME`), and the
+URL must be https:// unless the server is on this machine (127.0.0.1, localhost, ::1).
+
+Every missing answer of a dataset goes out at once, as one batch per MAX_REQUESTS_PER_BATCH
+requests; each request line's custom_id is the caller's key (generate: `<instruction id>#s<sample>`),
+so results map back whatever their order. The state file (RUN/.batches/<dataset>.json, RunDir owns
+it) records each batch id with its requests and their body digests *before* the first poll, so a
+killed run polls its batches on the next start instead of paying twice; a batch is marked collected
+only after its answers were delivered (generate writes and fsyncs them). A batch that expires or is
+cancelled gives its partial output, and the rest is sent again; failed lines (the error file, a
+status_code other than 200, a malformed body) are sent again in a new batch up to `batch_retries`
+times, then delivered as error records (a later re-run retries them afresh).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+from urllib.parse import urlparse
+
+from teachfit.atomic import write_json_atomic
+from teachfit.env import require
+from teachfit.models.base import Generation, GenerationSettings, Messages
+from teachfit.models.openai_api import (DEFAULT_KEY_ENV, completion_choice, content_text, key_env_for,
+                                        parse_openai_spec, redact)
+from teachfit.models.registry import register
+from teachfit.models.spec import ModelSpec, ModelSpecError
+
+ENDPOINT = "/v1/chat/completions"
+COMPLETION_WINDOW = "24h"
+MAX_REQUESTS_PER_BATCH = 50_000  # OpenAI's limit of request lines per batch
+RUNNING = {"validating", "in_progress", "finalizing", "cancelling"}
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+Item = tuple[str, Messages, int]  # (custom_id, conversation, seed)
+Deliver = Callable[[list[tuple[str, Generation]]], None]
+
+
+class BatchAPIError(OSError):
+    """The batch API could not be reached or refused a call (after the SDK's own retries); an
+    OSError, so the command line says it in one line (exit 2), like other services out of reach."""
+
+
+def body_digest(body: dict[str, Any]) -> str:
+    """A short hash of one request body: a recorded batch answers a request only if it matches."""
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class BatchState:
+    """The batches submitted for one dataset, in a JSON file written atomically (None: in memory)."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        data: Any = {}
+        if path is not None and path.exists():
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except ValueError:
+                raise BatchAPIError(f"{path}: not a batch state file (torn or edited); "
+                                    "move it away to submit the missing answers again") from None
+        self.batches: list[dict[str, Any]] = list(data.get("batches", []))
+        self.failures: dict[str, dict[str, Any]] = dict(data.get("failures", {}))
+
+    def save(self) -> None:
+        if self.path is not None:
+            write_json_atomic(self.path, {"version": 1, "batches": self.batches, "failures": self.failures})
+
+    def failed(self, custom_id: str, digest: str, message: str) -> int:
+        """Count one more failure of a request (a changed request starts at zero); returns the count."""
+        entry = self.failures.get(custom_id)
+        count = entry["count"] + 1 if entry and entry.get("digest") == digest else 1
+        self.failures[custom_id] = {"digest": digest, "count": count, "error": message}
+        return count
+
+
+class BatchTeacher:
+    """A teacher whose requests go through the provider's batch API (see the module docstring)."""
+
+    submits_batches = True  # generate hands over every missing answer at once (run_batches)
+    batch_size = MAX_REQUESTS_PER_BATCH
+
+    def __init__(self, spec: ModelSpec, max_retries: int = 5, timeout: float = 120.0, poll_interval: float = 30.0,
+                 batch_retries: int = 2, max_requests: int = MAX_REQUESTS_PER_BATCH, api_key_env: str | None = None):
+        openai = require("openai", "openai")
+        self.spec, self._openai = spec, openai
+        self.model, self.base_url = parse_openai_spec(spec.name)
+        if not self.base_url.startswith("https://") and urlparse(self.base_url).hostname not in LOCAL_HOSTS:
+            raise ModelSpecError(f"{spec}: a batch API is reached over https:// (plain http only on this machine)")
+        if not (isinstance(poll_interval, (int, float)) and 0 < poll_interval < float("inf")):
+            raise ModelSpecError(f"batch poll interval must be a number of seconds > 0, got {poll_interval!r}")
+        self.poll_interval, self.batch_retries, self.max_requests = float(poll_interval), batch_retries, max_requests
+        key_env = key_env_for(spec, self.base_url, api_key_env)
+        self._key = os.environ.get(key_env) if key_env else None
+        # no key: no Authorization header at all (the SDK would otherwise read OPENAI_API_KEY itself)
+        self._headers = {} if self._key else {"Authorization": openai.Omit()}
+        self.client = openai.OpenAI(base_url=self.base_url, api_key=self._key or "", max_retries=max_retries,
+                                    timeout=timeout, _enforce_credentials=False)
+        self.uploads = 0  # files uploaded by this teacher, for reports and tests
+
+    def redact(self, text: str) -> str:
+        """`text` without the API key."""
+        return redact(text, self._key, os.environ.get(DEFAULT_KEY_ENV))
+
+    def describe(self) -> dict[str, Any]:
+        """What a record says about the backend (never the key)."""
+        return {"backend": "openai-batch", "model": self.model, "base_url": self.base_url}
+
+    def body(self, messages: Messages, settings: GenerationSettings, seed: int) -> dict[str, Any]:
+        """The chat-completion request of one answer (as OpenAITeacher sends it)."""
+        return {"model": self.model, "messages": messages, "temperature": settings.temperature,
+                "top_p": settings.top_p, "max_tokens": settings.max_new_tokens, "seed": seed}
+
+    def _call(self, what: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, extra_headers=self._headers, **kwargs)
+        except self._openai.APIError as error:
+            raise BatchAPIError(self.redact(f"{self.base_url}: {what}: {type(error).__name__}: {error}")[:400]) from None
+
+    # ---- one batch -----------------------------------------------------------------------
+    def submit(self, custom_ids: Sequence[str], bodies: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        """Upload the requests as a JSONL file and create a batch; returns its state entry."""
+        lines = [json.dumps({"custom_id": c, "method": "POST", "url": ENDPOINT, "body": bodies[c]}, ensure_ascii=False)
+                 for c in custom_ids]
+        data = ("\n".join(lines) + "\n").encode()
+        upload = self._call("upload", self.client.files.create, file=("teachfit-batch.jsonl", data, "application/jsonl"),
+                            purpose="batch")
+        self.uploads += 1
+        batch = self._call("create batch", self.client.batches.create, input_file_id=upload.id, endpoint=ENDPOINT,
+                           completion_window=COMPLETION_WINDOW)
+        return {"id": batch.id, "input_file_id": upload.id, "base_url": self.base_url, "status": batch.status,
+                "collected": False, "requests": {c: body_digest(bodies[c]) for c in custom_ids}}
+
+    def _lines(self, file_id: str | None) -> list[dict[str, Any]]:
+        if not file_id:
+            return []
+        text = self._call(f"download {file_id}", self.client.files.content, file_id).text
+        rows = []
+        for line in text.splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # a line cut short counts as unanswered
+            if isinstance(row, dict) and isinstance(row.get("custom_id"), str):
+                rows.append(row)
+        return rows
+
+    def results(self, batch: Any) -> tuple[dict[str, Generation], dict[str, str], str]:
+        """A finished batch's answers and failures by custom_id, and why a request in neither was
+        not answered (the batch expired, was cancelled, or was refused as a whole)."""
+        answers: dict[str, Generation] = {}
+        failures: dict[str, str] = {}
+        for row in self._lines(batch.output_file_id) + self._lines(batch.error_file_id):
+            custom_id, response = row["custom_id"], row.get("response") or {}
+            status, body = response.get("status_code"), response.get("body")
+            if row.get("error") or status != 200:
+                failures[custom_id] = self.redact(_failure_text(row.get("error"), status, body))
+                continue
+            try:
+                choice, usage = completion_choice(body), body.get("usage") or {}
+            except (RuntimeError, AttributeError, TypeError) as error:
+                failures[custom_id] = self.redact(f"{type(error).__name__}: {error}")[:300]
+                continue
+            answers[custom_id] = Generation(text=content_text(choice["message"]["content"]) or "",
+                                            finish_reason=choice.get("finish_reason") or "",
+                                            prompt_tokens=usage.get("prompt_tokens", 0),
+                                            completion_tokens=usage.get("completion_tokens", 0))
+        unanswered = f"not answered (batch {batch.id} {batch.status})"
+        if batch.status == "failed":  # refused as a whole (validation)
+            errors = getattr(getattr(batch, "errors", None), "data", None) or []
+            why = "; ".join(str(getattr(e, "message", e)) for e in errors)[:300] or "no reason given"
+            unanswered = self.redact(f"batch {batch.id} failed: {why}")
+        return answers, failures, unanswered
+
+    # ---- every request of a dataset ------------------------------------------------------
+    def run_batches(self, items: Sequence[Item], settings: GenerationSettings, state_path: Path | None,
+                    deliver: Deliver) -> None:
+        """Answer every item through batches, resuming the ones recorded in `state_path`;
+        `deliver([(custom_id, Generation)])` gets each answer or final error once per batch."""
+        bodies = {c: self.body(m, settings, seed) for c, m, seed in items}
+        digests = {c: body_digest(b) for c, b in bodies.items()}
+        state, wanted = BatchState(state_path), set(bodies)
+
+        def serves(batch: dict[str, Any]) -> list[str]:  # the wanted requests a recorded batch answers
+            if batch.get("collected") or batch.get("base_url") != self.base_url:
+                return []
+            return [c for c, d in batch.get("requests", {}).items() if c in wanted and digests.get(c) == d]
+
+        while True:
+            pending = [b for b in state.batches if serves(b)]
+            in_flight = {c for b in pending for c in serves(b)}
+            waiting = [c for c in bodies if c in wanted and c not in in_flight]
+            for start in range(0, len(waiting), self.max_requests):
+                state.batches.append(self.submit(waiting[start : start + self.max_requests], bodies))
+                state.save()  # before the first poll: a killed run finds this batch
+                pending.append(state.batches[-1])
+            if not pending:
+                return
+            finished = 0
+            for entry in pending:
+                batch = self._call(f"poll batch {entry['id']} (recorded in {state_path}: a re-run picks it up)",
+                                   self.client.batches.retrieve, entry["id"])
+                entry["status"] = batch.status
+                if batch.status in RUNNING:
+                    continue
+                finished += 1
+                self._collect(entry, batch, serves(entry), digests, state, wanted, deliver)
+            if not finished:
+                time.sleep(self.poll_interval)
+
+    def _collect(self, entry: dict[str, Any], batch: Any, asked: list[str], digests: dict[str, str],
+                 state: BatchState, wanted: set[str], deliver: Deliver) -> None:
+        """Deliver a finished batch's answers (and the errors of requests out of retries), send
+        the rest round again, then mark the batch collected."""
+        answers, failures, unanswered = self.results(batch)
+        delivered: list[tuple[str, Generation]] = []
+        for custom_id in asked:
+            if custom_id in answers:
+                delivered.append((custom_id, answers[custom_id]))
+                state.failures.pop(custom_id, None)
+                continue
+            why = failures.get(custom_id) or unanswered
+            if state.failed(custom_id, digests[custom_id], why) > self.batch_retries:
+                delivered.append((custom_id, Generation(error=f"{why} (gave up after {self.batch_retries + 1} batches)")))
+                state.failures.pop(custom_id, None)
+        if delivered:
+            deliver(delivered)
+        wanted.difference_update(c for c, _ in delivered)
+        entry["collected"] = True
+        state.save()
+
+    def generate(self, conversations: Sequence[Messages], settings: GenerationSettings,
+                 seeds: Sequence[int]) -> list[Generation]:
+        """One response per conversation through one round of batches (nothing recorded: callers
+        that need resuming use run_batches with a state file)."""
+        out: dict[str, Generation] = {}
+        items = [(str(k), m, s) for k, (m, s) in enumerate(zip(conversations, seeds))]
+        self.run_batches(items, settings, None, lambda pairs: out.update(pairs))
+        return [out[str(k)] for k in range(len(items))]
+
+
+def _failure_text(error: Any, status: Any, body: Any) -> str:
+    """One line for a failed request line: the error object's message, else the HTTP status and body."""
+    if isinstance(error, dict):
+        return f"{error.get('code') or 'error'}: {error.get('message') or ''}"[:300]
+    detail = body.get("error", body) if isinstance(body, dict) else body
+    if isinstance(detail, dict):
+        detail = detail.get("message", detail)
+    return f"HTTP {status}: {detail}"[:300]
+
+
+@register("teacher", "openai-batch")
+def load_batch_teacher(spec: ModelSpec, **options: Any) -> BatchTeacher:
+    """Teacher loader for openai-batch: specs (and openai:...?batch=1)."""
+    renamed = {"batch_poll_interval": "poll_interval"}
+    keys = ("max_retries", "timeout", "poll_interval", "batch_retries", "api_key_env")
+    chosen = {renamed.get(k, k): v for k, v in options.items() if renamed.get(k, k) in keys}
+    return BatchTeacher(spec, **chosen)
