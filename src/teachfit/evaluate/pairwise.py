@@ -18,7 +18,8 @@ from teachfit import metrics
 from teachfit.atomic import write_json_atomic
 from teachfit.env import free_accelerator_memory
 from teachfit.evaluate.answers import answers_from, answers_path, model_load_options
-from teachfit.evaluate.bench import BenchItem, attach_baseline, load_bench
+from teachfit.evaluate.bench import BenchItem, attach_baseline, open_bench
+from teachfit.evaluate.bench_sets import source_line
 from teachfit.evaluate.judging import VERDICT_MEANING, JudgeConfig, parse_verdict, preference_for_first
 from teachfit.evaluate.results import dump_jsonl, elapsed, labels_for, write_results_row
 from teachfit.records import InputError
@@ -166,7 +167,8 @@ def run_evaluation(config: Any, out: str | Path, labels: dict[str, str] | None =
 
     out, started = Path(out), time.perf_counter()
     model, load_options = config.model, model_load_options(config)
-    items, bench_name = load_bench(config.bench)
+    bench = open_bench(config.bench)
+    items, bench_name = bench.items, bench.name
     name = short_model_name(model)
     if config.baseline and Path(config.baseline).exists():
         attach_baseline(items, config.baseline)
@@ -199,9 +201,10 @@ def run_evaluation(config: Any, out: str | Path, labels: dict[str, str] | None =
     timings["judge"] = elapsed(judged)
     scores = summarize(ae2, ah)
     row = {**(labels or labels_for(model)), "model": model, "bench": bench_name, "judge": config.judge, **scores,
-           "n_prompts": len(items), "seconds": elapsed(started)}
+           "n_prompts": len(items), "bench_source": source_line(bench.source), "seconds": elapsed(started)}
     write_results_row(Path(results_csv) if results_csv else out / "results.csv", row)
     report = {"results": row, "timings_seconds": timings, "max_new_tokens": config.max_new_tokens, "seed": config.seed,
-              "constraint": config.constraint, "versions": versions()}
+              "constraint": config.constraint, "bench_source": bench.source,
+              "versions": versions()}
     write_json_atomic(out / f"scores-{name}--{bench_name}.json", report)
     return report
