@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import PAIRS, write_pairs
+from teachfit import hub_datasets
 from teachfit.files import count_records, expand_inputs, read_pairs, read_records, read_table
 from teachfit.instructions import read_instructions
 from teachfit.records import InputError
@@ -101,6 +102,50 @@ def test_a_hub_style_folder_goes_through_the_hub_ids_call(tmp_path):
     spec = f"hf-dataset:{tmp_path / 'repo'}"
     assert [p.id for p in read_pairs(expand_inputs([spec]))] == [r["id"] for r in ROWS]
     assert [p.id for p in read_pairs(expand_inputs([spec + ":test"]))] == ["p0", "p1"]
+    assert isinstance(hub_datasets.open_split(hub_datasets.parse(spec)), datasets.IterableDataset)  # streamed
+
+
+def test_a_hub_id_up_to_the_call(tmp_path, monkeypatch):
+    """What a hub id asks of `datasets` (the hub itself is never reached in tests): the id, the
+    split, streaming=True; its rows read as any input's; its digest follows the hub revision."""
+    calls = []
+
+    def load_dataset(path, **options):
+        calls.append((path, options))
+        return datasets.IterableDataset.from_generator(lambda: iter(ROWS[:3]))
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    spec = f"hf-dataset:{HUB_ID}:test"
+    assert [(p.id, p.teacher, p.source) for p in read_pairs(expand_inputs([spec]))] == \
+        [(r["id"], "Magpie-100K-Generator-Zoo", f"{spec}:row {n}") for n, r in enumerate(ROWS[:3], start=1)]
+    assert calls[0] == (HUB_ID, {"split": "test", "streaming": True})
+    assert expand_inputs([f"hf-dataset:{HUB_ID}"]) and calls[-1] == (HUB_ID, {"split": "train", "streaming": True})
+    revision = {"hash": "sha-1"}
+    monkeypatch.setattr(datasets, "load_dataset_builder", lambda path: type("B", (), {"hash": revision["hash"]}))
+    before = hub_datasets.digest(spec)
+    assert hub_datasets.digest(spec) == before
+    revision["hash"] = "sha-2"
+    assert hub_datasets.digest(spec) != before
+
+
+def test_rows_are_read_a_batch_at_a_time(tmp_path):
+    """Reading every row keeps about one Arrow batch of Python records alive, not the dataset."""
+    import tracemalloc
+
+    rows = [{"instruction": f"Question {i}? " + "x" * 200, "response": f"Answer {i}. " + "y" * 200} for i in range(20_000)]
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "big"))
+    del rows
+    loaded = datasets.load_from_disk(str(tmp_path / "big"))
+    tracemalloc.start()
+    whole = loaded.to_list()  # the reference: every row as Python objects at once
+    everything = tracemalloc.get_traced_memory()[1]
+    del whole
+    tracemalloc.reset_peak()
+    count = sum(1 for _ in read_records(f"hf-dataset:{tmp_path / 'big'}"))
+    streamed = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert count == 20_000
+    assert streamed < everything / 5, (streamed, everything)
 
 
 def test_a_hub_id_offline_is_one_line(tmp_path):
@@ -140,13 +185,18 @@ def test_the_pipeline_digest_follows_the_dataset(tmp_path):
 
 
 def test_a_study_resolves_a_relative_local_dataset_and_leaves_a_hub_id(tmp_path):
-    from teachfit.experiment import resolve_path
+    from teachfit.experiment import load_experiment
 
-    (tmp_path / "data").mkdir()
-    write_pairs(tmp_path / "data" / "i.jsonl", ROWS)
-    assert resolve_path("hf-dataset:data/i.jsonl", tmp_path) == f"hf-dataset:{tmp_path / 'data' / 'i.jsonl'}"
-    assert resolve_path("hf-dataset:./data/i.jsonl:train", tmp_path) == f"hf-dataset:{tmp_path / 'data' / 'i.jsonl'}:train"
-    assert resolve_path(f"hf-dataset:{HUB_ID}:test", tmp_path) == f"hf-dataset:{HUB_ID}:test"
+    (tmp_path / "sub" / "data").mkdir(parents=True)
+    write_pairs(tmp_path / "sub" / "data" / "i.jsonl", ROWS)
+    study = tmp_path / "sub" / "study.yaml"
+    study.write_text("generate:\n  instructions: [hf-dataset:data/i.jsonl, 'hf-dataset:./data/i.jsonl:train',\n"
+                     f"                 'hf-dataset:{HUB_ID}:test']\n  teacher: [packaged:smollm2-135m-instruct]\n")
+    local = f"hf-dataset:{tmp_path / 'sub' / 'data' / 'i.jsonl'}"
+    assert load_experiment(study).stages["generate"].instructions == [local, local + ":train", f"hf-dataset:{HUB_ID}:test"]
+    study.write_text(f"responses:\n  - given.jsonl\n  - hf-dataset:{HUB_ID}\n")
+    with pytest.raises(InputError, match=r"study.yaml:3: a study's responses are files"):
+        load_experiment(study)
 
 
 def test_score_rank_and_select_take_the_spelling(tmp_path, tiny_llama):

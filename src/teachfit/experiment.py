@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from teachfit.config import ConfigValueError, ExecutorConfig
+from teachfit.hub_datasets import absolute, is_hub_spec
 from teachfit.records import InputError
 from teachfit.stage import Plan, Stage
 from teachfit.yaml_file import line_of, read_yaml
@@ -114,7 +115,6 @@ def _number(text: str) -> Any:
 def resolve_path(text: str, base: Path) -> str:
     """A file named in a study: `teachfit:<path>` inside the package, else relative to `base`."""
     from teachfit.env import SHIPPED_PREFIX, package_file
-    from teachfit.hub_datasets import absolute, is_hub_spec
 
     if text.startswith(SHIPPED_PREFIX):
         return str(package_file(text))
@@ -175,6 +175,10 @@ def load_experiment(path: str | Path, run_dir: str | Path | None = None) -> Expe
         reader.fail(("run_dir",), f"'run_dir' must be a folder name (a string), got {type(data['run_dir']).__name__}")
     root = Path(run_dir) if run_dir else Path(resolve_path(data["run_dir"], base)) if data.get("run_dir") else base / path.stem
     responses = [resolve_path(p, base) for p in reader.value(data.get("responses") or [], typing.List[str], ("responses",))]
+    for index, source in enumerate(responses):
+        if is_hub_spec(source):  # a study's dataset is one teacher's file, copied into the run
+            reader.fail(("responses", index), "a study's responses are files (one teacher each, copied into the run): "
+                                              f"score {source} with `teachfit score`, or save it as JSONL first")
     plan = Plan(source=path, lines=lines, raw=data)
     experiment = Experiment(path=path, run_dir=root, executor=executor, plan=plan, raw=data, responses=responses)
     for stage in STAGES:
