@@ -2,6 +2,8 @@
 and the progress bar still moves per forward batch."""
 import random
 
+import pytest
+
 from conftest import PAIRS
 from teachfit import forward
 from teachfit.config import ScoreConfig
@@ -67,3 +69,51 @@ def test_a_bad_pair_in_a_window_is_skipped_and_the_rest_scored_once(tmp_path, ti
     rows = list(score_pairs(pairs, [scorer], tmp_path / "cache", options, progress=bar, skipped=skipped))
     assert [r["id"] for r in rows] == [p.id for p in pairs if p.id != "long"]
     assert len(skipped) == 1 and skipped[0]["line"] == 9 and sum(bar.updates) == len(pairs)
+
+
+def test_padding_and_response_positions_match_a_plain_loop():
+    import random
+
+    from teachfit.forward import _pad, _response_positions
+    from teachfit.template import EncodedPair
+
+    rng = random.Random(0)
+    encoded = [EncodedPair(input_ids=[rng.randrange(50) for _ in range(n)], response_start=min(s, n), truncated=False)
+               for n, s in ((5, 2), (1, 0), (9, 9), (7, 0), (3, 5))]
+    ids, mask = _pad([e.input_ids for e in encoded], 99, "cpu")
+    assert ids.tolist() == [e.input_ids + [99] * (9 - len(e.input_ids)) for e in encoded]
+    assert mask.tolist() == [[1] * len(e.input_ids) + [0] * (9 - len(e.input_ids)) for e in encoded]
+    rows, cols = _response_positions(encoded)
+    expected = [(r, p) for r, e in enumerate(encoded) for p in range(max(e.response_start, 1) - 1, len(e.input_ids) - 1)]
+    assert list(zip(rows.tolist(), cols.tolist())) == expected
+
+
+def test_the_next_window_is_tokenized_while_this_one_computes(tmp_path, tiny_llama):
+    import threading
+
+    events, next_prepared = [], threading.Event()
+
+    class Recording(LMScorer):  # the real scorer, noting which thread does what, and when
+        def prepare(self, pairs):
+            events.append(("prepare", pairs[0].id, threading.current_thread() is threading.main_thread()))
+            if pairs[0].id == "p4":
+                next_prepared.set()
+            return super().prepare(pairs)
+
+        def compute_prepared(self, pairs, encoded):
+            if pairs[0].id == "p0":  # window 0's forward waits until window 1 is tokenized (or 30 s)
+                assert next_prepared.wait(30), "window 1 was not prepared during window 0's forward"
+            events.append(("compute", pairs[0].id, threading.current_thread() is threading.main_thread()))
+            return super().compute_prepared(pairs, encoded)
+
+    pairs = [Pair(id=f"p{i}", instruction=PAIRS[i % len(PAIRS)]["instruction"] + f" ({i})",
+                  response=PAIRS[i % len(PAIRS)]["response"], teacher="t") for i in range(12)]
+    options = ScoreConfig(dtype="float32", window=4)
+    scorer = Recording(load("causal_lm", f"hf:{tiny_llama}", dtype="float32"), "self", options)
+    rows = list(score_pairs(pairs, [scorer], tmp_path / "cache", options))
+    plain = LMScorer(load("causal_lm", f"hf:{tiny_llama}", dtype="float32"), "self", options)
+    assert [r["id"] for r in rows] == [p.id for p in pairs]
+    # the same losses as one plain computation (other batches: equal up to fp32 rounding)
+    assert [r["loss_self"] for r in rows] == pytest.approx([r["loss_self"] for r in plain.compute(pairs)], rel=1e-5)
+    assert [e for e in events if e[0] == "prepare"] == [("prepare", f"p{i}", False) for i in (0, 4, 8)]
+    assert [e for e in events if e[0] == "compute"] == [("compute", f"p{i}", True) for i in (0, 4, 8)]

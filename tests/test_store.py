@@ -47,8 +47,10 @@ def test_damaged_lines_are_recomputed_exactly_once_and_correctly(tmp_path):
     lines[3] = (json.dumps({"key": entries[3]["key"]}) + "\n").encode()
     shard.write_bytes(b"".join(lines) + b'{"key": "torn')  # and a torn last line
     loaded = ResultCache(shard.parent)
-    assert len(loaded) == 0
+    assert loaded.skipped_lines == {"not_object": 1, "malformed": 1}  # no key to index: counted on opening
+    assert loaded.get_many([e["key"] for e in entries]) == [None] * 4  # the others when read
     assert loaded.skipped_lines == {"checksum": 1, "not_utf8": 1, "not_object": 1, "missing_field": 1, "malformed": 1}
+    assert loaded.get(entries[0]["key"]) is None and loaded.torn_lines == 5  # a bad line is counted once
 
     again = CountingLength()
     score_files([data], tmp_path / "s2.parquet", "", scorers=[again], config=options, cache_dir=cache)

@@ -74,14 +74,27 @@ def plan_batches(lengths: Sequence[int], plan: BatchPlan) -> list[list[int]]:
 
 
 def _pad(sequences: list[list[int]], pad_id: int, device: str) -> tuple[Any, Any]:
+    """Right-padded ids [batch, longest] and their mask (1: a real token), built with one
+    conversion of all the tokens (not one tensor per sequence)."""
     torch = require("torch", "hf")
-    width = max(len(s) for s in sequences)
+    lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)
+    width = int(lengths.max())
+    mask = torch.arange(width)[None, :] < lengths[:, None]
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        mask[row, : len(seq)] = 1
-    return ids.to(device), mask.to(device)
+    ids[mask] = torch.tensor([token for seq in sequences for token in seq], dtype=torch.long)  # row-major: in order
+    return ids.to(device), mask.long().to(device)
+
+
+def _response_positions(encoded: Sequence[EncodedPair]) -> tuple[Any, Any]:
+    """(row, column) of every position that predicts a response token, for a batch of sequences:
+    row r's columns are max(response_start, 1) - 1 .. len - 2."""
+    torch = require("torch", "hf")
+    starts = torch.tensor([max(e.response_start, 1) - 1 for e in encoded], dtype=torch.long)
+    counts = (torch.tensor([len(e.input_ids) - 1 for e in encoded], dtype=torch.long) - starts).clamp_(min=0)
+    rows = torch.repeat_interleave(torch.arange(len(encoded)), counts)
+    before = torch.cumsum(counts, 0) - counts  # positions of the rows above
+    cols = torch.arange(int(counts.sum())) + torch.repeat_interleave(starts - before, counts)
+    return rows, cols
 
 
 def _pad_id(tokenizer: Any) -> int:
@@ -166,16 +179,10 @@ def response_nll(
     pad_id = _pad_id(tokenizer)
     for batch in plan_batches([len(e.input_ids) for e in encoded], plan.on(device)):
         ids, mask = _pad([encoded[i].input_ids for i in batch], pad_id, device)
-        rows, cols = [], []
-        for row, index in enumerate(batch):
-            e = encoded[index]
-            for position in range(max(e.response_start, 1) - 1, len(e.input_ids) - 1):
-                rows.append(row)
-                cols.append(position)
+        rows, cols = _response_positions([encoded[i] for i in batch])
         with torch.inference_mode():
             hidden = hidden_states(model, ids, None)  # right padding + causal attention: see hidden_states
-            rows_t = torch.tensor(rows, dtype=torch.long, device=hidden.device)
-            cols_t = torch.tensor(cols, dtype=torch.long, device=hidden.device)
+            rows_t, cols_t = rows.to(hidden.device), cols.to(hidden.device)
             logprobs = _target_logprobs(model, hidden[rows_t, cols_t], ids[rows_t, cols_t + 1], ranks)
             logprobs, token_ranks = logprobs if ranks else (logprobs, None)
             # per sequence of the batch, summed on the device: one copy to the host per batch

@@ -9,7 +9,11 @@ from teachfit.records import Pair
 
 class Scorer(Protocol):
     """Computes metric columns for pairs; the score cache keys each result by the pair and
-    `key_material()`, so two scorers with equal material must compute equal values."""
+    `key_material()`, so two scorers with equal material must compute equal values.
+
+    A scorer may also offer prepare(pairs) (CPU work before its model runs, such as tokenizing,
+    safe in another thread) and compute_prepared(pairs, prepared): the scoring engine then
+    prepares the next window in a background thread while this one computes."""
 
     def key_material(self) -> dict[str, Any]:
         """Everything a cached result depends on (models, options, versions), JSON-ready."""
@@ -50,6 +54,19 @@ class DeferredScorer:
             from teachfit.env import free_accelerator_memory
 
             free_accelerator_memory()
+
+    def prepare(self, pairs: Sequence[Pair]) -> Any:
+        """The loaded scorer's preparation of pairs (tokenizing: run by the scoring engine in a
+        background thread), or None while nothing is loaded (a model loads in the main thread)."""
+        scorer = self._scorer
+        prepare = getattr(scorer, "prepare", None)
+        return prepare(pairs) if prepare is not None else None
+
+    def compute_prepared(self, pairs: Sequence[Pair], prepared: Any) -> list[dict[str, Any]]:
+        """compute(), with what prepare() returned (None: nothing prepared)."""
+        if prepared is None or self._scorer is None:
+            return self.compute(pairs)
+        return self._scorer.compute_prepared(pairs, prepared)
 
     def compute(self, pairs: Sequence[Pair]) -> list[dict[str, Any]]:
         """Load the model (once), then compute."""

@@ -7,20 +7,27 @@ the reward, the cl100k length, token counts and truncation (teachfit.score.lm, .
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from teachfit.atomic import atomic_write
 from teachfit.config import ScoreConfig
+from teachfit.prefetch import in_background
 from teachfit.files import count_records, expand_inputs, read_pairs
 from teachfit.hub_datasets import absolute
 from teachfit.records import InputError, Pair, ReadStats
 from teachfit.score.base import Scorer
 from teachfit.score.lm import pair_progress
 from teachfit.store import ResultCache, content_hash
+
+
+# Rows per row group of the scores' Parquet file: a writer keeps each group's metadata until it
+# closes, so one group per window (512 rows) grew its memory with the pairs (4,000 groups at 2M).
+ROW_GROUP_ROWS = 65536
 
 
 def _windows(pairs: Iterable[Pair], size: int) -> Iterator[list[Pair]]:
@@ -38,9 +45,36 @@ def _keys(window: list[Pair], material: dict[str, Any]) -> list[str]:
     return [content_hash(material, p.instruction, p.response) for p in window]
 
 
-def _score_window(window: list[Pair], scorer: Scorer, cache: ResultCache, skip_invalid: bool,
+@dataclass
+class _Ready:
+    """A window read, keyed and looked up in the cache (in the background); its missing pairs
+    prepared (tokenized) when the scorer prepares, or the InputError its preparation raised."""
+
+    window: list[Pair]
+    keys: list[str]
+    missing: list[int]
+    prepared: Any = None
+    error: InputError | None = None
+
+
+def _ready_windows(pairs: Iterable[Pair], scorer: Scorer, cache: ResultCache, size: int) -> Iterator[_Ready]:
+    """The windows of `pairs`, each with what can be done before its forward pass (run by
+    teachfit.prefetch.in_background while the previous window computes)."""
+    material, prepare = scorer.key_material(), getattr(scorer, "prepare", None)
+    for window in _windows(pairs, size):
+        keys = _keys(window, material)
+        ready = _Ready(window, keys, [i for i, value in enumerate(cache.get_many(keys)) if value is None])
+        if ready.missing and prepare is not None:
+            try:
+                ready.prepared = prepare([window[i] for i in ready.missing])
+            except InputError as error:
+                ready.error = error
+        yield ready
+
+
+def _score_window(ready: _Ready, scorer: Scorer, cache: ResultCache, skip_invalid: bool,
                   skipped: list[dict[str, Any]], progress: Any = None) -> int:
-    """Compute and cache the results of `window` that `cache` does not hold yet; returns how many
+    """Compute and cache the results of a window that `cache` does not hold yet; returns how many
     pairs were computed (not found in the cache).
 
     The window's missing pairs are one computation, so the forward pass packs them into batches
@@ -48,8 +82,7 @@ def _score_window(window: list[Pair], scorer: Scorer, cache: ResultCache, skip_i
     scorer reports pairs done through teachfit.score.lm.pair_progress; any other scorer's pairs
     count when its computation returns). Results are cached, durably, once per window: a kill
     loses at most one window's work."""
-    keys = _keys(window, scorer.key_material())
-    missing = [i for i, key in enumerate(keys) if key not in cache]
+    window, missing = ready.window, ready.missing
     if progress is not None:
         progress.update(len(window) - len(missing))
     if not missing:
@@ -65,7 +98,10 @@ def _score_window(window: list[Pair], scorer: Scorer, cache: ResultCache, skip_i
 
     with pair_progress(advance):
         try:
-            values = scorer.compute([window[i] for i in missing])
+            if ready.error is not None:
+                raise ready.error
+            chosen = [window[i] for i in missing]
+            values = scorer.compute_prepared(chosen, ready.prepared) if hasattr(scorer, "prepare") else scorer.compute(chosen)
         except InputError:
             if not skip_invalid:
                 raise
@@ -77,9 +113,17 @@ def _score_window(window: list[Pair], scorer: Scorer, cache: ResultCache, skip_i
                     path, _, line = (window[i].source or error.path).rpartition(":")
                     skipped.append(InputError(path, int(line), error.reason).as_row() if line.isdigit() else error.as_row())
                     values.append(None)
-    cache.put_many((keys[i], v) for i, v in zip(missing, values) if v is not None)
+    cache.put_many((ready.keys[i], v) for i, v in zip(missing, values) if v is not None)
     advance(len(missing))  # what the scorer did not report
     return len(missing)
+
+
+def _cached_windows(pairs: Iterable[Pair], scorers: Sequence[Scorer], caches: list[ResultCache],
+                    size: int) -> Iterator[tuple[list[Pair], list[list[dict[str, Any] | None]]]]:
+    """Each window of `pairs` with every scorer's cached results for it (None: not there)."""
+    materials = [s.key_material() for s in scorers]
+    for window in _windows(pairs, size):
+        yield window, [cache.get_many(_keys(window, m)) for m, cache in zip(materials, caches)]
 
 
 def score_pairs(
@@ -95,32 +139,36 @@ def score_pairs(
     of the GPU's memory never shares it with a reference or a reward model. The rows are then
     assembled from the caches. `pairs` is a function returning a fresh iterable of the pairs
     (read once per scorer and once more: memory stays flat), or a sequence. `computed` receives
-    each scorer's number of pairs computed (the others came from the cache)."""
+    each scorer's number of pairs computed (the others came from the cache).
+
+    A background thread reads, hashes, looks up and tokenizes the next window while this one's
+    forward pass runs (teachfit.prefetch: one window ahead)."""
     source = pairs if callable(pairs) else (lambda items=list(pairs): items)
     skipped = skipped if skipped is not None else []
     caches = [ResultCache(Path(cache_root) / content_hash(s.key_material())[:16]) for s in scorers]
     try:
         for number, (scorer, cache) in enumerate(zip(scorers, caches)):
             done, pairs_seen = 0, 0
-            for window in _windows(source(), config.window):
-                done += _score_window(window, scorer, cache, config.skip_invalid, skipped, progress)
-                pairs_seen += len(window)
+            with contextlib.closing(in_background(_ready_windows(source(), scorer, cache, config.window))) as ready_windows:
+                for ready in ready_windows:
+                    done += _score_window(ready, scorer, cache, config.skip_invalid, skipped, progress)
+                    pairs_seen += len(ready.window)
             if number == 0 and progress is not None:  # now the pairs are counted: the bar's total is exact
                 progress.total = pairs_seen * len(scorers)
                 progress.refresh()
             getattr(scorer, "release", lambda: None)()
             if computed is not None:
                 computed.append(done)
-        for window in _windows(source(), config.window):
-            per_scorer = [[cache.get(key) for key in _keys(window, s.key_material())] for s, cache in zip(scorers, caches)]
-            for i, pair in enumerate(window):
-                parts = [results[i] for results in per_scorer]
-                if any(part is None for part in parts):
-                    continue
-                row: dict[str, Any] = {"id": pair.id, "teacher": pair.teacher}
-                for part in parts:
-                    row.update(part)
-                yield row
+        with contextlib.closing(in_background(_cached_windows(source(), scorers, caches, config.window))) as windows:
+            for window, per_scorer in windows:
+                for i, pair in enumerate(window):
+                    parts = [results[i] for results in per_scorer]
+                    if any(part is None for part in parts):
+                        continue
+                    row: dict[str, Any] = {"id": pair.id, "teacher": pair.teacher}
+                    for part in parts:
+                        row.update(part)
+                    yield row
     finally:
         for cache in caches:
             cache.close()
@@ -194,13 +242,19 @@ def score_files(
         with tqdm(total=total * len(scorers) if total is not None else None, unit="step",
                   desc=f"score ({len(scorers)} scorers x pairs)",
                   disable=not config.progress) as bar:
+            pending: list[Any] = []  # tables of rows not written yet: one row group per ROW_GROUP_ROWS rows
             for batch in _windows(score_pairs(pairs, scorers, cache_dir, config, bar, skipped, computed), config.window):
                 table = pa.Table.from_pylist(batch)
                 if writer is None:
                     writer = pq.ParquetWriter(handle, table.schema)
-                writer.write_table(table.cast(writer.schema))
+                pending.append(table.cast(writer.schema))
                 rows_written += len(batch)
                 truncated += sum(bool(r.get("truncated")) for r in batch)
+                if sum(len(t) for t in pending) >= ROW_GROUP_ROWS:
+                    writer.write_table(pa.concat_tables(pending))
+                    pending = []
+            if pending:
+                writer.write_table(pa.concat_tables(pending))
         if writer is None:
             raise InputError(paths[0] if paths else out, None, "no valid pairs to score")
         metadata = {

@@ -78,7 +78,24 @@ class LMScorer:
 
     def compute(self, pairs: Sequence[Pair]) -> list[dict[str, Any]]:
         """Per-pair losses (nats per response token) and the metrics derived from them."""
-        encoded = encode_pairs(self.loaded.tokenizer, pairs, self.max_length, self.options.unconditional_for(self.role))
+        return self._compute_encoded(pairs, self._encode(pairs))
+
+    def prepare(self, pairs: Sequence[Pair]) -> list[Any] | None:
+        """The pairs rendered and tokenized (encode_pairs): the CPU work before the forward pass,
+        which the scoring engine does for the next window in a background thread. None from a
+        subclass that overrides compute() alone (another engine's forward pass, done its own way)."""
+        overridden = type(self).compute is not LMScorer.compute and type(self)._compute_encoded is LMScorer._compute_encoded
+        return None if overridden else self._encode(pairs)
+
+    def compute_prepared(self, pairs: Sequence[Pair], encoded: list[Any] | None) -> list[dict[str, Any]]:
+        """compute(), with what prepare() returned (None: compute() as it stands)."""
+        return self.compute(pairs) if encoded is None else self._compute_encoded(pairs, encoded)
+
+    def _encode(self, pairs: Sequence[Pair]) -> list[Any]:
+        return encode_pairs(self.loaded.tokenizer, pairs, self.max_length, self.options.unconditional_for(self.role))
+
+    def _compute_encoded(self, pairs: Sequence[Pair], encoded: list[Any]) -> list[dict[str, Any]]:
+        """The forward pass over prepared pairs (a subclass with another engine overrides this)."""
         nll = response_nll(self.loaded.model, self.loaded.tokenizer, encoded, self.options.plan,
                            self.loaded.device, on_batch=self._counter(len(pairs), encoded), ranks=True)
         return rows_from_nll(nll, [e.truncated for e in encoded[: len(pairs)]], self.role)
