@@ -144,3 +144,42 @@ def test_score_files_with_the_engine(tmp_path, tiny_llama):
     assert model["engine"] == "ctranslate2" and model["compute_type"] == "float32"
     again = score_files([data], tmp_path / "ct2-again.parquet", f"hf:{tiny_llama}", config=config)
     assert again["counts"]["computed"] == 0  # cached under the engine's own key
+
+
+@pytest.fixture(scope="module")
+def tiny_gemma3(tmp_path_factory):
+    """A tiny Gemma 3 (the packaged student's architecture): sliding-window layers of 128 tokens."""
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(5)
+    folder = tmp_path_factory.mktemp("tiny_gemma3")
+    tokenizer = build_tokenizer()
+    config = Gemma3TextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=2, num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=16,
+                              sliding_window=128, layer_types=["sliding_attention", "full_attention"],
+                              max_position_embeddings=512, bos_token_id=tokenizer.bos_token_id,
+                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    Gemma3ForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.mark.parametrize("metrics", [["ppl_self"], []])
+def test_sliding_window_model(tiny_gemma3, metrics):
+    """Gemma 3: batches of one length, pairs cut at the window; within it the same losses as torch."""
+    items = pairs(12, seed=1, longest=8)  # mixed lengths, all within the 128-token window
+    options = ScoreConfig(engine="ctranslate2", metrics=metrics)
+    model = load_ct2(ModelSpec.parse(f"hf:{tiny_gemma3}"))
+    assert model.max_positions == 128 and model.one_length_batches
+    got, expected = CT2Scorer(model, "self", options).compute(items), torch_rows(tiny_gemma3, items, options)
+    for want, have in zip(expected, got):
+        assert have["n_response_tokens"] == want["n_response_tokens"] and have["truncated"] is want["truncated"] is False
+        assert have["loss_self"] == pytest.approx(want["loss_self"], abs=1e-4)
+        if not metrics:
+            assert have["mean_rank_self"] == pytest.approx(want["mean_rank_self"], abs=1e-9)
+    long = [Pair("long", "Write a short poem.", " ".join(["the sea is wide"] * 60), "t")]
+    have = CT2Scorer(model, "self", options).compute(long)[0]
+    want = torch_rows(tiny_gemma3, long, ScoreConfig(metrics=metrics, max_length=128))[0]
+    assert have["truncated"] is want["truncated"] is True  # cut at the window, flagged: never silent
+    assert have["loss_self"] == pytest.approx(want["loss_self"], abs=1e-4)

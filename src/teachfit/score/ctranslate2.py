@@ -14,7 +14,11 @@ Its traps, and what is done about each:
     (off); sequences are cut by teachfit's template at --max-length clamped to the model's
     positions (flagged `truncated`, as in lm.py), and the number of log-probs returned is checked;
   - score_batch gives no token ranks: when RSR is asked for, forward_batch's logits give the
-    log-probs and the ranks (one pass; it holds a batch's tokens x vocabulary logits in memory).
+    log-probs and the ranks (one pass; it holds a batch's tokens x vocabulary logits in memory);
+  - models with sliding-window attention (Gemma 3: 512 tokens) fail in CTranslate2 4.8.5 on a batch
+    of unequal lengths ("Length mask has size ...") and on a sequence longer than the window
+    ("buffer to copy is of size 600 but current storage size is 512"): their batches hold sequences
+    of one length, and their pairs are cut at the window (flagged `truncated`, said once on load).
 """
 from __future__ import annotations
 
@@ -123,7 +127,8 @@ class CT2Model:
     compute_type: str
     device: str
     strings: list[str]  # token id -> the vocabulary string CTranslate2 maps back to that id
-    max_positions: int | None
+    max_positions: int | None  # the model's positions, or its attention window when it has one (see the module)
+    one_length_batches: bool = False  # sliding-window models: a batch holds sequences of one length
 
     @property
     def dtype(self) -> str:
@@ -137,7 +142,24 @@ class CT2Model:
     def describe(self) -> dict[str, Any]:
         """What an output file records about this model."""
         return {"spec": str(self.spec), "fingerprint": self.spec.fingerprint(), "engine": "ctranslate2",
-                "compute_type": self.compute_type, "device": self.device, "max_positions": self.max_positions}
+                "compute_type": self.compute_type, "device": self.device, "max_positions": self.max_positions,
+                "ctranslate2": _version()}
+
+
+def _version() -> str:
+    """The installed CTranslate2's version (results are keyed by it), or the pip hint when it is missing."""
+    return require("ctranslate2", "ctranslate2").__version__
+
+
+def sliding_window(config: Any) -> int | None:
+    """The attention window in tokens of a transformers config whose layers use one (Gemma 3's
+    sliding_attention layers; Mistral's sliding_window), else None (Qwen2: use_sliding_window off)."""
+    config = getattr(config, "get_text_config", lambda: config)()
+    window = getattr(config, "sliding_window", None)
+    if not isinstance(window, int) or window <= 0 or getattr(config, "use_sliding_window", True) is False:
+        return None
+    layer_types = getattr(config, "layer_types", None)
+    return window if layer_types is None or "sliding_attention" in layer_types else None
 
 
 def load_ct2(spec: ModelSpec, compute_type: str = "float32", device: str = "auto") -> CT2Model:
@@ -154,9 +176,17 @@ def load_ct2(spec: ModelSpec, compute_type: str = "float32", device: str = "auto
     kind, _, index = device.partition(":") if device.startswith("cuda") else ("cpu", "", "")
     generator = ctranslate2.Generator(str(folder), device=kind, device_index=int(index or 0),
                                       compute_type=compute_type, intra_threads=torch.get_num_threads())
-    limit = position_limit(transformers.AutoConfig.from_pretrained(source, trust_remote_code=False))
+    config = transformers.AutoConfig.from_pretrained(source, trust_remote_code=False)
+    limit, window = position_limit(config), sliding_window(config)
+    if window is not None:
+        import sys
+
+        print(f"{spec}: CTranslate2 {ctranslate2.__version__} scores {type(config).__name__} models' sliding-window "
+              f"attention up to {window} tokens a pair: longer pairs are cut there (flagged truncated); --engine torch "
+              "scores them whole", file=sys.stderr)
+        limit = min(limit or window, window)
     return CT2Model(generator, tokenizer, spec, compute_type, device if kind == "cuda" else "cpu",
-                    vocabulary_strings(folder, tokenizer, spec), limit)
+                    vocabulary_strings(folder, tokenizer, spec), limit, one_length_batches=window is not None)
 
 
 def _first_scored(e: EncodedPair) -> int:
@@ -214,12 +244,24 @@ def ct2_response_nll(model: CT2Model, encoded: Sequence[EncodedPair], plan: Batc
         plan = BatchPlan(max(1, min(plan.token_budget, RANKED_LOGIT_ELEMENTS // vocabulary)), plan.max_batch_size)
     results: list[Any] = [None] * len(encoded)
     for batch in plan_batches([len(e.input_ids) for e in encoded], plan):
-        sequences = [encoded[i] for i in batch]
-        for index, numbers in zip(batch, (_ranked if ranks else _scored)(model, sequences)):
-            results[index] = numbers
-        if on_batch:
-            on_batch(sum(len(e.input_ids) for e in sequences))
+        for part in _one_length_runs(batch, encoded) if model.one_length_batches else [batch]:
+            sequences = [encoded[i] for i in part]
+            for index, numbers in zip(part, (_ranked if ranks else _scored)(model, sequences)):
+                results[index] = numbers
+            if on_batch:
+                on_batch(sum(len(e.input_ids) for e in sequences))
     return results
+
+
+def _one_length_runs(batch: list[int], encoded: Sequence[EncodedPair]) -> list[list[int]]:
+    """`batch` (sorted longest first by plan_batches) split into runs of sequences of one length."""
+    runs: list[list[int]] = []
+    for index in batch:
+        if runs and len(encoded[runs[-1][0]].input_ids) == len(encoded[index].input_ids):
+            runs[-1].append(index)
+        else:
+            runs.append([index])
+    return runs
 
 
 def wants_ranks(role: str, options: ScoreConfig) -> bool:
@@ -229,9 +271,9 @@ def wants_ranks(role: str, options: ScoreConfig) -> bool:
 
 def ct2_key_material(spec: ModelSpec, role: str, options: ScoreConfig) -> dict[str, Any]:
     """What a cached CTranslate2 result depends on: never equal to torch's ('lm') nor across compute
-    types; results with ranks (RSR) are kept apart from those without."""
-    identity = {"model": spec.fingerprint(), "engine": "ctranslate2", "compute_type": options.compute_type,
-                "ranks": wants_ranks(role, options)}
+    types or CTranslate2 versions; results with ranks (RSR) are kept apart from those without."""
+    identity = {"model": spec.fingerprint(), "engine": "ctranslate2", "ctranslate2": _version(),
+                "compute_type": options.compute_type, "ranks": wants_ranks(role, options)}
     return lm_key_material("lm-ctranslate2", identity, options.max_length, options.unconditional_for(role))
 
 
