@@ -131,6 +131,8 @@ def test_a_kill_during_a_checkpoint_save_does_not_break_the_next_run(tmp_path, t
     assert not list(out.glob("checkpoint-*")) and (out / "model.safetensors").exists()
     card = (out / "README.md").read_text()
     assert f"hf:{tiny_llama}" in card and str(data) in card and "[None]" not in card
+    if not torch.cuda.is_available():  # the recipe's optimizer, and the one used instead, on record
+        assert "- optimizer adamw_torch (paged_adamw_8bit needs a CUDA GPU" in card and "packing: True" in card
 
 
 # The authors' Axolotl config, as their model cards give it (flydust/gemma-2-2b-magpie-gemma2-9b, Gemma-2-2B

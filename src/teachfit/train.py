@@ -1,9 +1,9 @@
 """Stage `train`: SFT of a student on one teacher's dataset, TRL's SFTTrainer used as a library.
 
-Defaults are the paper's recipe: Table 5 and the authors' Axolotl config on their model cards
-(warmup ratio 0.1, sample packing, 4096 tokens, paged 8-bit AdamW, micro-batch 1). Every pair is tokenized by teachfit itself with
-template.encode_pair, and the labels are -100 everywhere but on the response tokens of DESIGN
-section 2, so the loss training minimises is exactly the student loss that CAR uses.
+Defaults are the paper's recipe (train_recipe: Table 5 and the authors' Axolotl config). Every
+pair is tokenized by teachfit itself with template.encode_pair, and the labels are -100 everywhere
+but on the response tokens of DESIGN section 2, so the loss training minimises is exactly the
+student loss that CAR uses (packed pairs do not attend to each other).
 """
 from __future__ import annotations
 
@@ -120,7 +120,10 @@ def model_card(summary: dict[str, Any]) -> str:
     prefix, _, name = student.partition(":")
     hub_id = name if prefix == "hf" and name.count("/") == 1 and not Path(name).exists() else None
     front = ["---", "library_name: transformers", "tags: [teachfit, sft]"] + ([f"base_model: {hub_id}"] if hub_id else [])
-    config = summary["config"]
+    config, counts = summary["config"], summary["counts"]
+    optimizer = counts.get("optimizer", config["optimizer"])
+    if counts.get("optimizer_fallback"):
+        optimizer += f" ({counts['optimizer_fallback']})"
     lines = front + ["---", "", f"# {summary.get('teacher') or 'teachfit'} student", "",
                      f"Fine-tuned from `{student}` with teachfit {summary['versions'].get('teachfit', '')} "
                      f"(supervised fine-tuning, loss on the response tokens only).", "",
@@ -128,10 +131,7 @@ def model_card(summary: dict[str, Any]) -> str:
                      f"- steps: {summary['global_step']}, final train loss {summary['train_loss']:.4f}",
                      f"- learning rate {config['learning_rate']}, epochs {config['num_train_epochs']}, "
                      f"effective batch {config['effective_batch_size']}, max length {config['max_length']}, "
-                     f"LoRA: {config['lora']}",
-                     f"- optimizer {summary['counts'].get('optimizer', config['optimizer'])}"
-                     + (f" ({summary['counts']['optimizer_fallback']})" if summary['counts'].get('optimizer_fallback') else "")
-                     + f", packing: {config.get('packing', False)}", ""]
+                     f"LoRA: {config['lora']}", f"- optimizer {optimizer}, packing: {config.get('packing', False)}", ""]
     return "\n".join(lines)
 
 
