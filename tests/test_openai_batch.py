@@ -48,6 +48,8 @@ class Provider:
         self.refuse_next = False  # the next batch fails validation as a whole
         self.lines: list[list[str]] = []  # custom_ids of each created batch
         self.polls, self.poll_limit = 0, 2000  # past the limit a poll is refused: a test fails, never hangs
+        self.answer = expected  # body -> the answer's text
+        self.sync_posts = 0  # requests to the synchronous /v1/chat/completions
         self.auth: list[str | None] = []
         self.lock = threading.Lock()
 
@@ -55,6 +57,12 @@ class Provider:
         file_id = f"file-{len(self.files) + 1}"
         self.files[file_id] = data
         return file_id
+
+    def completion(self, body: dict) -> dict:
+        return {"id": "c", "object": "chat.completion", "model": body["model"],
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": self.answer(body)}}],
+                "usage": {"prompt_tokens": 7, "completion_tokens": 5}}
 
     def finish(self, batch: dict) -> None:
         """Run a batch: answer, fail or expire each line, write the output and error files."""
@@ -82,12 +90,8 @@ class Provider:
                 out.append({"id": f"r{k}", "custom_id": cid, "error": None,
                             "response": {"status_code": 500, "body": {"error": {"message": f"boom (auth {batch['auth']})"}}}})
             else:
-                completion = {"id": f"c{k}", "object": "chat.completion", "model": body["model"],
-                              "choices": [{"index": 0, "finish_reason": "stop",
-                                           "message": {"role": "assistant", "content": expected(body)}}],
-                              "usage": {"prompt_tokens": 7, "completion_tokens": 5}}
                 out.append({"id": f"r{k}", "custom_id": cid, "error": None,
-                            "response": {"status_code": 200, "request_id": f"q{k}", "body": completion}})
+                            "response": {"status_code": 200, "request_id": f"q{k}", "body": self.completion(body)}})
         out.reverse()  # results in any order: custom_id maps them back
         batch.update(status=status, output_file_id=self.add_file("\n".join(map(json.dumps, out)).encode()) if out else None,
                      error_file_id=self.add_file("\n".join(map(json.dumps, err)).encode()) if err else None,
@@ -133,6 +137,9 @@ class BatchServer:
                         file_id = provider.add_file(parts["file"])
                         return self.reply(200, {"id": file_id, "object": "file", "bytes": len(parts["file"]),
                                                 "created_at": 1, "filename": "x.jsonl", "purpose": "batch"})
+                    if self.path == "/v1/chat/completions":
+                        provider.sync_posts += 1
+                        return self.reply(200, provider.completion(json.loads(raw)))
                     if self.path == "/v1/batches":
                         body = json.loads(raw)
                         provider.creates += 1
@@ -328,6 +335,31 @@ def test_killed_run_resumes_its_batch_without_uploading_again(tmp_path, server, 
     [stats] = generate(instructions(tmp_path), [request], RunDir(out), FAST, show_progress=False)
     assert stats["generated"] == 5 and provider.uploads == 1 and provider.creates == 1
     check_answers(records(RunDir(out), "m"), request)
+
+
+def test_batch_judge_sends_every_first_attempt_in_one_batch(tmp_path, server, provider):
+    """Arena-Hard judging through a batch judge: both orders of every prompt in one batch; an
+    unparsable verdict is retried at once on the synchronous endpoint; a re-run is all cache."""
+    from teachfit.evaluate.bench import BenchItem
+    from teachfit.evaluate.judging import JudgeConfig
+    from teachfit.evaluate.pairwise import Judgments, judge_arena_hard
+
+    provider.answer = lambda body: "hmm" if "Q1?" in body["messages"][-1]["content"] and body["temperature"] == 0 \
+        else "[[A>B]]"
+    items = [BenchItem(f"b{i}", f"Q{i}?", baseline=f"base {i}") for i in range(3)]
+    answers = {i.id: f"mine {i.id}" for i in items}
+    judge = load("judge", f"openai-batch:m@{server.url}", constraint="none", **FAST)
+
+    def judged():
+        return judge_arena_hard(items, answers, Judgments(judge, JudgeConfig.load("arena_hard"), tmp_path / "cache"))
+
+    games = [g for row in judged() for g in row["games"]]
+    assert provider.uploads == 1 and len(provider.lines[0]) == 6 and provider.sync_posts == 2
+    assert [g["verdict"] for g in games] == ["A>B"] * 6  # model first in game 2: scores 1, 0 per prompt
+    assert [g["attempts"] for g in games] == [1, 1, 2, 2, 1, 1]
+    assert [g["score"] for g in games] == [0.0, 1.0] * 3
+    again = [g for row in judged() for g in row["games"]]
+    assert all(g["cached"] for g in again) and provider.uploads == 1 and provider.sync_posts == 2
 
 
 def test_unreachable_batch_api_is_one_line_on_the_command_line(tmp_path):

@@ -40,13 +40,19 @@ class Judgments:
         self.judge, self.config, self.concurrency = judge, config, max(1, concurrency)
         self.cache = ResultCache(cache_dir / content_hash(judge.identity(), config.name, config.prompt)[:16])
 
+    def _key(self, messages: list[dict[str, str]], logprobs: bool) -> str:
+        return content_hash(self.judge.identity(), self.config.name, messages, logprobs)
+
+    def _options(self, logprobs: bool) -> Any:
+        return None if logprobs else self.config.verdicts or self.config.choices
+
     def _one(self, job: tuple[list[dict[str, str]], bool, Any]) -> dict[str, Any]:
         messages, logprobs, parse = job
-        key = content_hash(self.judge.identity(), self.config.name, messages, logprobs)
+        key = self._key(messages, logprobs)
         cached = self.cache.get(key)
         if cached is not None:
             return cached | {"cached": True}
-        options = None if logprobs else self.config.verdicts or self.config.choices
+        options = self._options(logprobs)
         attempts = []
         for attempt in range(self.config.retries + 1):
             temperature = self.config.temperature if attempt == 0 else 0.7
@@ -65,7 +71,12 @@ class Judgments:
         return result | {"cached": False}
 
     def run(self, jobs: Sequence[tuple[list[dict[str, str]], bool, Any]]) -> list[dict[str, Any]]:
-        """Replies for the jobs, in order."""
+        """Replies for the jobs, in order. A batch judge (models/batch_judge.py) first gets every
+        uncached first attempt at once, as provider batches recorded beside the cache."""
+        if hasattr(self.judge, "prefetch"):
+            self.judge.prefetch([(m, self.config.max_tokens, self.config.temperature, self._options(lp), lp)
+                                 for m, lp, _ in jobs if self.cache.get(self._key(m, lp)) is None],
+                                self.cache.folder / "batches.json")
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
             return list(pool.map(self._one, jobs))
 

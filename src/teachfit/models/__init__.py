@@ -5,7 +5,8 @@ them, one loader per (role, prefix) (models/registry.py):
                         (models/llamacpp.py, models/judges.py)
   openai:               any OpenAI-compatible server: teachers and judges (models/openai_api.py,
                         models/judges.py)
-  openai-batch:         a provider's batch API (/v1/files, /v1/batches): teachers (models/openai_batch.py)
+  openai-batch:         a provider's batch API (/v1/files, /v1/batches): teachers (models/openai_batch.py),
+                        judges (models/batch_judge.py)
   vllm:                 vLLM on a GPU: teachers (models/vllm_backend.py)
 
 Students and references behind a server or vLLM are scorers, registered by teachfit.score.
@@ -28,7 +29,8 @@ LOAD_COUNTS: dict[str, int] = {}  # models loaded in this process, by role (a re
 def loaders(role: str) -> dict[str, Callable[..., Any]]:
     """The registered loaders of `role`, by prefix (this package's backends imported first; each
     keeps its heavy library lazy)."""
-    from teachfit.models import hf, judges, llamacpp, openai_api, openai_batch, vllm_backend  # noqa: F401  (they register)
+    # each registers its loaders when imported
+    from teachfit.models import batch_judge, hf, judges, llamacpp, openai_api, openai_batch, vllm_backend  # noqa: F401
 
     return LOADERS.get(role, {})
 

@@ -41,6 +41,7 @@ LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 Item = tuple[str, Messages, int]  # (custom_id, conversation, seed)
 Deliver = Callable[[list[tuple[str, Generation]]], None]
+Reply = dict[str, Any] | str  # a chat completion as the provider returned it, or why there is none
 
 
 class BatchAPIError(OSError):
@@ -62,6 +63,8 @@ class BatchState:
         if path is not None and path.exists():
             try:
                 data = json.loads(path.read_text(encoding="utf-8"))
+                if not isinstance(data, dict):
+                    raise ValueError(type(data).__name__)
             except ValueError:
                 raise BatchAPIError(f"{path}: not a batch state file (torn or edited); "
                                     "move it away to submit the missing answers again") from None
@@ -80,11 +83,10 @@ class BatchState:
         return count
 
 
-class BatchTeacher:
-    """A teacher whose requests go through the provider's batch API (see the module docstring)."""
+class BatchClient:
+    """Chat completions through the provider's batch API, resumable (see the module docstring)."""
 
-    submits_batches = True  # generate hands over every missing answer at once (run_batches)
-    batch_size = MAX_REQUESTS_PER_BATCH
+    check = staticmethod(completion_choice)  # a reply that fails it is a failed line (sent again)
 
     def __init__(self, spec: ModelSpec, max_retries: int = 5, timeout: float = 120.0, poll_interval: float = 30.0,
                  batch_retries: int = 2, max_requests: int = MAX_REQUESTS_PER_BATCH, api_key_env: str | None = None):
@@ -102,20 +104,11 @@ class BatchTeacher:
         self._headers = {} if self._key else {"Authorization": openai.Omit()}
         self.client = openai.OpenAI(base_url=self.base_url, api_key=self._key or "", max_retries=max_retries,
                                     timeout=timeout, _enforce_credentials=False)
-        self.uploads = 0  # files uploaded by this teacher, for reports and tests
+        self.uploads = 0  # files uploaded, for reports and tests
 
     def redact(self, text: str) -> str:
         """`text` without the API key."""
         return redact(text, self._key, os.environ.get(DEFAULT_KEY_ENV))
-
-    def describe(self) -> dict[str, Any]:
-        """What a record says about the backend (never the key)."""
-        return {"backend": "openai-batch", "model": self.model, "base_url": self.base_url}
-
-    def body(self, messages: Messages, settings: GenerationSettings, seed: int) -> dict[str, Any]:
-        """The chat-completion request of one answer (as OpenAITeacher sends it)."""
-        return {"model": self.model, "messages": messages, "temperature": settings.temperature,
-                "top_p": settings.top_p, "max_tokens": settings.max_new_tokens, "seed": seed}
 
     def _call(self, what: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         try:
@@ -151,10 +144,10 @@ class BatchTeacher:
                 rows.append(row)
         return rows
 
-    def results(self, batch: Any) -> tuple[dict[str, Generation], dict[str, str], str]:
+    def results(self, batch: Any) -> tuple[dict[str, dict[str, Any]], dict[str, str], str]:
         """A finished batch's answers and failures by custom_id, and why a request in neither was
         not answered (the batch expired, was cancelled, or was refused as a whole)."""
-        answers: dict[str, Generation] = {}
+        answers: dict[str, dict[str, Any]] = {}
         failures: dict[str, str] = {}
         for row in self._lines(batch.output_file_id) + self._lines(batch.error_file_id):
             custom_id, response = row["custom_id"], row.get("response") or {}
@@ -163,14 +156,11 @@ class BatchTeacher:
                 failures[custom_id] = self.redact(_failure_text(row.get("error"), status, body))
                 continue
             try:
-                choice, usage = completion_choice(body), body.get("usage") or {}
+                self.check(body)
             except (RuntimeError, AttributeError, TypeError) as error:
                 failures[custom_id] = self.redact(f"{type(error).__name__}: {error}")[:300]
                 continue
-            answers[custom_id] = Generation(text=content_text(choice["message"]["content"]) or "",
-                                            finish_reason=choice.get("finish_reason") or "",
-                                            prompt_tokens=usage.get("prompt_tokens", 0),
-                                            completion_tokens=usage.get("completion_tokens", 0))
+            answers[custom_id] = body
         unanswered = f"not answered (batch {batch.id} {batch.status})"
         if batch.status == "failed":  # refused as a whole (validation)
             errors = getattr(getattr(batch, "errors", None), "data", None) or []
@@ -178,12 +168,11 @@ class BatchTeacher:
             unanswered = self.redact(f"batch {batch.id} failed: {why}")
         return answers, failures, unanswered
 
-    # ---- every request of a dataset ------------------------------------------------------
-    def run_batches(self, items: Sequence[Item], settings: GenerationSettings, state_path: Path | None,
-                    deliver: Deliver) -> None:
-        """Answer every item through batches, resuming the ones recorded in `state_path`;
-        `deliver([(custom_id, Generation)])` gets each answer or final error once per batch."""
-        bodies = {c: self.body(m, settings, seed) for c, m, seed in items}
+    # ---- every request -------------------------------------------------------------------
+    def run_bodies(self, bodies: dict[str, dict[str, Any]], state_path: Path | None,
+                   deliver: Callable[[list[tuple[str, Reply]]], None]) -> None:
+        """Send every request body (by custom_id) through batches, resuming the ones recorded in
+        `state_path`; `deliver([(custom_id, reply or final error)])` is called once per batch."""
         digests = {c: body_digest(b) for c, b in bodies.items()}
         state, wanted = BatchState(state_path), set(bodies)
 
@@ -215,11 +204,11 @@ class BatchTeacher:
                 time.sleep(self.poll_interval)
 
     def _collect(self, entry: dict[str, Any], batch: Any, asked: list[str], digests: dict[str, str],
-                 state: BatchState, wanted: set[str], deliver: Deliver) -> None:
+                 state: BatchState, wanted: set[str], deliver: Callable[[list[tuple[str, Reply]]], None]) -> None:
         """Deliver a finished batch's answers (and the errors of requests out of retries), send
         the rest round again, then mark the batch collected."""
         answers, failures, unanswered = self.results(batch)
-        delivered: list[tuple[str, Generation]] = []
+        delivered: list[tuple[str, Reply]] = []
         for custom_id in asked:
             if custom_id in answers:
                 delivered.append((custom_id, answers[custom_id]))
@@ -227,13 +216,37 @@ class BatchTeacher:
                 continue
             why = failures.get(custom_id) or unanswered
             if state.failed(custom_id, digests[custom_id], why) > self.batch_retries:
-                delivered.append((custom_id, Generation(error=f"{why} (gave up after {self.batch_retries + 1} batches)")))
+                delivered.append((custom_id, f"{why} (gave up after {self.batch_retries + 1} batches)"))
                 state.failures.pop(custom_id, None)
         if delivered:
             deliver(delivered)
         wanted.difference_update(c for c, _ in delivered)
         entry["collected"] = True
         state.save()
+
+
+
+class BatchTeacher(BatchClient):
+    """A teacher whose requests go through the provider's batch API."""
+
+    submits_batches = True  # generate hands over every missing answer at once (run_batches)
+    batch_size = MAX_REQUESTS_PER_BATCH
+
+    def describe(self) -> dict[str, Any]:
+        """What a record says about the backend (never the key)."""
+        return {"backend": "openai-batch", "model": self.model, "base_url": self.base_url}
+
+    def body(self, messages: Messages, settings: GenerationSettings, seed: int) -> dict[str, Any]:
+        """The chat-completion request of one answer (as OpenAITeacher sends it)."""
+        return {"model": self.model, "messages": messages, "temperature": settings.temperature,
+                "top_p": settings.top_p, "max_tokens": settings.max_new_tokens, "seed": seed}
+
+    def run_batches(self, items: Sequence[Item], settings: GenerationSettings, state_path: Path | None,
+                    deliver: Deliver) -> None:
+        """Answer every item through batches, resuming the ones recorded in `state_path`;
+        `deliver([(custom_id, Generation)])` gets each answer or final error once per batch."""
+        bodies = {c: self.body(m, settings, seed) for c, m, seed in items}
+        self.run_bodies(bodies, state_path, lambda pairs: deliver([(c, as_generation(r)) for c, r in pairs]))
 
     def generate(self, conversations: Sequence[Messages], settings: GenerationSettings,
                  seeds: Sequence[int]) -> list[Generation]:
@@ -243,6 +256,15 @@ class BatchTeacher:
         items = [(str(k), m, s) for k, (m, s) in enumerate(zip(conversations, seeds))]
         self.run_batches(items, settings, None, lambda pairs: out.update(pairs))
         return [out[str(k)] for k in range(len(items))]
+
+
+def as_generation(reply: Reply) -> Generation:
+    """A collected reply (a checked chat completion, or the error text) as a teacher's Generation."""
+    if isinstance(reply, str):
+        return Generation(error=reply)
+    choice, usage = completion_choice(reply), reply.get("usage") or {}
+    return Generation(text=content_text(choice["message"]["content"]) or "", finish_reason=choice.get("finish_reason") or "",
+                      prompt_tokens=usage.get("prompt_tokens", 0), completion_tokens=usage.get("completion_tokens", 0))
 
 
 def _failure_text(error: Any, status: Any, body: Any) -> str:
