@@ -46,6 +46,7 @@ class Provider:
         self.error_lines: dict[str, int] = {}  # custom_id -> times it still lands in the error file
         self.expire_after: int | None = None  # the next batch answers this many lines, then expires
         self.refuse_next = False  # the next batch fails validation as a whole
+        self.cut_next_create = False  # the next batch is created, but its reply is lost (connection cut)
         self.lines: list[list[str]] = []  # custom_ids of each created batch
         self.polls, self.poll_limit = 0, 2000  # past the limit a poll is refused: a test fails, never hangs
         self.answer = expected  # body -> the answer's text
@@ -150,13 +151,20 @@ class BatchServer:
                             "id": batch_id, "object": "batch", "endpoint": body["endpoint"], "status": "validating",
                             "input_file_id": body["input_file_id"], "completion_window": body["completion_window"],
                             "created_at": 1, "auth": self.headers.get("Authorization")}
+                        if provider.cut_next_create:
+                            provider.cut_next_create = False
+                            self.close_connection = True
+                            return self.connection.shutdown(socket.SHUT_RDWR)
                         return self.reply(200, {k: v for k, v in provider.batches[batch_id].items() if k != "auth"})
                 self.reply(404, {"error": {"message": f"no route {self.path}"}})
 
             def do_GET(self):
                 with provider.lock:
                     provider.auth.append(self.headers.get("Authorization"))
-                    parts = self.path.strip("/").split("/")
+                    parts = self.path.split("?")[0].strip("/").split("/")
+                    if parts == ["v1", "batches"]:  # the list, most recent first
+                        listed = [{k: v for k, v in b.items() if k != "auth"} for b in reversed(provider.batches.values())]
+                        return self.reply(200, {"object": "list", "data": listed, "has_more": False})
                     if parts[:2] == ["v1", "batches"] and parts[2] in provider.batches:
                         provider.polls += 1
                         if provider.polls > provider.poll_limit:
@@ -304,6 +312,20 @@ def test_server_killed_mid_batch_then_a_rerun_polls_the_same_batch(tmp_path, ser
         [stats] = generate(instructions(tmp_path), [request], run, FAST, show_progress=False)
     finally:
         restarted.stop()
+    assert stats["generated"] == 5 and provider.uploads == 1 and provider.creates == 1
+    check_answers(records(run, request.name), request)
+
+
+def test_a_lost_reply_to_create_batch_is_found_again_not_paid_twice(tmp_path, server, provider):
+    provider.cut_next_create = True
+    request = parse_teacher(f"openai-batch:m@{server.url}", GenerationSettings(max_new_tokens=16))
+    run = RunDir(tmp_path / "run")
+    with pytest.raises(BatchAPIError, match="create batch"):
+        generate(instructions(tmp_path), [request], run, FAST | {"max_retries": 3}, show_progress=False)
+    assert provider.creates == 1  # the provider made it; the client never heard
+    [entry] = json.loads(run.batch_state(request.name).read_text())["batches"]
+    assert entry["id"] is None and entry["input_file_id"] == "file-1"
+    [stats] = generate(instructions(tmp_path), [request], run, FAST, show_progress=False)
     assert stats["generated"] == 5 and provider.uploads == 1 and provider.creates == 1
     check_answers(records(run, request.name), request)
 

@@ -8,8 +8,10 @@ URL must be https:// unless the server is on this machine (127.0.0.1, localhost,
 Every missing answer of a dataset goes out at once, as one batch per MAX_REQUESTS_PER_BATCH
 requests; each request line's custom_id is the caller's key (generate: `<instruction id>#s<sample>`),
 so results map back whatever their order. The state file (RUN/.batches/<dataset>.json, RunDir owns
-it) records each batch id with its requests and their body digests *before* the first poll, so a
-killed run polls its batches on the next start instead of paying twice; a batch is marked collected
+it) records each upload, then its batch id, with the requests and their body digests, *before* the
+first poll, so a killed run polls its batches on the next start instead of paying twice (a batch
+whose creation reply was lost is looked up among the provider's recent batches by its input file,
+and creation is never retried blindly); a batch is marked collected
 only after its answers were delivered (generate writes and fsyncs them). A batch that expires or is
 cancelled gives its partial output, and the rest is sent again; failed lines (the error file, a
 status_code other than 200, a malformed body) are sent again in a new batch up to `batch_retries`
@@ -102,8 +104,9 @@ class BatchClient:
         self._key = os.environ.get(key_env) if key_env else None
         # no key: no Authorization header at all (the SDK would otherwise read OPENAI_API_KEY itself)
         self._headers = {} if self._key else {"Authorization": openai.Omit()}
-        self.client = openai.OpenAI(base_url=self.base_url, api_key=self._key or "", max_retries=max_retries,
-                                    timeout=timeout, _enforce_credentials=False)
+        self.client, self._no_retry = (openai.OpenAI(base_url=self.base_url, api_key=self._key or "", max_retries=retries,
+                                                     timeout=timeout, _enforce_credentials=False)
+                                       for retries in (max_retries, 0))
         self.uploads = 0  # files uploaded, for reports and tests
 
     def redact(self, text: str) -> str:
@@ -117,18 +120,36 @@ class BatchClient:
             raise BatchAPIError(self.redact(f"{self.base_url}: {what}: {type(error).__name__}: {error}")[:400]) from None
 
     # ---- one batch -----------------------------------------------------------------------
-    def submit(self, custom_ids: Sequence[str], bodies: dict[str, dict[str, Any]]) -> dict[str, Any]:
-        """Upload the requests as a JSONL file and create a batch; returns its state entry."""
+    def submit(self, custom_ids: Sequence[str], bodies: dict[str, dict[str, Any]], state: BatchState) -> None:
+        """Upload the requests as a JSONL file and create its batch, each step recorded in `state`
+        as soon as it is done."""
         lines = [json.dumps({"custom_id": c, "method": "POST", "url": ENDPOINT, "body": bodies[c]}, ensure_ascii=False)
                  for c in custom_ids]
         data = ("\n".join(lines) + "\n").encode()
         upload = self._call("upload", self.client.files.create, file=("teachfit-batch.jsonl", data, "application/jsonl"),
                             purpose="batch")
         self.uploads += 1
-        batch = self._call("create batch", self.client.batches.create, input_file_id=upload.id, endpoint=ENDPOINT,
-                           completion_window=COMPLETION_WINDOW)
-        return {"id": batch.id, "input_file_id": upload.id, "base_url": self.base_url, "status": batch.status,
-                "collected": False, "requests": {c: body_digest(bodies[c]) for c in custom_ids}}
+        state.batches.append({"id": None, "input_file_id": upload.id, "base_url": self.base_url, "status": "uploaded",
+                              "collected": False, "requests": {c: body_digest(bodies[c]) for c in custom_ids}})
+        state.save()  # a run killed before the batch id is known uses this upload again
+        self.create(state.batches[-1], state)
+
+    def create(self, entry: dict[str, Any], state: BatchState) -> None:
+        """Give a recorded upload its batch: the one the provider already made from it when an
+        earlier try's reply was lost (a kill, a cut connection), else a new one (never retried
+        blindly: a lost reply would pay twice); the id is recorded before the first poll."""
+        if entry.get("create_tried"):
+            recent = self._call("list batches", self.client.batches.list, limit=100).data
+            found = next((b for b in recent if b.input_file_id == entry["input_file_id"]), None)
+            if found is not None:
+                entry.update(id=found.id, status=found.status)
+                return state.save()
+        entry["create_tried"] = True
+        state.save()
+        batch = self._call("create batch", self._no_retry.batches.create,
+                           input_file_id=entry["input_file_id"], endpoint=ENDPOINT, completion_window=COMPLETION_WINDOW)
+        entry.update(id=batch.id, status=batch.status)
+        state.save()
 
     def _lines(self, file_id: str | None) -> list[dict[str, Any]]:
         if not file_id:
@@ -185,9 +206,11 @@ class BatchClient:
             pending = [b for b in state.batches if serves(b)]
             in_flight = {c for b in pending for c in serves(b)}
             waiting = [c for c in bodies if c in wanted and c not in in_flight]
+            for entry in pending:
+                if entry.get("id") is None:  # uploaded, but the batch id never came back
+                    self.create(entry, state)
             for start in range(0, len(waiting), self.max_requests):
-                state.batches.append(self.submit(waiting[start : start + self.max_requests], bodies))
-                state.save()  # before the first poll: a killed run finds this batch
+                self.submit(waiting[start : start + self.max_requests], bodies, state)
                 pending.append(state.batches[-1])
             if not pending:
                 return
