@@ -51,8 +51,9 @@ class FakeServer:
     shorter than Content-Length), cut_json (truncated JSON, consistent length), garbage (not HTTP
     at all), null (content: null), nochoices (JSON without choices), hang (no answer for
     `hang_seconds`), echo401 / echo500 / echo200 (the request's Authorization header sent back in
-    the body; with `default` set to one, GET /v1/models answers the same). Every request is
-    recorded in `requests` (path, auth; a POST also its mode and body)."""
+    the body; with `default` set to one, GET /v1/models answers the same), wait429 (429 asking
+    for 0.4 s with retry-after-ms). Every request is recorded in `requests` (path, auth; a POST
+    also its mode, body and headers)."""
 
     def __init__(self, reply="Hello there.", hang_seconds=1.5, lifetime=60.0, owned_by="fake", max_model_len=None,
                  metrics=None):
@@ -94,7 +95,8 @@ class FakeServer:
                 with server.lock:
                     mode = server.script.pop(0) if server.script else server.default
                     server.requests.append({"mode": mode, "path": self.path, "body": body,
-                                            "auth": self.headers.get("Authorization")})
+                                            "auth": self.headers.get("Authorization"),
+                                            "headers": {k.lower(): v for k, v in self.headers.items()}})
                 ids = body.get("input_ids") or body.get("prompt")
                 if server.max_model_len is not None and isinstance(ids, list) and len(ids) >= server.max_model_len:
                     mode = "too_long"
@@ -126,6 +128,8 @@ class FakeServer:
             payload = completion(None, finish_reason="length")
         elif mode == "nochoices":
             payload = {"object": "chat.completion", "usage": {}}
+        elif mode == "wait429":  # a rate limit that says how long to wait (OpenAI's retry-after-ms)
+            status, payload = 429, {"error": {"message": "rate limited"}}
         elif mode == "too_long":
             status = 400
             payload = {"error": {"message": f"The decoder prompt plus the number of requested output tokens (at "
@@ -139,6 +143,8 @@ class FakeServer:
         h.send_response(status)
         h.send_header("Content-Type", "application/json")
         h.send_header("Content-Length", str(len(data) + (500 if mode == "cut" else 0)))
+        if mode == "wait429":
+            h.send_header("retry-after-ms", "400")
         h.end_headers()
         h.wfile.write(data)
         if mode == "cut":

@@ -78,10 +78,10 @@ class OpenAIJudge:
                                 "temperature": temperature}
         if logprobs:
             body.update(logprobs=True, top_logprobs=10)
-        if options and self.constraint == "grammar":
-            body["grammar"] = grammar_for(options)
+        if options and self.constraint == "grammar":  # the server's own fields go in the SDK's extra_body
+            body["extra_body"] = {"grammar": grammar_for(options)}
         elif options and self.constraint == "guided_choice":
-            body["guided_choice"] = list(options)
+            body["extra_body"] = {"guided_choice": list(options)}
         started = time.perf_counter()
         return chat_reply(self.client.post(body, check=first_message), started)
 

@@ -1,36 +1,41 @@
 """Any OpenAI-compatible chat server (vLLM serve, llama.cpp server, SGLang, a hosted API).
 
-Spec: openai:<model>@<base_url>, e.g. openai:gpt-4o-mini@https://api.openai.com/v1. Requests run
-concurrently up to a bound; 429, 5xx and every transport failure (timeouts, refused or reset
+Spec: openai:<model>@<base_url>, e.g. openai:gpt-4o-mini@https://api.openai.com/v1. Requests go
+through the `openai` SDK (pip install 'teachfit[openai]'): chat.completions / completions with
+`extra_body` for a server's own fields, the SDK's client for other routes. They run concurrently
+up to a bound; 408, 409, 429, 5xx and every transport failure (timeouts, refused or reset
 connections, bodies cut short, replies that are not HTTP or not JSON) are retried with
-exponential backoff.
+exponential backoff by one loop of ours (the SDK's own retries are off: they would not retry a
+reply that is not JSON or has `content: null`, would ignore --backoff, and would multiply the
+attempts), which waits what a 429/503's Retry-After asks when it says.
 
 The API key (one rule for teachers, judges and served students, key_env_for): sent only when
 asked, read from the environment variable the spec names (`?key_env=NAME`, to any URL), else
 from OPENAI_API_KEY for https:// URLs only (a plain-http server, e.g. one on localhost, gets no
-key unless its spec names one). It is never logged, recorded or written: every error message is
+key unless its spec names one). teachfit sets the Authorization header of every request itself
+(the SDK would otherwise read OPENAI_API_KEY for any URL) and sends no OPENAI_ORG_ID /
+OPENAI_PROJECT_ID header. The key is never logged, recorded or written: every error message is
 redacted.
 """
 from __future__ import annotations
 
-import http.client
-import json
 import os
 import random
+import threading
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
+from teachfit.env import require
 from teachfit.models.registry import register
 from teachfit.models.spec import ModelSpec, ModelSpecError
 from teachfit.models.base import Generation, GenerationSettings, Messages
 
-RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}  # and any other 5xx (server_fault)
 DEFAULT_TIMEOUT = 120.0  # seconds per socket operation (connect, each read)
 DEFAULT_MAX_RETRIES = 5
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
+MAX_RETRY_AFTER = 120.0  # seconds: the longest Retry-After honoured (a longer one: our own backoff)
 REDACTED = "[REDACTED]"
 
 
@@ -77,7 +82,12 @@ def completion_choice(out: Any) -> dict[str, Any]:
 
 
 class TransientError(RuntimeError):
-    """A failure worth retrying (rate limit, server error, timeout, connection)."""
+    """A failure worth retrying (rate limit, server error, timeout, connection); `retry_after`:
+    the seconds the server asked to wait (Retry-After), or None."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class HTTPStatusError(RuntimeError):
@@ -107,8 +117,21 @@ def parse_openai_spec(name: str) -> tuple[str, str]:
     return model, base_url.rstrip("/")
 
 
+def retry_after_seconds(headers: Any) -> float | None:
+    """The wait a reply asks for in seconds (Retry-After as a number of seconds, or retry-after-ms),
+    when it is above 0 and at most MAX_RETRY_AFTER; else None."""
+    for name, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        try:
+            value = float(headers.get(name)) / divisor
+        except (TypeError, ValueError):
+            continue
+        if 0 < value <= MAX_RETRY_AFTER:
+            return value
+    return None
+
+
 class OpenAIClient:
-    """Minimal chat-completions client with bounded concurrency and retries (stdlib only)."""
+    """Chat-completions client on the `openai` SDK, with bounded concurrency and our retries."""
 
     def __init__(self, spec: ModelSpec, concurrency: int = 8, max_retries: int = DEFAULT_MAX_RETRIES,
                  timeout: float = DEFAULT_TIMEOUT, backoff: float = 1.0, max_backoff: float = 30.0,
@@ -122,6 +145,8 @@ class OpenAIClient:
         self.concurrency, self.max_retries, self.timeout = concurrency, max_retries, float(timeout)
         self.backoff, self.max_backoff = backoff, max_backoff
         self._api_key_env = key_env_for(spec, self.base_url, api_key_env)
+        self._sdk: Any = None
+        self._sdk_lock = threading.Lock()
         self.retries = 0  # how many retries this client made, for reports
 
     def redact(self, text: str) -> str:
@@ -130,11 +155,25 @@ class OpenAIClient:
         return redact(text, named, os.environ.get(DEFAULT_KEY_ENV))
 
     def _headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json"}
+        """The Authorization header this client sends (empty: none)."""
         key = os.environ.get(self._api_key_env) if self._api_key_env else None
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        return headers
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def _sdk_client(self) -> Any:
+        """The `openai.OpenAI` client (made once; thread-safe), its own retries off."""
+        with self._sdk_lock:
+            if self._sdk is None:
+                self._openai = openai = require("openai", "openai")
+                self._omit = openai.Omit()
+                self._sdk = openai.OpenAI(api_key="teachfit-sets-authorization", base_url=self.base_url,
+                                          timeout=self.timeout, max_retries=0,
+                                          default_headers={"OpenAI-Organization": self._omit,
+                                                           "OpenAI-Project": self._omit})
+            return self._sdk
+
+    def _auth(self) -> dict[str, Any]:
+        """Per-request headers: our Authorization, or none at all (Omit) when no key is sent."""
+        return self._headers() or {"Authorization": self._omit}
 
     endpoint = "/chat/completions"  # where post() sends its bodies (a full URL, or a path under base_url)
 
@@ -146,34 +185,52 @@ class OpenAIClient:
         once = lambda: self._request_once(endpoint, None, timeout)  # noqa: E731
         return self._with_retries(once) if retries else once()
 
+    def get_text(self, endpoint: str, timeout: float | None = None) -> str:
+        """GET a text document (e.g. /metrics), one try."""
+        return self._raw_request(endpoint, None, timeout).text
+
+    def _raw_request(self, endpoint: str, body: dict[str, Any] | None, timeout: float | None = None) -> Any:
+        """One request through the SDK: the reply (an httpx response, body read). OpenAI's own
+        routes (/chat/completions, /completions) through its resources, `extra_body` in `body`
+        carrying a server's own fields; other routes and GETs through its generic client.
+        Raises TransientError or HTTPStatusError, the key redacted."""
+        sdk = self._sdk_client()
+        options = {"extra_headers": self._auth(), "timeout": timeout or self.timeout}
+        openai = self._openai
+        try:
+            if body is not None and endpoint == "/chat/completions":
+                return sdk.chat.completions.with_raw_response.create(**body, **options).http_response
+            if body is not None and endpoint == "/completions":
+                return sdk.completions.with_raw_response.create(**body, **options).http_response
+            generic = {"headers": options["extra_headers"], "timeout": options["timeout"]}
+            httpx = require("httpx2", "openai")  # the SDK's HTTP library: cast_to=Response is the reply as is
+            if body is None:
+                return sdk.get(endpoint, cast_to=httpx.Response, options=generic)
+            return sdk.post(endpoint, cast_to=httpx.Response, body=body, options=generic)
+        except openai.APIStatusError as error:
+            raise self._status_error(error.status_code, error.response) from None
+        except openai.APIConnectionError as error:
+            # refused / reset connections, timeouts, bodies cut short, replies that are not HTTP
+            cause = error.__cause__ or error
+            raise TransientError(self.redact(f"{type(cause).__name__}: {cause}")[:300]) from None
+
+    def _status_error(self, code: int, response: Any) -> RuntimeError:
+        """TransientError (408, 409, 429, 5xx) or HTTPStatusError, quoting the body (redacted)."""
+        detail = self.redact(response.text)[:300]  # the SDK has read the body
+        if code in RETRY_STATUS or code >= 500:
+            return TransientError(f"HTTP {code}: {detail}", retry_after_seconds(response.headers))
+        return HTTPStatusError(code, f"HTTP {code}: {detail}")
+
     def _request_once(self, endpoint: str, body: dict[str, Any] | None, timeout: float | None = None) -> Any:
-        url = endpoint if endpoint.startswith(("http://", "https://")) else f"{self.base_url}{endpoint}"
-        request = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(),
-                                         headers=self._headers(), method="GET" if body is None else "POST")
+        reply = self._raw_request(endpoint, body, timeout)
         try:
-            with urllib.request.urlopen(request, timeout=timeout or self.timeout) as response:
-                raw = response.read()
-        except urllib.error.HTTPError as error:
-            try:
-                detail = self.redact(error.read().decode("utf-8", "replace"))[:300]
-            except (http.client.HTTPException, OSError):
-                detail = "(body unreadable)"
-            if error.code in RETRY_STATUS:
-                raise TransientError(f"HTTP {error.code}: {detail}") from None
-            raise HTTPStatusError(error.code, f"HTTP {error.code}: {detail}") from None
-        except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
-            # refused / reset connections, timeouts, bodies cut short (IncompleteRead), replies
-            # that are not HTTP (BadStatusLine, RemoteDisconnected): all worth another try
-            reason = getattr(error, "reason", None) or error
-            raise TransientError(self.redact(f"{type(error).__name__}: {reason!r}")[:300]) from None
-        try:
-            return json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            text = self.redact(raw.decode("utf-8", "replace"))[:200]
+            return reply.json()
+        except ValueError as error:  # not JSON, or not text
+            text = self.redact(reply.content.decode("utf-8", "replace"))[:200]
             raise TransientError(f"reply is not JSON ({type(error).__name__}): {text!r}") from None
 
     def post(self, body: dict[str, Any], check: Any = None) -> dict[str, Any]:
-        """POST a chat completion, retrying transient failures with jittered exponential backoff;
+        """POST to `endpoint`, retrying transient failures with jittered exponential backoff;
         `check(reply)` may raise TransientError to have a malformed reply retried too."""
 
         def once() -> dict[str, Any]:
@@ -192,7 +249,10 @@ class OpenAIClient:
                 if attempt == self.max_retries:
                     raise TransientError(f"{self.redact(str(error))} (gave up after {attempt + 1} attempts)") from None
                 self.retries += 1
-                time.sleep(min(self.max_backoff, self.backoff * 2 ** attempt) * (0.5 + random.random() / 2))
+                wait = getattr(error, "retry_after", None)
+                if wait is None:
+                    wait = min(self.max_backoff, self.backoff * 2 ** attempt) * (0.5 + random.random() / 2)
+                time.sleep(wait)
         raise AssertionError("unreachable")
 
     def map(self, function: Any, items: Sequence[Any]) -> list[Any]:

@@ -16,10 +16,7 @@ a pair whose offsets do not cover the rendered text exactly is refused (llamacpp
 """
 from __future__ import annotations
 
-import http.client
 import re
-import urllib.error
-import urllib.request
 from types import SimpleNamespace
 from typing import Any, Sequence
 
@@ -70,8 +67,8 @@ class VLLMAdapter:
     listed = 0  # top tokens asked for at each position: RANK_CLIP when RSR is wanted (score.vllm.strict_rank)
 
     def body(self, model: str, ids: Sequence[int]) -> dict[str, Any]:
-        return {"model": model, "prompt": list(ids), "max_tokens": 1, "temperature": 0.0, "prompt_logprobs": self.listed,
-                "add_special_tokens": False}
+        return {"model": model, "prompt": list(ids), "max_tokens": 1, "temperature": 0.0,
+                "extra_body": {"prompt_logprobs": self.listed, "add_special_tokens": False}}  # vLLM's own fields
 
     def entries(self, reply: Any, ids: Sequence[int]) -> list[dict[int, Any] | None]:
         got = _choice(reply).get("prompt_logprobs")
@@ -218,12 +215,9 @@ def vllm_prefix_caching(client: OpenAIClient) -> bool | None:
     stat logger publishes the cache config as the `vllm:cache_config_info` gauge, one label per
     CacheConfig field: vllm/v1/metrics/loggers.py log_metrics_info, CacheConfig.metrics_info);
     None when the server does not say (metrics off, a proxy, another server)."""
-    url = client.base_url.removesuffix("/v1") + "/metrics"
-    headers = {k: v for k, v in client._headers().items() if k != "Content-Type"}
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=DETECT_TIMEOUT) as reply:
-            text = reply.read(4_000_000).decode("utf-8", "replace")
-    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError):
+        text = client.get_text(client.base_url.removesuffix("/v1") + "/metrics", timeout=DETECT_TIMEOUT)
+    except (HTTPStatusError, TransientError):
         return None
     for line in text.splitlines():
         if line.startswith("vllm:cache_config_info{"):
