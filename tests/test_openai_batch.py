@@ -41,7 +41,8 @@ class Provider:
         self.files: dict[str, bytes] = {}
         self.batches: dict[str, dict] = {}
         self.uploads = self.creates = 0
-        self.hold = False  # batches stay in_progress
+        self.hold = False  # batches stay in_progress (or in `hold_status`)
+        self.hold_status = "in_progress"
         self.fail_lines: dict[str, int] = {}  # custom_id -> times its line still fails (status 500)
         self.error_lines: dict[str, int] = {}  # custom_id -> times it still lands in the error file
         self.expire_after: int | None = None  # the next batch answers this many lines, then expires
@@ -171,8 +172,8 @@ class BatchServer:
                             return self.reply(400, {"error": {"message": "poll limit of the test reached"}})
                         batch = provider.batches[parts[2]]
                         if batch["status"] == "validating":
-                            batch["status"] = "in_progress"
-                        elif batch["status"] == "in_progress" and not provider.hold:
+                            batch["status"] = provider.hold_status if provider.hold else "in_progress"
+                        elif batch["status"] in ("in_progress", provider.hold_status) and not provider.hold:
                             provider.finish(batch)
                         return self.reply(200, {k: v for k, v in batch.items() if k != "auth"})
                     if parts[:2] == ["v1", "files"] and parts[-1] == "content" and parts[2] in provider.files:
@@ -327,6 +328,21 @@ def test_a_lost_reply_to_create_batch_is_found_again_not_paid_twice(tmp_path, se
     assert entry["id"] is None and entry["input_file_id"] == "file-1"
     [stats] = generate(instructions(tmp_path), [request], run, FAST, show_progress=False)
     assert stats["generated"] == 5 and provider.uploads == 1 and provider.creates == 1
+    check_answers(records(run, request.name), request)
+
+
+def test_a_status_unknown_to_teachfit_is_waited_on_and_a_batch_the_provider_forgot_goes_out_again(tmp_path, server,
+                                                                                                     provider):
+    provider.hold, provider.hold_status, provider.poll_limit = True, "queued", 5  # then polls are refused
+    request = parse_teacher(f"openai-batch:m@{server.url}", GenerationSettings(max_new_tokens=16))
+    run = RunDir(tmp_path / "run")
+    with pytest.raises(BatchAPIError, match="poll limit"):
+        generate(instructions(tmp_path), [request], run, FAST, show_progress=False)
+    assert provider.creates == 1 and provider.polls == 6  # 'queued' is not finished: waited on, not sent again
+    provider.batches.clear()  # the provider no longer knows batch_1 (404)
+    provider.hold, provider.poll_limit = False, 2000
+    [stats] = generate(instructions(tmp_path), [request], run, FAST, show_progress=False)
+    assert stats["generated"] == 5 and provider.uploads == 2 and provider.creates == 2
     check_answers(records(run, request.name), request)
 
 

@@ -24,6 +24,7 @@ import json
 import os
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Sequence
 from urllib.parse import urlparse
 
@@ -38,7 +39,7 @@ from teachfit.models.spec import ModelSpec, ModelSpecError
 ENDPOINT = "/v1/chat/completions"
 COMPLETION_WINDOW = "24h"
 MAX_REQUESTS_PER_BATCH = 50_000  # OpenAI's limit of request lines per batch
-RUNNING = {"validating", "in_progress", "finalizing", "cancelling"}
+FINISHED = {"completed", "expired", "cancelled", "failed"}  # any other status: still running
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 Item = tuple[str, Messages, int]  # (custom_id, conversation, seed)
@@ -113,9 +114,15 @@ class BatchClient:
         """`text` without the API key."""
         return redact(text, self._key, os.environ.get(DEFAULT_KEY_ENV))
 
-    def _call(self, what: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def _call(self, what: str, function: Callable[..., Any], *args: Any, if_missing: Any = None, **kwargs: Any) -> Any:
+        """function(*args, **kwargs) with the key rules; an API error becomes a BatchAPIError
+        (a 404 returns `if_missing` instead, when given)."""
         try:
             return function(*args, extra_headers=self._headers, **kwargs)
+        except self._openai.NotFoundError as error:
+            if if_missing is not None:
+                return if_missing
+            raise BatchAPIError(self.redact(f"{self.base_url}: {what}: {type(error).__name__}: {error}")[:400]) from None
         except self._openai.APIError as error:
             raise BatchAPIError(self.redact(f"{self.base_url}: {what}: {type(error).__name__}: {error}")[:400]) from None
 
@@ -150,6 +157,13 @@ class BatchClient:
                            input_file_id=entry["input_file_id"], endpoint=ENDPOINT, completion_window=COMPLETION_WINDOW)
         entry.update(id=batch.id, status=batch.status)
         state.save()
+
+    def poll(self, batch_id: str, state_path: Path | None) -> Any:
+        """The provider's batch object; one it does not know (404: deleted, another account) is
+        finished with nothing answered, so its requests go out again."""
+        unknown = SimpleNamespace(id=batch_id, status="cancelled", output_file_id=None, error_file_id=None)
+        return self._call(f"poll batch {batch_id} (recorded in {state_path}: a re-run picks it up)",
+                          self.client.batches.retrieve, batch_id, if_missing=unknown)
 
     def _lines(self, file_id: str | None) -> list[dict[str, Any]]:
         if not file_id:
@@ -216,10 +230,9 @@ class BatchClient:
                 return
             finished = 0
             for entry in pending:
-                batch = self._call(f"poll batch {entry['id']} (recorded in {state_path}: a re-run picks it up)",
-                                   self.client.batches.retrieve, entry["id"])
+                batch = self.poll(entry["id"], state_path)
                 entry["status"] = batch.status
-                if batch.status in RUNNING:
+                if batch.status not in FINISHED:
                     continue
                 finished += 1
                 self._collect(entry, batch, serves(entry), digests, state, wanted, deliver)
