@@ -3,7 +3,8 @@
 Routes: POST /v1/chat/completions (a chat completion: `reply`), POST /v1/completions (vLLM:
 token-id `prompt`, `prompt_logprobs`), POST /generate (SGLang: `input_ids`,
 `meta_info.input_token_logprobs`), GET /v1/models (one model, `owned_by` the kind it plays, and
-`max_model_len` when given), GET /metrics (Prometheus text, when given).
+`max_model_len` when given), GET /metrics (Prometheus text, when given), GET /props (a JSON
+document, when given: llama.cpp's llama-server has one).
 Prompt log-probabilities are canned: `canned(position)`. Each POST takes the next mode from a
 script (then `default`): a good answer, or one of the faults a real network or server produces.
 The server stops itself after `lifetime` seconds even if a test forgets to, and every handler
@@ -56,13 +57,13 @@ class FakeServer:
     also its mode, body and headers)."""
 
     def __init__(self, reply="Hello there.", hang_seconds=1.5, lifetime=60.0, owned_by="fake", max_model_len=None,
-                 metrics=None):
+                 metrics=None, props=None):
         self.script: list = []
         self.default = "ok"
         self.reply, self.hang_seconds, self.owned_by = reply, hang_seconds, owned_by
         # max_model_len: listed on /v1/models, and token-id prompts of that many tokens or more refused
         # with HTTP 400 as vLLM and SGLang do; metrics: the text of GET /metrics (404 without)
-        self.max_model_len, self.metrics = max_model_len, metrics
+        self.max_model_len, self.metrics, self.props = max_model_len, metrics, props
         self.requests: list[dict] = []
         self.lock = threading.Lock()
         server = self
@@ -77,10 +78,11 @@ class FakeServer:
                 with server.lock:
                     server.requests.append({"path": self.path, "auth": self.headers.get("Authorization")})
                     mode = server.default if server.default.startswith("echo") else "ok"
-                if self.path == "/metrics":
-                    data = (server.metrics or "").encode()
-                    self.send_response(200 if server.metrics is not None else 404)
-                    self.send_header("Content-Type", "text/plain")
+                if self.path in ("/metrics", "/props"):
+                    text = server.metrics if self.path == "/metrics" else None if server.props is None else json.dumps(server.props)
+                    data = (text or "").encode()
+                    self.send_response(200 if text is not None else 404)
+                    self.send_header("Content-Type", "text/plain" if self.path == "/metrics" else "application/json")
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
                     self.wfile.write(data)

@@ -185,6 +185,33 @@ def detect_server(client: OpenAIClient) -> str:
     return "llamacpp"
 
 
+def llama_server_build(client: OpenAIClient) -> str | None:
+    """The build of llama.cpp's C++ llama-server when the server is one, else None (one short GET
+    of /props, no retries). llama-server answers /props with `build_info` and
+    `default_generation_settings` (tools/server/server-context.cpp, the props handler) and lists
+    its models `owned_by: llamacpp`; llama-cpp-python's server has no /props (its models are
+    `owned_by: me`), nor have vLLM and SGLang."""
+    try:
+        props = client.get_json(client.base_url.removesuffix("/v1") + "/props", timeout=DETECT_TIMEOUT, retries=False)
+    except (HTTPStatusError, TransientError):
+        return None
+    if isinstance(props, dict) and "build_info" in props and "default_generation_settings" in props:
+        return str(props["build_info"])[:80]
+    return None
+
+
+def refuse_llama_server(client: OpenAIClient) -> None:
+    """A one-line ModelSpecError when the server is llama.cpp's C++ llama-server, which returns no
+    prompt log-probabilities with echo (llama.cpp issue 27174, open): it cannot serve a student."""
+    build = llama_server_build(client)
+    if build is not None:
+        raise ModelSpecError(f"{client.spec}: the server at {client.base_url} is llama.cpp's llama-server (build "
+                             f"{build}), which returns no prompt log-probabilities with echo (llama.cpp issue 27174), "
+                             "so it cannot serve a student for scoring: serve the model with vLLM, SGLang or "
+                             "llama-cpp-python's server (python -m llama_cpp.server --model M.gguf), or score it "
+                             "in-process (--student gguf:M.gguf)")
+
+
 def context_limit(client: OpenAIClient, model: str) -> int | None:
     """The server's context length for `model` from /v1/models (one short request, no retries),
     or None when it does not say. vLLM lists `max_model_len` on every base model's card

@@ -4,9 +4,11 @@ loss(y|x) needs the log-probability of every response token given everything bef
 return the log-probabilities of a prompt's own tokens in three dialects (score/adapters.py).
 `?server=` picks one; without it (or `auto`) the server is asked once (/v1/models, a short request
 without retries: vLLM and SGLang say who owns the model; anything else is treated as llamacpp),
-and the kind found is what the cache key and describe() record. Requests go through the same
-client as teachers (OpenAIClient: concurrency, timeout, retries; the API key by the one rule of
-openai_api.key_env_for, redacted from every message; ScoreConfig's ClientOptions).
+and the kind found is what the cache key and describe() record. llama.cpp's own C++ llama-server
+(its /props has build_info) is refused in one line: it returns no prompt log-probabilities with
+echo (llama.cpp issue 27174). Requests go through the same client as teachers (OpenAIClient:
+concurrency, timeout, retries; the API key by the one rule of openai_api.key_env_for, redacted
+from every message; ScoreConfig's ClientOptions).
 
 teachfit renders each pair with the chat template of `?template=<tokenizer>` (an hf id or folder,
 a gguf: file or a packaged: name; default: the model name as an hf id) and applies --max-length
@@ -36,8 +38,8 @@ from teachfit.models.registry import register
 from teachfit.models.spec import ModelSpec, ModelSpecError
 from teachfit.records import InputError
 from teachfit.score.adapters import (PROBE_TEXT, REFUSAL_WORDS, SERVER_FLAGS, NoPromptLogprobs, context_limit,
-                                     detect_server, llamacpp_span, make_adapter, special_strings,
-                                     vllm_prefix_caching)
+                                     detect_server, llamacpp_span, make_adapter, refuse_llama_server,
+                                     special_strings, vllm_prefix_caching)
 from teachfit.score.lm import lm_key_material, rows_from_nll
 from teachfit.score.vllm import RANK_CLIP, response_logprobs
 
@@ -90,6 +92,8 @@ class ServedLMScorer(OpenAIClient):
             spec.option("template") or f"hf:{self.model}", trust_remote_code)
         self.specials = special_strings(self.tokenizer)
         self.server = server_kind(spec, self)
+        if self.server == "llamacpp":  # llama.cpp's own llama-server cannot do it: said at once, in one line
+            refuse_llama_server(self)
         self.adapter = make_adapter(self.server, self.base_url)
         if self.server == "vllm" and options.wants(f"rsr_{role}"):  # RSR's strict rank: the top 100 of each position
             self.adapter.listed = RANK_CLIP
