@@ -5,8 +5,8 @@ them, one loader per (role, prefix) (models/registry.py):
                         (models/llamacpp.py, models/judges.py)
   openai:               any OpenAI-compatible server: teachers and judges (models/openai_api.py,
                         models/judges.py)
-  openai-batch:         a provider's batch API (/v1/files, /v1/batches): teachers (models/openai_batch.py),
-                        judges (models/batch_judge.py)
+  openai-batch:         a provider's batch API (/v1/files, /v1/batches; models/openai_batch.py): teachers
+                        (models/batch_teacher.py), judges (models/batch_judge.py)
   vllm:                 vLLM on a GPU: teachers (models/vllm_backend.py)
 
 Students and references behind a server or vLLM are scorers, registered by teachfit.score.
@@ -30,7 +30,7 @@ def loaders(role: str) -> dict[str, Callable[..., Any]]:
     """The registered loaders of `role`, by prefix (this package's backends imported first; each
     keeps its heavy library lazy)."""
     # each registers its loaders when imported
-    from teachfit.models import batch_judge, hf, judges, llamacpp, openai_api, openai_batch, vllm_backend  # noqa: F401
+    from teachfit.models import batch_judge, batch_teacher, hf, judges, llamacpp, openai_api, vllm_backend  # noqa: F401
 
     return LOADERS.get(role, {})
 

@@ -1,21 +1,23 @@
-"""Teachers through a provider's batch API: OpenAI's /v1/files and /v1/batches (half price at
-hosted providers, answers within the completion window instead of at once).
+"""A provider's batch API, OpenAI's /v1/files and /v1/batches (half price at hosted providers,
+answers within the completion window instead of at once): the resumable loop that teachers
+(models/batch_teacher.py) and judges (models/batch_judge.py) share.
 
 Spec: openai-batch:<model>@<base_url>, or openai:<model>@<base_url>?batch=1 (parsed into the
 same spec). The key rules are the openai: ones (openai_api.key_env_for; `?key_env=NAME`), and the
 URL must be https:// unless the server is on this machine (127.0.0.1, localhost, ::1).
 
-Every missing answer of a dataset goes out at once, as one batch per MAX_REQUESTS_PER_BATCH
-requests; each request line's custom_id is the caller's key (generate: `<instruction id>#s<sample>`),
-so results map back whatever their order. The state file (RUN/.batches/<dataset>.json, RunDir owns
-it) records each upload, then its batch id, with the requests and their body digests, *before* the
-first poll, so a killed run polls its batches on the next start instead of paying twice (a batch
-whose creation reply was lost is looked up among the provider's recent batches by its input file,
-and creation is never retried blindly); a batch is marked collected
-only after its answers were delivered (generate writes and fsyncs them). A batch that expires or is
-cancelled gives its partial output, and the rest is sent again; failed lines (the error file, a
-status_code other than 200, a malformed body) are sent again in a new batch up to `batch_retries`
-times, then delivered as error records (a later re-run retries them afresh).
+Request bodies go out as one batch per MAX_REQUESTS_PER_BATCH; each request line's custom_id is
+the caller's key (generate: `<instruction id>#s<sample>`), so results map back whatever their
+order. The state file (RUN/.batches/<dataset>.json for generate, RunDir owns it) records each
+upload, then its batch id, with the requests and their body digests, *before* the first poll, so
+a killed run polls its batches on the next start instead of paying twice (a batch whose creation
+reply was lost is looked up among the provider's recent batches by its input file; creation is
+never retried blindly); a batch is marked collected only after its replies were delivered
+(generate writes and fsyncs them). Only completed, expired, cancelled and failed batches are
+finished; an expired or cancelled one gives its partial output and the rest is sent again, as
+are the requests of a batch the provider no longer knows (404); failed lines (the error file, a
+status_code other than 200, a malformed body) go out again in a new batch up to `batch_retries`
+times, then are delivered as errors (a later re-run tries them afresh).
 """
 from __future__ import annotations
 
@@ -30,10 +32,8 @@ from urllib.parse import urlparse
 
 from teachfit.atomic import write_json_atomic
 from teachfit.env import require
-from teachfit.models.base import Generation, GenerationSettings, Messages
-from teachfit.models.openai_api import (DEFAULT_KEY_ENV, completion_choice, content_text, key_env_for,
+from teachfit.models.openai_api import (DEFAULT_KEY_ENV, completion_choice, key_env_for,
                                         parse_openai_spec, redact)
-from teachfit.models.registry import register
 from teachfit.models.spec import ModelSpec, ModelSpecError
 
 ENDPOINT = "/v1/chat/completions"
@@ -42,8 +42,6 @@ MAX_REQUESTS_PER_BATCH = 50_000  # OpenAI's limit of request lines per batch
 FINISHED = {"completed", "expired", "cancelled", "failed"}  # any other status: still running
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
-Item = tuple[str, Messages, int]  # (custom_id, conversation, seed)
-Deliver = Callable[[list[tuple[str, Generation]]], None]
 Reply = dict[str, Any] | str  # a chat completion as the provider returned it, or why there is none
 
 
@@ -262,47 +260,6 @@ class BatchClient:
 
 
 
-class BatchTeacher(BatchClient):
-    """A teacher whose requests go through the provider's batch API."""
-
-    submits_batches = True  # generate hands over every missing answer at once (run_batches)
-    batch_size = MAX_REQUESTS_PER_BATCH
-
-    def describe(self) -> dict[str, Any]:
-        """What a record says about the backend (never the key)."""
-        return {"backend": "openai-batch", "model": self.model, "base_url": self.base_url}
-
-    def body(self, messages: Messages, settings: GenerationSettings, seed: int) -> dict[str, Any]:
-        """The chat-completion request of one answer (as OpenAITeacher sends it)."""
-        return {"model": self.model, "messages": messages, "temperature": settings.temperature,
-                "top_p": settings.top_p, "max_tokens": settings.max_new_tokens, "seed": seed}
-
-    def run_batches(self, items: Sequence[Item], settings: GenerationSettings, state_path: Path | None,
-                    deliver: Deliver) -> None:
-        """Answer every item through batches, resuming the ones recorded in `state_path`;
-        `deliver([(custom_id, Generation)])` gets each answer or final error once per batch."""
-        bodies = {c: self.body(m, settings, seed) for c, m, seed in items}
-        self.run_bodies(bodies, state_path, lambda pairs: deliver([(c, as_generation(r)) for c, r in pairs]))
-
-    def generate(self, conversations: Sequence[Messages], settings: GenerationSettings,
-                 seeds: Sequence[int]) -> list[Generation]:
-        """One response per conversation through one round of batches (nothing recorded: callers
-        that need resuming use run_batches with a state file)."""
-        out: dict[str, Generation] = {}
-        items = [(str(k), m, s) for k, (m, s) in enumerate(zip(conversations, seeds))]
-        self.run_batches(items, settings, None, lambda pairs: out.update(pairs))
-        return [out[str(k)] for k in range(len(items))]
-
-
-def as_generation(reply: Reply) -> Generation:
-    """A collected reply (a checked chat completion, or the error text) as a teacher's Generation."""
-    if isinstance(reply, str):
-        return Generation(error=reply)
-    choice, usage = completion_choice(reply), reply.get("usage") or {}
-    return Generation(text=content_text(choice["message"]["content"]) or "", finish_reason=choice.get("finish_reason") or "",
-                      prompt_tokens=usage.get("prompt_tokens", 0), completion_tokens=usage.get("completion_tokens", 0))
-
-
 def _failure_text(error: Any, status: Any, body: Any) -> str:
     """One line for a failed request line: the error object's message, else the HTTP status and body."""
     if isinstance(error, dict):
@@ -311,12 +268,3 @@ def _failure_text(error: Any, status: Any, body: Any) -> str:
     if isinstance(detail, dict):
         detail = detail.get("message", detail)
     return f"HTTP {status}: {detail}"[:300]
-
-
-@register("teacher", "openai-batch")
-def load_batch_teacher(spec: ModelSpec, **options: Any) -> BatchTeacher:
-    """Teacher loader for openai-batch: specs (and openai:...?batch=1)."""
-    renamed = {"batch_poll_interval": "poll_interval"}
-    keys = ("max_retries", "timeout", "poll_interval", "batch_retries", "api_key_env")
-    chosen = {renamed.get(k, k): v for k, v in options.items() if renamed.get(k, k) in keys}
-    return BatchTeacher(spec, **chosen)
