@@ -53,6 +53,7 @@ class Provider:
         self.answer = expected  # body -> the answer's text
         self.sync_posts = 0  # requests to the synchronous /v1/chat/completions
         self.auth: list[str | None] = []
+        self.scoped: set[str] = set()  # OpenAI-Organization / OpenAI-Project headers seen
         self.lock = threading.Lock()
 
     def add_file(self, data: bytes) -> str:
@@ -129,6 +130,7 @@ class BatchServer:
                 raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 with provider.lock:
                     provider.auth.append(self.headers.get("Authorization"))
+                    provider.scoped.update(h for h in ("OpenAI-Organization", "OpenAI-Project") if h in self.headers)
                     if self.path == "/v1/files":
                         message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
                             b"Content-Type: " + self.headers["Content-Type"].encode() + b"\r\n\r\n" + raw)
@@ -226,7 +228,8 @@ def check_answers(rows: list[dict], request) -> None:
 
 
 def test_every_missing_answer_in_one_batch_then_nothing_to_do(tmp_path, server, provider, monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-never-to-localhost")
+    for name, value in {"OPENAI_API_KEY": "sk-never-to-localhost", "OPENAI_ORG_ID": "org-x", "OPENAI_PROJECT_ID": "p"}.items():
+        monkeypatch.setenv(name, value)
     items = instructions(tmp_path)
     request = parse_teacher(f"openai:m@{server.url}?batch=1&n=2&temperature=0.7", GenerationSettings(max_new_tokens=16))
     assert request.spec == f"openai-batch:m@{server.url}"
@@ -239,7 +242,7 @@ def test_every_missing_answer_in_one_batch_then_nothing_to_do(tmp_path, server, 
     assert [(r["instruction_id"], r["sample"]) for r in rows] == [(f"q{i}", k) for i in range(5) for k in range(2)]
     check_answers(rows, request)
     assert {r["backend"]["backend"] for r in rows} == {"openai-batch"} and rows[0]["completion_tokens"] == 5
-    assert set(provider.auth) == {None}  # plain http: no key at all, not even OPENAI_API_KEY
+    assert set(provider.auth) == {None} and not provider.scoped  # plain http: no key, not even OPENAI_API_KEY
     state = json.loads(run.batch_state(request.name).read_text())
     assert [b["id"] for b in state["batches"]] == ["batch_1"] and state["batches"][0]["collected"]
     [again] = generate(items, [request], run, FAST, show_progress=False)

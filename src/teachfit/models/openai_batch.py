@@ -103,8 +103,10 @@ class BatchClient:
         self._key = os.environ.get(key_env) if key_env else None
         # no key: no Authorization header at all (the SDK would otherwise read OPENAI_API_KEY itself)
         self._headers = {} if self._key else {"Authorization": openai.Omit()}
+        # nor the OPENAI_ORG_ID / OPENAI_PROJECT_ID the SDK would add to every request (as openai_api does)
+        scoped = {"OpenAI-Organization": openai.Omit(), "OpenAI-Project": openai.Omit()}
         self.client, self._no_retry = (openai.OpenAI(base_url=self.base_url, api_key=self._key or "", max_retries=retries,
-                                                     timeout=timeout, _enforce_credentials=False)
+                                                     timeout=timeout, default_headers=scoped, _enforce_credentials=False)
                                        for retries in (max_retries, 0))
         self.uploads = 0  # files uploaded, for reports and tests
 
