@@ -1,6 +1,7 @@
 """Peak memory reading a `datasets` input of many rows (issue 22): each way in a fresh process,
 after `import datasets, pyarrow, teachfit.files`, the peak RSS while reading (Linux VmHWM, reset
-after the imports) and seconds, for read_pairs over every row.
+after the imports; it counts the pages of a memory-mapped Arrow file), the peak anonymous RSS
+(the heap, sampled every 10 ms) and seconds, for read_pairs over every row.
 
   .venv/bin/python bench/read_datasets.py --rows 200000
 
@@ -58,11 +59,19 @@ from teachfit.files import read_pairs
 def status(key):  # MB
     return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith(key)) / 1024
 FOLDER, JSONL = sys.argv[1], sys.argv[2]
+import threading
+peak_anon = [status('RssAnon')]
+def sample():  # the heap's peak: anonymous memory, not the memory-mapped Arrow file's pages
+    while True:
+        peak_anon[0] = max(peak_anon[0], status('RssAnon'))
+        time.sleep(0.01)
+threading.Thread(target=sample, daemon=True).start()
 with open('/proc/self/clear_refs', 'w') as handle:
     handle.write('5')  # the peak (VmHWM) starts again from here: reading only, not the imports
 start_rss, start = status('VmRSS'), time.perf_counter()
 {code}
-print(n, start_rss, status('VmHWM'), time.perf_counter() - start)
+seconds = time.perf_counter() - start
+print(n, start_rss, status('VmHWM'), peak_anon[0], seconds)
 """
 
 
@@ -91,16 +100,16 @@ def main() -> None:
         saved, jsonl = make_inputs(Path(tmp), args.rows)
         env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(Path(tmp) / "hf_home")}
         print(f"| way ({args.rows:,} rows, {jsonl.stat().st_size / 1e6:.0f} MB as JSONL) | rows read "
-              "| RSS before reading | peak RSS while reading | seconds |")
-        print("|---|---|---|---|---|")
+              "| RSS before reading | peak RSS while reading | peak anonymous RSS | seconds |")
+        print("|---|---|---|---|---|---|")
         for name, code in WAYS.items():
             done = subprocess.run([sys.executable, "-c", MEASURE.format(code=code), str(saved), str(jsonl)],
                                   capture_output=True, text=True, env={**__import__("os").environ, **env})
             if done.returncode:
-                print(f"| {name} | failed: {done.stderr.strip().splitlines()[-1]} | | | |")
+                print(f"| {name} | failed: {done.stderr.strip().splitlines()[-1]} | | | | |")
                 continue
-            count, before, peak, seconds = done.stdout.split()[-4:]
-            print(f"| {name} | {int(count):,} | {float(before):.0f} MB | {float(peak):.0f} MB "
+            count, before, peak, anon, seconds = done.stdout.split()[-5:]
+            print(f"| {name} | {int(count):,} | {float(before):.0f} MB | {float(peak):.0f} MB | {float(anon):.0f} MB "
                   f"| {float(seconds):.1f} |", flush=True)
 
 

@@ -87,6 +87,7 @@ def test_local_files_through_load_dataset(tmp_path, suffix, monkeypatch):
     assert [str(p) for p in paths] == [f"hf-dataset:{path}"]
     pairs = list(read_pairs(paths))
     assert [(p.id, p.teacher, p.response) for p in pairs] == [(r["id"], "alpha", r["response"]) for r in ROWS]
+    assert count_records(paths) == len(ROWS)
     with pytest.raises(InputError, match=r"no split 'test' \(splits: train\)"):
         expand_inputs([f"hf-dataset:{path}:test"])
 

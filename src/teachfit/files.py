@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from teachfit.atomic import atomic_write, write_json_atomic
-from teachfit.hub_datasets import display_name, is_hub_spec, is_saved_dataset
+from teachfit.hub_datasets import default_teacher, is_hub_spec, is_saved_dataset
 from teachfit.records import InputError, Pair, ReadStats, WideLayout, location, pair_from_record, with_reward
 
 RESPONSE_SUFFIXES = (".jsonl", ".json", ".parquet")
@@ -128,6 +128,7 @@ def read_pairs(
     seen_pairs: dict[tuple[str, bytes], str] = {}
     for path in paths:
         layout = WideLayout(reward_column)  # which columns of this file hold generators
+        file_teacher = default_teacher(path)  # a record without a `teacher` is the file's (stem)
         for number, raw in read_records(path, stats.skip if skip_invalid else None):
             wide = layout.expand(raw, number)
             records, problems = wide if wide is not None else ([raw], [])
@@ -137,7 +138,7 @@ def read_pairs(
                 stats.skip(InputError(path, line, reason))
             for record in records:
                 try:
-                    pair = _checked_pair(record, path, number, reward_column, seen_ids, seen_pairs,
+                    pair = _checked_pair(record, path, number, reward_column, seen_ids, seen_pairs, file_teacher,
                                          generator=record.get("teacher") if wide is not None else None)
                 except InputError as error:
                     if not skip_invalid:
@@ -150,13 +151,13 @@ def read_pairs(
 
 def _checked_pair(record: dict[str, Any], path: str | os.PathLike, number: int, reward_column: str | None,
                   seen_ids: dict[tuple[str, str], str], seen_pairs: dict[tuple[str, bytes], str],
-                  generator: str | None = None) -> Pair:
-    """The Pair of one plain record (its reward from `reward_column`), refused (InputError at
-    file:line) when invalid or a duplicate; `generator`: the record is that generator's answer
-    in a multi-teacher record, and a reason names it."""
+                  file_teacher: str, generator: str | None = None) -> Pair:
+    """The Pair of one plain record (its reward from `reward_column`, its teacher `file_teacher`
+    unless it names one), refused (InputError at file:line) when invalid or a duplicate;
+    `generator`: the record is that generator's answer in a multi-teacher record, and a reason names it."""
     of = f" (generator '{generator}')" if generator is not None else ""
     try:
-        pair = pair_from_record(with_reward(record, reward_column), default_teacher=display_name(path))
+        pair = pair_from_record(with_reward(record, reward_column), default_teacher=file_teacher)
     except ValueError as error:
         raise InputError(path, number, f"{error}{of}") from None
     except (TypeError, AttributeError, KeyError) as error:  # a shape no check above foresaw
@@ -194,6 +195,9 @@ def count_records(paths: Iterable[str | os.PathLike]) -> int:
 
     total = 0
     for path in map(Path, paths):
+        spec = hub_datasets.parse(path) if is_hub_spec(path) else None
+        if spec is not None and spec.local and Path(spec.source).is_file():
+            path = Path(spec.source)  # hf-dataset:<file>: the file's own count
         if is_hub_spec(path) or is_saved_dataset(path):
             total += hub_datasets.count_rows(path)
         elif path.suffix == ".parquet" and path.is_file():

@@ -87,7 +87,7 @@ def absolute(item: str | os.PathLike, base: Path | None = None) -> str:
     return str(((base or Path.cwd()) / Path(item).expanduser()).resolve())
 
 
-def display_name(path: str | os.PathLike) -> str:
+def default_teacher(path: str | os.PathLike) -> str:
     """The default teacher of an input's rows: a spec's dataset name, else the file's stem."""
     return parse(path).name if is_hub_spec(path) else Path(path).stem
 
