@@ -70,6 +70,9 @@ class FakeServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # TCP_NODELAY, as asyncio servers (uvicorn: vLLM, SGLang, llama-cpp-python) set it: without it
+            # a kept-alive connection waits ~40 ms per reply (headers and body are two writes; delayed ACK)
+            disable_nagle_algorithm = True
 
             def log_message(self, *args):  # quiet
                 pass
