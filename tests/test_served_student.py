@@ -118,7 +118,7 @@ def test_served_spec_options_are_checked():
 
     spec = ModelSpec.parse("openai:m@http://127.0.0.1:1/v1?server=sglang&template=hf:gpt2")
     assert spec.option("server") == "sglang" and spec.option("template") == "hf:gpt2"
-    with pytest.raises(ModelSpecError, match="known: key_env, server, template"):
+    with pytest.raises(ModelSpecError, match=r"unknown openai: option 'serve' \(known: .*key_env, server, template\)"):
         ModelSpec.parse("openai:m@http://127.0.0.1:1/v1?serve=vllm")
     with pytest.raises(ModelSpecError, match="llamacpp | vllm | sglang"):
         ModelSpec.parse("openai:m@http://127.0.0.1:1/v1?server=tgi")
