@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
+import threading
 from typing import Any, Callable, Iterator, Sequence
 
 from teachfit import metrics
@@ -60,6 +61,7 @@ class LMScorer:
         self.loaded, self.role, self.options = loaded, role, options
         self.template_name = ensure_chat_template(loaded.tokenizer)
         self.tokens_done = 0
+        self._encoding = threading.Lock()
 
     def key_material(self) -> dict[str, Any]:
         """Everything a cached result depends on."""
@@ -92,7 +94,11 @@ class LMScorer:
         return self.compute(pairs) if encoded is None else self._compute_encoded(pairs, encoded)
 
     def _encode(self, pairs: Sequence[Pair]) -> list[Any]:
-        return encode_pairs(self.loaded.tokenizer, pairs, self.max_length, self.options.unconditional_for(self.role))
+        # one thread at a time: a fast tokenizer called from two threads can fail ("Already borrowed")
+        # when transformers resets its truncation settings, and a skipped pair's retry runs in the
+        # main thread while the prefetch thread tokenizes the next window
+        with self._encoding:
+            return encode_pairs(self.loaded.tokenizer, pairs, self.max_length, self.options.unconditional_for(self.role))
 
     def _compute_encoded(self, pairs: Sequence[Pair], encoded: list[Any]) -> list[dict[str, Any]]:
         """The forward pass over prepared pairs (a subclass with another engine overrides this)."""
