@@ -171,6 +171,7 @@ def instrument(clock: Clock, memory: dict) -> None:
     engine.count_records = clock.timed("read", engine.count_records)
     engine._several_pairs_per_row = clock.timed("read", engine._several_pairs_per_row)
     engine.content_hash = clock.timed("hash", engine.content_hash)
+    engine._keys = clock.timed("hash", engine._keys)  # a window's keys (store.content_hashes)
     lm.encode_pairs = clock.timed("template+tokenize", lm.encode_pairs)
     lm.response_nll = clock.timed("forward", lm.response_nll)
     engine.in_background = clock.timed_iter("wait", engine.in_background)  # the main thread waiting for the next window

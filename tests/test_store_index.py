@@ -73,3 +73,12 @@ def test_index_runs_merge_like_a_binary_counter(size):
         index.add(keyindex.np.array(chunk, keyindex.np.uint64), keyindex.np.arange(start, start + len(chunk), dtype=keyindex.np.uint64))
     assert len(index._runs) <= 5000 .bit_length() + 1
     assert [[place for place, *_ in found] for found in index.candidates(codes[::37])] == [[i] for i in range(0, 5000, 37)]
+
+
+def test_content_hashes_equal_content_hash_digit_for_digit():
+    from teachfit.store import content_hashes
+
+    material = {"kind": "lm", "model": {"b": 1, "a": [1.5, None]}, "template": "caf\u00e9", "max_length": 2048}
+    texts = [("", ""), ("Question \u00e9\u4e2d", "answer \"quoted\" \\ \n\t"), ("lone \ud800 surrogate", "emoji \U0001f600")]
+    assert content_hashes(material, texts) == [content_hash(material, a, b) for a, b in texts]
+    assert content_hashes("x", [(1, {"z": 1, "a": 2})]) == [content_hash("x", 1, {"z": 1, "a": 2})]

@@ -23,7 +23,7 @@ OFFSET_BITS = 40  # a location is shard number << 40 | byte offset: shards up to
 LINE_PREFIX = b'{"key": "'  # how store.ResultCache writes every line: json.dumps({"key": ..., ...})
 HEX_KEY = 32  # content_hash: 32 hex digits
 _HEX_KEY = re.compile(f"[0-9a-f]{{{HEX_KEY}}}")
-SCAN_BLOCK = 64 * 1024 * 1024  # bytes of a shard read at once while scanning
+SCAN_BLOCK = 16 * 1024 * 1024  # bytes of a shard read at once while scanning (its index matrices: ~5x that)
 
 _NIBBLE = np.full(256, 255, dtype=np.uint8)
 _NIBBLE[np.frombuffer(b"0123456789", np.uint8)] = np.arange(10, dtype=np.uint8)
@@ -147,7 +147,7 @@ def _well_placed_keys(lines: bytes, starts: np.ndarray) -> np.ndarray:
     buffer = np.frombuffer(lines, np.uint8)
     ends = np.append(starts[1:], len(buffer))
     long_enough = ends - starts > width
-    head = buffer[np.minimum(starts[:, None] + np.arange(width), len(buffer) - 1)]
+    head = buffer[np.minimum(starts.astype(np.int32)[:, None] + np.arange(width, dtype=np.int32), len(buffer) - 1)]
     prefix = np.all(head[:, : len(LINE_PREFIX)] == np.frombuffer(LINE_PREFIX, np.uint8), axis=1)
     hex_digits = np.all(_NIBBLE[head[:, len(LINE_PREFIX): -1]] < 16, axis=1)
     return long_enough & prefix & hex_digits & (head[:, -1] == ord('"'))
@@ -156,5 +156,5 @@ def _well_placed_keys(lines: bytes, starts: np.ndarray) -> np.ndarray:
 def _hex_codes(lines: bytes, starts: np.ndarray) -> np.ndarray:
     """The codes of the keys at `starts` (lines already checked by _well_placed_keys)."""
     buffer = np.frombuffer(lines, np.uint8)
-    nibbles = _NIBBLE[buffer[starts[:, None] + len(LINE_PREFIX) + np.arange(16)]].astype(np.uint64)
+    nibbles = _NIBBLE[buffer[starts.astype(np.int32)[:, None] + np.arange(len(LINE_PREFIX), len(LINE_PREFIX) + 16, dtype=np.int32)]].astype(np.uint64)
     return np.bitwise_or.reduce(nibbles << _SHIFTS, axis=1) if len(starts) else np.zeros(0, np.uint64)

@@ -33,6 +33,17 @@ def content_hash(*parts: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:32]
 
 
+def content_hashes(first: Any, pairs: Iterable[tuple[Any, ...]]) -> list[str]:
+    """content_hash(first, *rest) for each `rest` in `pairs`, equal to it digit for digit, with
+    `first` (a scorer's key material) encoded once rather than once per pair."""
+    head = json.dumps([first], sort_keys=True, ensure_ascii=False, default=str)[:-1]
+    hashes = []
+    for rest in pairs:
+        blob = head + "".join(", " + json.dumps(part, sort_keys=True, ensure_ascii=False, default=str) for part in rest) + "]"
+        hashes.append(hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()[:32])
+    return hashes
+
+
 def line_checksum(key: str, value: dict[str, Any]) -> str:
     """The `sum` field of a cache line: sha256 (16 hex digits) of canonical JSON of [key, value]."""
     blob = json.dumps([key, value], sort_keys=True, separators=(",", ":"), ensure_ascii=True)

@@ -22,7 +22,7 @@ from teachfit.hub_datasets import absolute
 from teachfit.records import InputError, Pair, ReadStats
 from teachfit.score.base import Scorer
 from teachfit.score.lm import pair_progress
-from teachfit.store import ResultCache, content_hash
+from teachfit.store import ResultCache, content_hash, content_hashes
 
 
 # Rows per row group of the scores' Parquet file: a writer keeps each group's metadata until it
@@ -42,7 +42,8 @@ def _windows(pairs: Iterable[Pair], size: int) -> Iterator[list[Pair]]:
 
 
 def _keys(window: list[Pair], material: dict[str, Any]) -> list[str]:
-    return [content_hash(material, p.instruction, p.response) for p in window]
+    """content_hash(material, instruction, response) of each pair: what its cached result is filed under."""
+    return content_hashes(material, ((p.instruction, p.response) for p in window))
 
 
 @dataclass
