@@ -10,7 +10,7 @@ Every reader yields (row number from 1, record) as files.iter_raw_records does, 
 batch at a time (BATCH_ROWS rows), so memory stays flat however many rows the dataset has
 (load_from_disk is memory-mapped). A hub id offline is one InputError naming the id.
 `digest` is what the pipeline hashes for an input that is no single file: the bytes of a local
-dataset's files, or a hub dataset's revision (the `datasets` builder hash of the resolved files).
+dataset's files, or a hub dataset's revision (the commit sha `datasets` resolves: its builder's hash).
 """
 from __future__ import annotations
 
@@ -182,7 +182,7 @@ def _rows(dataset: Any, where: str) -> Iterator[tuple[int, Any]]:
             for record in table.to_pylist():
                 row += 1
                 yield row, record
-    except (InputError, GeneratorExit):
+    except InputError:
         raise
     except Exception as error:  # a bad file or a dropped connection, after `row` good rows
         raise InputError(where, None, f"could not be read after row {row} ({_reason(error)})") from None
@@ -246,8 +246,8 @@ def count_rows(item: str | os.PathLike) -> int:
 
 def digest(item: str | os.PathLike) -> str:
     """What an input holds now, for the pipeline's input hash: the bytes of a local dataset's
-    files (every file of a folder, by relative name), or a hub dataset's revision (the builder
-    hash `datasets` derives from the resolved files at the hub's current commit)."""
+    files (every file of a folder, by relative name), or a hub dataset's revision (the commit sha
+    of the hub repository now, which `datasets` gives its builder as `hash`; offline: InputError)."""
     from teachfit.env import sha256_file
 
     spec = parse(item) if is_hub_spec(item) else DatasetSpec(str(item), str(item), None, True)
