@@ -64,6 +64,6 @@ def test_a_429_retry_after_is_waited_for(server):
 
 def test_a_missing_sdk_names_the_extra(server, monkeypatch):
     monkeypatch.setitem(sys.modules, "openai", None)  # as if not installed: `import openai` fails
-    client = OpenAIClient(ModelSpec("openai", f"m@{server.url}"), max_retries=0)
     with pytest.raises(ImportError, match=r"pip install 'teachfit\[openai\]'"):
-        client.post({"model": "m", "messages": MESSAGES[0]})
+        OpenAIClient(ModelSpec("openai", f"m@{server.url}"), max_retries=0)
+    assert server.requests == []  # said before anything is sent

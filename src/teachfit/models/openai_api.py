@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import random
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
@@ -145,8 +144,12 @@ class OpenAIClient:
         self.concurrency, self.max_retries, self.timeout = concurrency, max_retries, float(timeout)
         self.backoff, self.max_backoff = backoff, max_backoff
         self._api_key_env = key_env_for(spec, self.base_url, api_key_env)
-        self._sdk: Any = None
-        self._sdk_lock = threading.Lock()
+        self._openai = openai = require("openai", "openai")
+        self._omit = openai.Omit()
+        # the SDK's retries off (ours: _with_retries); Authorization per request (_auth), no org/project headers
+        self._sdk = openai.OpenAI(api_key="teachfit-sets-authorization", base_url=self.base_url, timeout=self.timeout,
+                                  max_retries=0, default_headers={"OpenAI-Organization": self._omit,
+                                                                  "OpenAI-Project": self._omit})
         self.retries = 0  # how many retries this client made, for reports
 
     def redact(self, text: str) -> str:
@@ -158,18 +161,6 @@ class OpenAIClient:
         """The Authorization header this client sends (empty: none)."""
         key = os.environ.get(self._api_key_env) if self._api_key_env else None
         return {"Authorization": f"Bearer {key}"} if key else {}
-
-    def _sdk_client(self) -> Any:
-        """The `openai.OpenAI` client (made once; thread-safe), its own retries off."""
-        with self._sdk_lock:
-            if self._sdk is None:
-                self._openai = openai = require("openai", "openai")
-                self._omit = openai.Omit()
-                self._sdk = openai.OpenAI(api_key="teachfit-sets-authorization", base_url=self.base_url,
-                                          timeout=self.timeout, max_retries=0,
-                                          default_headers={"OpenAI-Organization": self._omit,
-                                                           "OpenAI-Project": self._omit})
-            return self._sdk
 
     def _auth(self) -> dict[str, Any]:
         """Per-request headers: our Authorization, or none at all (Omit) when no key is sent."""
@@ -194,9 +185,8 @@ class OpenAIClient:
         routes (/chat/completions, /completions) through its resources, `extra_body` in `body`
         carrying a server's own fields; other routes and GETs through its generic client.
         Raises TransientError or HTTPStatusError, the key redacted."""
-        sdk = self._sdk_client()
+        sdk, openai = self._sdk, self._openai
         options = {"extra_headers": self._auth(), "timeout": timeout or self.timeout}
-        openai = self._openai
         try:
             if body is not None and endpoint == "/chat/completions":
                 return sdk.chat.completions.with_raw_response.create(**body, **options).http_response
