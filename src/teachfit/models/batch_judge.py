@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from teachfit.models.judges import OpenAIJudge, chat_reply, grammar_for
+from teachfit.models.judges import OpenAIJudge, chat_reply, judge_request
 from teachfit.models.openai_api import first_message
 from teachfit.models.openai_batch import BatchClient, Reply, body_digest
 from teachfit.models.registry import register
@@ -41,16 +41,11 @@ class BatchJudge(BatchClient):
 
     def body(self, messages: list[dict[str, str]], max_tokens: int, temperature: float,
              options: Sequence[str] | None = None, logprobs: bool = False) -> dict[str, Any]:
-        """The chat-completion request of one judgment (as OpenAIJudge.ask sends it)."""
-        body: dict[str, Any] = {"model": self.model, "messages": messages, "max_tokens": max_tokens,
-                                "temperature": temperature}
-        if logprobs:
-            body.update(logprobs=True, top_logprobs=10)
-        if options and self.constraint == "grammar":
-            body["grammar"] = grammar_for(options)
-        elif options and self.constraint == "guided_choice":
-            body["guided_choice"] = list(options)
-        return body
+        """The chat-completion request of one judgment as one batch line (OpenAIJudge.ask sends the
+        same, its server fields in the SDK's extra_body)."""
+        body, server_fields = judge_request(self.model, self.constraint, messages, max_tokens, temperature,
+                                            options, logprobs)
+        return {**body, **server_fields}
 
     def prefetch(self, requests: Sequence[JudgeRequest], state_path: Path | None) -> None:
         """Send every request through batches (resuming those recorded in `state_path`) and keep

@@ -35,6 +35,22 @@ class JudgeReplyError(ValueError):
     """A judge reply that is not a chat completion (no choices, no message)."""
 
 
+def judge_request(model: str, constraint: str, messages: list[dict[str, str]], max_tokens: int, temperature: float,
+                  options: Sequence[str] | None = None, logprobs: bool = False
+                  ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The chat-completion request of one judgment, as (OpenAI fields, the server's own constraint
+    fields): `grammar` for a llama.cpp server, `guided_choice` for vLLM, none for 'none'."""
+    body: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": temperature}
+    if logprobs:
+        body.update(logprobs=True, top_logprobs=10)
+    server_fields: dict[str, Any] = {}
+    if options and constraint == "grammar":
+        server_fields["grammar"] = grammar_for(options)
+    elif options and constraint == "guided_choice":
+        server_fields["guided_choice"] = list(options)
+    return body, server_fields
+
+
 def chat_reply(out: Any, started: float) -> dict[str, Any]:
     """A chat-completion response (OpenAI's shape, which llama.cpp shares) as a judge reply: text,
     first-token top log-probabilities as plain floats, usage and seconds since `started`.
@@ -74,14 +90,10 @@ class OpenAIJudge:
     def ask(self, messages: list[dict[str, str]], max_tokens: int, temperature: float,
             options: Sequence[str] | None = None, logprobs: bool = False) -> dict[str, Any]:
         """One judge reply: text, first-token top log-probabilities, usage and time."""
-        body: dict[str, Any] = {"model": self.client.model, "messages": messages, "max_tokens": max_tokens,
-                                "temperature": temperature}
-        if logprobs:
-            body.update(logprobs=True, top_logprobs=10)
-        if options and self.constraint == "grammar":  # the server's own fields go in the SDK's extra_body
-            body["extra_body"] = {"grammar": grammar_for(options)}
-        elif options and self.constraint == "guided_choice":
-            body["extra_body"] = {"guided_choice": list(options)}
+        body, server_fields = judge_request(self.client.model, self.constraint, messages, max_tokens, temperature,
+                                            options, logprobs)
+        if server_fields:  # the server's own fields go in the SDK's extra_body
+            body["extra_body"] = server_fields
         started = time.perf_counter()
         return chat_reply(self.client.post(body, check=first_message), started)
 
