@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -149,7 +150,7 @@ def bootstrap_ci(
     return percentile_interval(draws, confidence)
 
 
-BOOTSTRAP_BLOCK = 1 << 21  # indices drawn at once by car_bootstrap (16 MB of int64)
+BOOTSTRAP_BLOCK = 1 << 18  # pair indices drawn at once by car_bootstrap (1 MB of int32)
 
 
 def car_bootstrap(rewards: Sequence[np.ndarray], losses: Sequence[np.ndarray], beta: float, n_resamples: int = 1000,
@@ -158,27 +159,29 @@ def car_bootstrap(rewards: Sequence[np.ndarray], losses: Sequence[np.ndarray], b
     (reward and loss of a pair stay together).
 
     The resamples are drawn in blocks of about BOOTSTRAP_BLOCK indices: the same draws as one
-    rng.integers call for all of them (the generator's stream is the same, block by block), in
-    flat memory at any size; while one block is drawn, earlier blocks' means are taken on worker
-    threads (numpy lets go of the GIL there). Draws are the same whatever the thread count."""
+    rng.integers call for all of them (the generator's stream goes on from block to block, and
+    int32 indices are the same numbers as int64 ones), in flat memory at any size. Drawing is
+    sequential; the means of the blocks drawn are taken meanwhile on worker threads (numpy lets
+    go of the GIL there), into buffers of their own. The draws are the same whatever the threads."""
     rng = np.random.default_rng(seed)
     draws = np.empty((n_resamples, len(rewards)))
     work = n_resamples * sum(len(r) for r in rewards)
-    workers = min(4, _cpus()) if work > 4 * BOOTSTRAP_BLOCK else 0
+    workers = min(4, _cpus()) if work > 16 * BOOTSTRAP_BLOCK else 0
     pool = ThreadPoolExecutor(workers) if workers else None
     pending: deque = deque()
     try:
         for j, (r, l) in enumerate(zip(rewards, losses)):
             r, l = np.asarray(r, dtype=float), np.asarray(l, dtype=float)
             step = max(1, BOOTSTRAP_BLOCK // max(1, len(r)))
+            kind = np.int32 if len(r) < 2**31 else np.int64
             for start in range(0, n_resamples, step):
                 stop = min(n_resamples, start + step)
-                idx = rng.integers(0, len(r), size=(stop - start, len(r)))
+                idx = rng.integers(0, len(r), size=(stop - start, len(r)), dtype=kind)
                 if pool is None:
-                    _car_means(draws, j, start, stop, r, l, idx, beta)
+                    _car_means(draws, j, start, r, l, idx, beta)
                     continue
-                pending.append(pool.submit(_car_means, draws, j, start, stop, r, l, idx, beta))
-                while len(pending) > workers:  # at most `workers` blocks wait: memory stays flat
+                pending.append(pool.submit(_car_means, draws, j, start, r, l, idx, beta, _THREAD))
+                while len(pending) > 2 * workers:  # a few blocks wait at most: memory stays flat
                     pending.popleft().result()
         while pending:
             pending.popleft().result()
@@ -188,10 +191,23 @@ def car_bootstrap(rewards: Sequence[np.ndarray], losses: Sequence[np.ndarray], b
     return draws
 
 
-def _car_means(draws: np.ndarray, j: int, start: int, stop: int, r: np.ndarray, l: np.ndarray, idx: np.ndarray,
-               beta: float) -> None:
-    """draws[start:stop, j]: CAR of the resamples whose pair indices are the rows of `idx`."""
-    draws[start:stop, j] = r[idx].mean(axis=1) / (1.0 + beta * l[idx].mean(axis=1))
+_THREAD = threading.local()  # a worker's buffers, freed with its thread
+
+
+def _car_means(draws: np.ndarray, j: int, start: int, r: np.ndarray, l: np.ndarray, idx: np.ndarray, beta: float,
+               local: threading.local | None = None) -> None:
+    """draws[start:start + len(idx), j]: CAR of the resamples whose pair indices are the rows of
+    `idx` (in range: take's `clip` mode, which checks nothing, gathers fastest)."""
+    space = getattr(local, "space", None)
+    if space is None or space[0].shape != idx.shape:
+        space = (np.empty(idx.shape, dtype=np.intp), np.empty(idx.shape))
+        if local is not None:
+            local.space = space
+    index, values = space
+    np.copyto(index, idx)
+    mean_reward = np.take(r, index, mode="clip", out=values).mean(axis=1)
+    mean_loss = np.take(l, index, mode="clip", out=values).mean(axis=1)
+    draws[start:start + len(idx), j] = mean_reward / (1.0 + beta * mean_loss)
 
 
 def _cpus() -> int:
