@@ -129,6 +129,21 @@ def retry_after_seconds(headers: Any) -> float | None:
     return None
 
 
+def sdk_client(base_url: str, timeout: float, max_retries: int = 0) -> Any:
+    """An openai.OpenAI client under teachfit's key rules: Authorization is set per request
+    (auth_headers), never from the SDK's own OPENAI_API_KEY, and no OpenAI-Organization or
+    OpenAI-Project header comes from the environment."""
+    openai = require("openai", "openai")
+    omit = openai.Omit()
+    return openai.OpenAI(api_key="teachfit-sets-authorization", base_url=base_url, timeout=timeout,
+                         max_retries=max_retries, default_headers={"OpenAI-Organization": omit, "OpenAI-Project": omit})
+
+
+def auth_headers(key: str | None) -> dict[str, Any]:
+    """Per-request headers: Authorization with `key`, or no Authorization header at all without one."""
+    return {"Authorization": f"Bearer {key}"} if key else {"Authorization": require("openai", "openai").Omit()}
+
+
 class OpenAIClient:
     """Chat-completions client on the `openai` SDK, with bounded concurrency and our retries."""
 
@@ -144,12 +159,8 @@ class OpenAIClient:
         self.concurrency, self.max_retries, self.timeout = concurrency, max_retries, float(timeout)
         self.backoff, self.max_backoff = backoff, max_backoff
         self._api_key_env = key_env_for(spec, self.base_url, api_key_env)
-        self._openai = openai = require("openai", "openai")
-        self._omit = openai.Omit()
-        # the SDK's retries off (ours: _with_retries); Authorization per request (_auth), no org/project headers
-        self._sdk = openai.OpenAI(api_key="teachfit-sets-authorization", base_url=self.base_url, timeout=self.timeout,
-                                  max_retries=0, default_headers={"OpenAI-Organization": self._omit,
-                                                                  "OpenAI-Project": self._omit})
+        self._openai = require("openai", "openai")
+        self._sdk = sdk_client(self.base_url, self.timeout, max_retries=0)  # the SDK's retries off: ours, _with_retries
         self.retries = 0  # how many retries this client made, for reports
 
     def redact(self, text: str) -> str:
@@ -157,14 +168,10 @@ class OpenAIClient:
         named = os.environ.get(self._api_key_env) if self._api_key_env else None
         return redact(text, named, os.environ.get(DEFAULT_KEY_ENV))
 
-    def _headers(self) -> dict[str, str]:
-        """The Authorization header this client sends (empty: none)."""
-        key = os.environ.get(self._api_key_env) if self._api_key_env else None
-        return {"Authorization": f"Bearer {key}"} if key else {}
-
     def _auth(self) -> dict[str, Any]:
         """Per-request headers: our Authorization, or none at all (Omit) when no key is sent."""
-        return self._headers() or {"Authorization": self._omit}
+        key = os.environ.get(self._api_key_env) if self._api_key_env else None
+        return auth_headers(key)
 
     endpoint = "/chat/completions"  # where post() sends its bodies (a full URL, or a path under base_url)
 

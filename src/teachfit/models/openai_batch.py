@@ -32,8 +32,8 @@ from urllib.parse import urlparse
 
 from teachfit.atomic import write_json_atomic
 from teachfit.env import require
-from teachfit.models.openai_api import (DEFAULT_KEY_ENV, completion_choice, key_env_for,
-                                        parse_openai_spec, redact)
+from teachfit.models.openai_api import (DEFAULT_KEY_ENV, auth_headers, completion_choice, key_env_for,
+                                        parse_openai_spec, redact, sdk_client)
 from teachfit.models.spec import ModelSpec, ModelSpecError
 
 ENDPOINT = "/v1/chat/completions"
@@ -101,13 +101,8 @@ class BatchClient:
         self.poll_interval, self.batch_retries, self.max_requests = float(poll_interval), batch_retries, max_requests
         key_env = key_env_for(spec, self.base_url, api_key_env)
         self._key = os.environ.get(key_env) if key_env else None
-        # no key: no Authorization header at all (the SDK would otherwise read OPENAI_API_KEY itself)
-        self._headers = {} if self._key else {"Authorization": openai.Omit()}
-        # nor the OPENAI_ORG_ID / OPENAI_PROJECT_ID the SDK would add to every request (as openai_api does)
-        scoped = {"OpenAI-Organization": openai.Omit(), "OpenAI-Project": openai.Omit()}
-        self.client, self._no_retry = (openai.OpenAI(base_url=self.base_url, api_key=self._key or "", max_retries=retries,
-                                                     timeout=timeout, default_headers=scoped, _enforce_credentials=False)
-                                       for retries in (max_retries, 0))
+        self._headers = auth_headers(self._key)  # per request: the key, or no Authorization header at all
+        self.client, self._no_retry = (sdk_client(self.base_url, timeout, max_retries=retries) for retries in (max_retries, 0))
         self.uploads = 0  # files uploaded, for reports and tests
 
     def redact(self, text: str) -> str:
