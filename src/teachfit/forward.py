@@ -154,13 +154,14 @@ def _target_logprobs(model: Any, hidden: Any, targets: Any, ranks: bool = False)
         chunk_targets = targets[start : start + step, None]
         if ranks:
             target_logits = logits.gather(1, chunk_targets)
-            out_ranks.append(((logits > target_logits).sum(dim=-1) + 1).clamp_(max=RANK_CLIP))
+            # summed as int32: the default int64 reduction of a boolean took 1.6x as long here
+            out_ranks.append(((logits > target_logits).sum(dim=-1, dtype=torch.int32) + 1).clamp_(max=RANK_CLIP))
         logprobs = torch.log_softmax(logits, dim=-1)
         out.append(logprobs.gather(1, chunk_targets).squeeze(1))
     logprobs = torch.cat(out) if out else torch.zeros(0)
     if not ranks:
         return logprobs
-    return logprobs, torch.cat(out_ranks) if out_ranks else torch.zeros(0, dtype=torch.long)
+    return logprobs, torch.cat(out_ranks) if out_ranks else torch.zeros(0, dtype=torch.int32)
 
 
 def response_nll(
