@@ -11,7 +11,8 @@ import threading
 import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Sequence
+from types import SimpleNamespace
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -166,9 +167,10 @@ def car_bootstrap(rewards: Sequence[np.ndarray], losses: Sequence[np.ndarray], b
     rng = np.random.default_rng(seed)
     draws = np.empty((n_resamples, len(rewards)))
     work = n_resamples * sum(len(r) for r in rewards)
-    workers = min(4, _cpus()) if work > 16 * BOOTSTRAP_BLOCK else 0
+    workers = min(3, _cpus() - 1) if work > 16 * BOOTSTRAP_BLOCK else 0  # the drawing thread is one more
     pool = ThreadPoolExecutor(workers) if workers else None
     pending: deque = deque()
+    own = SimpleNamespace()  # this thread's buffers, when it takes the means itself
     try:
         for j, (r, l) in enumerate(zip(rewards, losses)):
             r, l = np.asarray(r, dtype=float), np.asarray(l, dtype=float)
@@ -178,7 +180,7 @@ def car_bootstrap(rewards: Sequence[np.ndarray], losses: Sequence[np.ndarray], b
                 stop = min(n_resamples, start + step)
                 idx = rng.integers(0, len(r), size=(stop - start, len(r)), dtype=kind)
                 if pool is None:
-                    _car_means(draws, j, start, r, l, idx, beta)
+                    _car_means(draws, j, start, r, l, idx, beta, own)
                     continue
                 pending.append(pool.submit(_car_means, draws, j, start, r, l, idx, beta, _THREAD))
                 while len(pending) > 2 * workers:  # a few blocks wait at most: memory stays flat
@@ -195,14 +197,13 @@ _THREAD = threading.local()  # a worker's buffers, freed with its thread
 
 
 def _car_means(draws: np.ndarray, j: int, start: int, r: np.ndarray, l: np.ndarray, idx: np.ndarray, beta: float,
-               local: threading.local | None = None) -> None:
+               local: Any) -> None:
     """draws[start:start + len(idx), j]: CAR of the resamples whose pair indices are the rows of
-    `idx` (in range: take's `clip` mode, which checks nothing, gathers fastest)."""
+    `idx` (in range: take's `clip` mode, which checks nothing, gathers fastest), in the buffers
+    kept on `local` (a thread's own)."""
     space = getattr(local, "space", None)
     if space is None or space[0].shape != idx.shape:
-        space = (np.empty(idx.shape, dtype=np.intp), np.empty(idx.shape))
-        if local is not None:
-            local.space = space
+        space = local.space = (np.empty(idx.shape, dtype=np.intp), np.empty(idx.shape))
     index, values = space
     np.copyto(index, idx)
     mean_reward = np.take(r, index, mode="clip", out=values).mean(axis=1)
