@@ -149,7 +149,8 @@ def test_bootstrap_in_blocks_draws_what_one_call_drew(monkeypatch, block):
     assert np.array_equal(draws, old.car_bootstrap(rewards, losses, 3.0, 257, seed=4))
 
 
-def test_rank_stage_reads_parquet_as_columns_with_the_selections(tmp_path):
+@pytest.mark.parametrize("numbered", [False, True])  # teachers named by numbers: selections join them as rows
+def test_rank_stage_reads_parquet_as_columns_with_the_selections(tmp_path, numbered):
     from teachfit.config import RankConfig
     from teachfit.files import read_table, read_table_columnar, write_jsonl, write_table
     from teachfit.rank import run_rank
@@ -158,6 +159,8 @@ def test_rank_stage_reads_parquet_as_columns_with_the_selections(tmp_path):
     run = RunDir(tmp_path)
     run.scores_dir.mkdir()
     rows = scores(7, samples=2)
+    if numbered:
+        rows = [dict(r, teacher=int(r["teacher"][1:])) for r in rows]
     write_table(run.scores("stu"), rows, {"scorers": [{"role": "self", "model": {"spec": "hf:stu"}}]})
     run.selections_dir.mkdir()
     write_jsonl(run.selection("best"), [{"teacher": r["teacher"], "id": r["id"]} for r in rows[::3]] +
@@ -171,7 +174,7 @@ def test_rank_stage_reads_parquet_as_columns_with_the_selections(tmp_path):
         on_rows = read_table(run.scores("stu"))[0]
         chosen = old.selection_rows(run, on_rows)
         expected = old.rank_teachers(on_rows + chosen, n_bootstrap=50, target=0.9, student="hf:stu",
-                                     selections=sorted({r["teacher"] for r in chosen}))
+                                     selections=sorted({str(r["teacher"]) for r in chosen}))
     ranking.settings.pop("scores")
     assert json.dumps(ranking.to_dict()) == json.dumps(expected.to_dict())
     assert [r["teacher"] for r in ranking.selections] == [r["teacher"] for r in expected.selections]

@@ -179,13 +179,14 @@ def with_selections(run: Any, scores: Any) -> tuple[Any, list[str]]:
     found = ScoreColumns(scores).rows_of_pairs({(t, i) for _, t, i in wanted})
     picked = [(name, found[(t, i)]) for name, t, i in wanted if (t, i) in found]
     names = [name for name, _ in picked]
-    if not hasattr(scores, "column_names"):
-        return list(scores) + [dict(scores[k], teacher=name) for name, k in picked], names
     import pyarrow as pa
 
+    at = scores.column_names.index("teacher") if hasattr(scores, "column_names") else None
+    if at is None or scores.schema.field(at).type not in (pa.string(), pa.large_string()):
+        rows = scores.to_pylist() if at is not None else list(scores)  # (teachers that are not text: rows)
+        return rows + [dict(rows[k], teacher=name) for name, k in picked], names
     extra = scores.take([k for _, k in picked])
-    at = extra.column_names.index("teacher")
-    extra = extra.set_column(at, "teacher", pa.array(names, pa.string()).cast(extra.schema.field(at).type))
+    extra = extra.set_column(at, "teacher", pa.array(names, scores.schema.field(at).type))
     return pa.concat_tables([scores, extra]), names
 
 
@@ -206,9 +207,9 @@ def run_rank(config: RankConfig, run: Any, executor: Any = None) -> dict[str, Ra
         student = student_of(meta) or path.stem
         chosen: list[str] = []
         if run is not None and ScoreColumns(scores).everyone_has("teacher"):  # else rank_teachers says what is wrong
-            teachers = set(ScoreColumns(scores).codes("teacher")[1])
+            teachers = ScoreColumns(scores)
             scores, chosen = with_selections(run, scores)
-            clash = sorted(set(chosen) & teachers)
+            clash = sorted(set(chosen) & set(teachers.codes("teacher")[1])) if chosen else []
             if clash:
                 raise InputError(run.selection(clash[0]), None, f"selection '{clash[0]}' has the name of a teacher: "
                                                                 "rename the selection (teachfit select --name)")

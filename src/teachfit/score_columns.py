@@ -1,7 +1,7 @@
 """A scores table read as columns: numpy arrays with one entry per pair, in the table's order.
 
 rank reads millions of pairs this way, with no dict per row. The table is either rows (dicts, as
-callers and tests hand them over) or an Arrow table (a Parquet scores file, files.read_arrow).
+callers and tests hand them over) or an Arrow table (a Parquet scores file, files.read_table_columnar).
 Values read as score_rows.number reads them (a float; NaN where missing); a value that is not a
 number is marked `bad`, and is an error (number's) only where the caller uses it. Numeric Arrow
 columns are converted in C; odd ones (text, lists) go through Python, value by value, as rows do.
@@ -97,8 +97,8 @@ class ScoreColumns:
             kind = column.type
             if pa.types.is_floating(kind) or pa.types.is_integer(kind) or pa.types.is_boolean(kind) \
                     or pa.types.is_null(kind):
-                values = column.cast(pa.float64(), safe=False).to_numpy()  # nulls -> NaN
-                return np.array(values, dtype=float), None
+                values = column.cast(pa.float64(), safe=False).to_numpy()  # nulls -> NaN; read-only: never written
+                return np.asarray(values, dtype=float), None
             values_of: Sequence[Any] = column.to_pylist()
         elif self.table is not None:
             return np.full(len(self), math.nan), None
