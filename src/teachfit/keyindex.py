@@ -63,6 +63,23 @@ class KeyIndex:
         """Memory the index holds, in bytes (17 an entry)."""
         return sum(sum(part.nbytes for part in run) for run in self._runs)
 
+    @classmethod
+    def from_parts(cls, code_parts: list[np.ndarray], place_parts: list[np.ndarray]) -> "KeyIndex":
+        """An index of scanned parts (in age order, oldest first), emptying the two lists as it goes,
+        so that opening a large cache holds about twice the index at its peak, not four times."""
+        index = cls()
+        if code_parts:
+            codes = np.concatenate(code_parts)
+            code_parts.clear()
+            places = np.concatenate(place_parts)
+            place_parts.clear()
+            # not a stable sort (a radix sort's scratch memory): equal codes are all tried when read
+            order = np.argsort(codes)
+            codes.sort()  # in place: the same values as codes[order]
+            places = _take_in_chunks(places, order)
+            index._runs.append((codes, places, np.zeros(len(codes), bool)))
+        return index
+
     def add(self, codes: np.ndarray, places: np.ndarray, checked: bool = False) -> None:
         """Index entries (codes and locations of equal length); later entries are tried first.
         `checked`: their lines are known good (this process wrote them)."""
@@ -93,6 +110,14 @@ class KeyIndex:
     def mark_checked(self, run: int, position: int) -> None:
         """Record that the line of an entry (as candidates() gave it) was read and found good."""
         self._runs[run][2][position] = True
+
+
+def _take_in_chunks(values: np.ndarray, order: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
+    """values[order], without a temporary copy of the whole result beside it."""
+    taken = np.empty_like(values)
+    for start in range(0, len(order), chunk):
+        taken[start:start + chunk] = values[order[start:start + chunk]]
+    return taken
 
 
 def scan_shard(path: Path, shard: int, on_odd_line: Callable[[bytes], int | None]) -> tuple[np.ndarray, np.ndarray]:

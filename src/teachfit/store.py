@@ -84,11 +84,13 @@ class ResultCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.skipped_lines: dict[str, int] = {}  # reason -> lines skipped (their results are recomputed)
         self._shards = sorted(self.folder.glob("shard-*.jsonl"))
-        self._index, self._dead, self._readers = KeyIndex(), set(), {}
-        self._lock = threading.Lock()
-        scanned = [scan_shard(shard, number, self._odd_line) for number, shard in enumerate(self._shards)]
-        if scanned:
-            self._index.add(np.concatenate([c for c, _ in scanned]), np.concatenate([p for _, p in scanned]))
+        self._dead, self._readers, self._lock = set(), {}, threading.Lock()
+        code_parts, place_parts = [], []
+        for number, shard in enumerate(self._shards):
+            codes, places = scan_shard(shard, number, self._odd_line)
+            code_parts.append(codes)
+            place_parts.append(places)
+        self._index = KeyIndex.from_parts(code_parts, place_parts)
         self._own = len(self._shards)  # this process's shard, created on the first put
         self._shards.append(self.folder / f"shard-{uuid.uuid4().hex[:12]}.jsonl")
         self._handle = None
