@@ -15,8 +15,12 @@ then the command-line path as a user meets it (start-up, model load, reading, ca
 included): the naive loop as a script vs `teachfit score` with and without `--metrics car`; where
 teachfit's time goes (body, LM head, log-softmax, the rest); its speed by tokens per batch; and the
 fraction of this CPU's matmul limit (fp32 and bf16, measured in the same run) that the body reaches.
+`--engines` runs only the engine rows instead (torch fp32 / bf16, CTranslate2 fp32 / int8: tokens/s and
+loss agreement); `--packaged` adds them on the packaged Gemma 3 270M student and the demo's pairs, with
+the CAR ranking under each engine (bench/score_engines.py); `--threads N` sets the threads of both.
 
     .venv/bin/python bench/score_throughput.py [--pairs 48] [--lengths longtail|uniform] [--compile]
+    .venv/bin/python bench/score_throughput.py --engines [--packaged] [--threads 1]
 """
 from __future__ import annotations
 
@@ -31,6 +35,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from score_engines import ENGINES, METHODS as ENGINE_METHODS, engine_table, packaged_table
 
 WORDS = ("the model learns to answer questions about science history code and math with short clear "
          "steps while the student copies the teacher style because compatible data is easier to fit").split()
@@ -47,6 +53,8 @@ def build(folder: Path) -> None:
 
     torch.manual_seed(0)
     tokenizer = build_tokenizer()
+    # padded to the model's 50257 rows: CTranslate2's converter takes the vocabulary from the tokenizer
+    tokenizer.add_tokens([f"<unused{i}>" for i in range(50257 - len(tokenizer))])
     config = GPT2Config(vocab_size=50257, n_positions=2048, n_embd=768, n_layer=12, n_head=12,
                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     GPT2LMHeadModel(config).save_pretrained(folder)
@@ -208,6 +216,7 @@ METHODS = {"naive": lambda f, d: naive(f, d), "naive_car": lambda f, d: naive(f,
            "teachfit": lambda f, d: teachfit_batched(f, d), "teachfit_car": lambda f, d: teachfit_batched(f, d, alone=False),
            "teachfit_compiled": lambda f, d: teachfit_batched(f, d, compile_body=True), "breakdown": breakdown, "budgets": budgets,
            "peaks": lambda f, d: {"float32": matmul_peak("float32"), "bfloat16": matmul_peak("bfloat16")}}
+METHODS.update(ENGINE_METHODS)
 
 
 def child(method: str, folder: str, data: str) -> None:
@@ -228,15 +237,29 @@ def run_child(method: str, folder: Path, data: Path) -> dict:
     return result
 
 
+def tolerant_child(method: str, folder: Path, data: Path) -> dict | None:
+    """run_child, or None (and the child's last error line) when it fails: the other rows still come."""
+    try:
+        return run_child(method, folder, data)
+    except subprocess.CalledProcessError as error:
+        print(f"[{method}] failed: {(error.stderr or '').strip().splitlines()[-1:]}", file=sys.stderr, flush=True)
+        return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pairs", type=int, default=48)
     parser.add_argument("--lengths", choices=("longtail", "uniform"), default="longtail")
     parser.add_argument("--compile", action="store_true", help="also time the body under torch.compile")
+    parser.add_argument("--engines", action="store_true", help="only the engine rows (torch vs CTranslate2)")
+    parser.add_argument("--packaged", action="store_true", help="with --engines: also on the packaged student")
+    parser.add_argument("--threads", type=int, help="torch's (and CTranslate2's) threads in each child")
     parser.add_argument("--child", nargs=3)
     args = parser.parse_args()
     if args.child:
         return child(*args.child)
+    if args.threads:
+        os.environ["TEACHFIT_BENCH_THREADS"] = str(args.threads)
     with tempfile.TemporaryDirectory(prefix="teachfit-bench-") as work:
         run(Path(work), args)
 
@@ -246,6 +269,13 @@ def run(work: Path, args: argparse.Namespace) -> None:
     build(work / "model")
     data = work / "pairs.jsonl"
     make_pairs(data, args.pairs, args.lengths)
+    if args.engines:
+        print(f"pairs: {args.pairs} ({args.lengths}), threads: {args.threads or 'torch default'}, {os.cpu_count()} cores")
+        engine_table({name: run_child(name, work / "model", data) for name in ENGINES})
+        if args.packaged:
+            packaged_table({name: result for name in ENGINE_METHODS if name.startswith("packaged_")
+                            for result in [tolerant_child(name, work / "model", data)] if result})
+        return
     names = ["naive", "naive_car", "teachfit", "teachfit_car"] + (["teachfit_compiled"] if args.compile else [])
     results = {name: run_child(name, work / "model", data) for name in names}
     split = run_child("breakdown", work / "model", data)
