@@ -82,3 +82,18 @@ def test_content_hashes_equal_content_hash_digit_for_digit():
     texts = [("", ""), ("Question \u00e9\u4e2d", "answer \"quoted\" \\ \n\t"), ("lone \ud800 surrogate", "emoji \U0001f600")]
     assert content_hashes(material, texts) == [content_hash(material, a, b) for a, b in texts]
     assert content_hashes("x", [(1, {"z": 1, "a": 2})]) == [content_hash("x", 1, {"z": 1, "a": 2})]
+
+
+def test_digest_table_against_a_dict():
+    import hashlib
+
+    table, plain, rng = keyindex.DigestTable(capacity=4), {}, random.Random(3)
+    digests = [hashlib.sha256(str(rng.randrange(3000)).encode()).digest()[:16] for _ in range(5000)]
+    digests += [bytes(16), bytes(8) + b"\x01" * 8]  # a zero high half (stored as 1) beside one whose half is 1
+    digests += [(1).to_bytes(8, "big") + b"\x01" * 8]
+    for number, digest in enumerate(digests):
+        assert table.get(digest) == plain.get(digest)
+        if digest not in plain:
+            table.add(digest, number)
+            plain[digest] = number
+    assert len(table) == len(plain) and all(table.get(d) == n for d, n in plain.items())

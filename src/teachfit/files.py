@@ -124,8 +124,7 @@ def read_pairs(
     Within one teacher, a repeated id or a repeated (instruction, response) is a duplicate (the
     same id under several teachers is the normal case: one instruction, several answers)."""
     stats = stats if stats is not None else ReadStats()
-    seen_ids: dict[tuple[str, str], str] = {}
-    seen_pairs: dict[tuple[str, bytes], str] = {}
+    seen = _Seen()
     for path in paths:
         layout = WideLayout(reward_column)  # which columns of this file hold generators
         file_teacher = default_teacher(path)  # a record without a `teacher` is the file's (stem)
@@ -138,7 +137,7 @@ def read_pairs(
                 stats.skip(InputError(path, line, reason))
             for record in records:
                 try:
-                    pair = _checked_pair(record, path, number, reward_column, seen_ids, seen_pairs, file_teacher,
+                    pair = _checked_pair(record, path, number, reward_column, seen, file_teacher,
                                          generator=record.get("teacher") if wide is not None else None)
                 except InputError as error:
                     if not skip_invalid:
@@ -149,9 +148,33 @@ def read_pairs(
                 yield pair
 
 
+class _Seen:
+    """read_pairs' memory of what it read, for the duplicate checks: each teacher's ids and
+    (instruction, response) digests with where each was first, held compactly (teachfit.keyindex.
+    DigestTable: ~50 bytes a check, where dicts of tuples and strings held ~300 a pair, 600 MB at 2M)."""
+
+    NO_NUMBER = (1 << 40) - 1
+
+    def __init__(self) -> None:
+        from teachfit.keyindex import DigestTable
+
+        self.ids, self.pairs, self._paths, self._path_numbers = DigestTable(), DigestTable(), [], {}
+
+    def code(self, path: str | os.PathLike, number: int | None) -> int:
+        """(path, record number) as one number."""
+        index = self._path_numbers.setdefault(str(path), len(self._paths))
+        if index == len(self._paths):
+            self._paths.append(path)
+        return index << 40 | (self.NO_NUMBER if number is None else number)
+
+    def where(self, code: int) -> str:
+        """The location (file:line) of a code()."""
+        number = code & self.NO_NUMBER
+        return location(self._paths[code >> 40], None if number == self.NO_NUMBER else number)
+
+
 def _checked_pair(record: dict[str, Any], path: str | os.PathLike, number: int, reward_column: str | None,
-                  seen_ids: dict[tuple[str, str], str], seen_pairs: dict[tuple[str, bytes], str],
-                  file_teacher: str, generator: str | None = None) -> Pair:
+                  seen: _Seen, file_teacher: str, generator: str | None = None) -> Pair:
     """The Pair of one plain record (its reward from `reward_column`, its teacher `file_teacher`
     unless it names one), refused (InputError at file:line) when invalid or a duplicate;
     `generator`: the record is that generator's answer in a multi-teacher record, and a reason names it."""
@@ -162,18 +185,18 @@ def _checked_pair(record: dict[str, Any], path: str | os.PathLike, number: int, 
         raise InputError(path, number, f"{error}{of}") from None
     except (TypeError, AttributeError, KeyError) as error:  # a shape no check above foresaw
         raise InputError(path, number, f"invalid record ({type(error).__name__}: {error}){of}") from None
-    where = location(path, number)
-    id_key = (pair.teacher, pair.id)
-    if id_key in seen_ids:
+    id_key = hashlib.sha256(json.dumps([pair.teacher, pair.id]).encode("utf-8")).digest()[:16]
+    if (first := seen.ids.get(id_key)) is not None:
         raise InputError(path, number, f"duplicate id: '{pair.id}' of teacher '{pair.teacher}' "
-                                       f"(first at {seen_ids[id_key]})")
-    digest = hashlib.sha256(json.dumps([pair.instruction, pair.response]).encode("utf-8")).digest()[:16]
-    pair_key = (pair.teacher, digest)
-    if pair_key in seen_pairs:
+                                       f"(first at {seen.where(first)})")
+    pair_key = hashlib.sha256(json.dumps([pair.teacher, pair.instruction, pair.response]).encode("utf-8")).digest()[:16]
+    if (first := seen.pairs.get(pair_key)) is not None:
         raise InputError(path, number, f"duplicate pair: the same instruction and response of teacher "
-                                       f"'{pair.teacher}' (first at {seen_pairs[pair_key]})")
-    seen_ids[id_key], seen_pairs[pair_key] = where, where
-    pair.source = where
+                                       f"'{pair.teacher}' (first at {seen.where(first)})")
+    here = seen.code(path, number)
+    seen.ids.add(id_key, here)
+    seen.pairs.add(pair_key, here)
+    pair.source = location(path, number)
     return pair
 
 
