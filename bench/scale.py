@@ -199,9 +199,18 @@ def child_score(data: str, student: str, out: str, cache: str, token_budget: int
     instrument(clock, memory)
     config = ScoreConfig(student=[f"hf:{student}"], metrics=["car"], reward_column=REWARD, progress=False,
                          dtype="float32", token_budget=token_budget)
+    samples, done = [], threading.Event()
+
+    def sample_rss() -> None:  # RSS each second: flat memory is a flat curve over the run
+        while not done.wait(1.0):
+            samples.append(current_rss_mb())
+
+    threading.Thread(target=sample_rss, daemon=True).start()
     started, cpu = time.perf_counter(), time.process_time()
     metadata = score_files([data], out, f"hf:{student}", config, cache_dir=cache)
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+    done.set()
+    memory["rss_over_run_mb"] = [samples[min(len(samples) - 1, int(q * len(samples)))] for q in (0.1, 0.25, 0.5, 0.75, 0.99)] if samples else []
     clock.seconds["main"]["other"] = wall - sum(clock.seconds["main"].values())
     return {"seconds": wall, "parts": clock.seconds["main"], "prefetch_parts": clock.seconds["prefetch"],
             "cpu_seconds": cpu, "counts": metadata["counts"], "peak_rss_mb": peak_rss_mb(), **memory}
@@ -295,6 +304,8 @@ def table(rows: list[dict]) -> str:
                      f"| {lm['peak_rss_mb']:,.0f} | {lm['peak_rss_mb'] - lm.get('rss_after_load_mb', 0):,.0f} "
                      f"| {cached['seconds']:.1f} ({cached['peak_rss_mb']:,.0f}) | {rank['seconds']:.1f} ({rank['peak_rss_mb']:,.0f}) "
                      f"| {select['seconds']:.1f} ({select['peak_rss_mb']:,.0f}) |")
+    lines += ["", "RSS over the cold run (MB at 10%, 25%, 50%, 75% and 99% of its time; the student loads first):", ""]
+    lines += [f"- {label(r)}: " + ", ".join(f"{v:,.0f}" for v in r["lm"].get("rss_over_run_mb", [])) for r in sizes]
     lines += ["", "Where the time per pair goes (microseconds per pair; cold: empty cache, cached: the re-run). The main",
               "thread's parts add up to the total; the prefetch thread's (reading, hashing, the cache look-up and",
               "tokenizing of the next window) overlap the main thread's forward pass; 'wait': the main thread waiting for them:", "",
