@@ -66,7 +66,9 @@ def packaged_pass(name: str, metrics: str) -> dict:
 
     _threads()
     engine, kind = ENGINES[name]
-    config = ScoreConfig(engine=engine, dtype=kind if engine == "torch" else "float32", compute_type=kind,
+    torch_engine = engine == "torch"
+    config = ScoreConfig(engine=engine, dtype=kind if torch_engine else "float32",
+                         compute_type="float32" if torch_engine else kind,
                          reward_column="judge_reward", metrics=metrics.split(","), max_length=2048, progress=False)
     with tempfile.TemporaryDirectory(prefix="teachfit-engines-") as work:
         out = Path(work) / "scores.parquet"
