@@ -39,10 +39,10 @@ from teachfit.score.lm import LMScorer, encode_pairs, lm_key_material, rows_from
 from teachfit.template import EncodedPair
 
 CONVERSION_VERSION = 1  # bump when the conversion changes, so old converted copies are not reused
-# Logit elements (tokens x vocabulary) forward_batch returns at once on the RSR path: 64M fp32 = 256 MB.
-# One sequence longer than this / vocabulary still gets a batch of its own (Gemma's 262k vocabulary:
-# 2048 tokens hold 2 GiB of logits).
-RANKED_LOGIT_ELEMENTS = 64 * 1024 * 1024
+# Logit elements (tokens x vocabulary) of one batch: CTranslate2 computes the logits of every position
+# (score_batch too), so batches are capped at 64M fp32 = 256 MB of them. One sequence longer than this /
+# vocabulary still gets a batch of its own (Gemma's 262k vocabulary: 2048 tokens hold 2 GiB of logits).
+LOGIT_ELEMENTS = 64 * 1024 * 1024
 
 
 def _source_folder(spec: ModelSpec) -> str:
@@ -237,11 +237,9 @@ def ct2_response_nll(model: CT2Model, encoded: Sequence[EncodedPair], plan: Batc
                      on_batch: Callable[[int], None] | None = None) -> list[tuple[float, int, float]]:
     """forward.response_nll's numbers under CTranslate2: per sequence (sum of -log p over response
     tokens in nats, response tokens, sum of clipped ranks, NaN without `ranks`), batched by
-    forward.plan_batches (with `ranks`, also capped by RANKED_LOGIT_ELEMENTS)."""
+    forward.plan_batches under the plan's token budget capped by LOGIT_ELEMENTS."""
     plan = plan.on(model.device)
-    if ranks:
-        vocabulary = len(model.strings)
-        plan = BatchPlan(max(1, min(plan.token_budget, RANKED_LOGIT_ELEMENTS // vocabulary)), plan.max_batch_size)
+    plan = BatchPlan(max(1, min(plan.token_budget, LOGIT_ELEMENTS // len(model.strings))), plan.max_batch_size)
     results: list[Any] = [None] * len(encoded)
     for batch in plan_batches([len(e.input_ids) for e in encoded], plan):
         for part in _one_length_runs(batch, encoded) if model.one_length_batches else [batch]:
