@@ -6,6 +6,7 @@
   reward.py    rewards: a reward model, a generative judge's expected rating, a column of the file
   served.py    students and references behind an OpenAI-compatible server (adapters.py: dialects)
   vllm.py      students and references on vLLM
+  ctranslate2.py  in-process students and references on CTranslate2 (`--engine ctranslate2`, CPU)
   scorers.py   the one chooser: build_scorers(student, config, sources)
   stage.py     the Stage record: how a study splits scoring into units (one per student)
 
