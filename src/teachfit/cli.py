@@ -54,6 +54,7 @@ def _options(version: bool = typer.Option(False, "--version", callback=_version,
             warnings.filterwarnings("ignore", category=category)
         warnings.filterwarnings("ignore", message=".*pin_memory.*")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # e.g. "Some weights ... lm_head ... not used"
+        os.environ.setdefault("DATASETS_VERBOSITY", "critical")  # its "Failed to load JSON": teachfit's error says it
 
 
 QUIET: list[bool] = []  # set by -q for this process
