@@ -63,3 +63,5 @@ def test_report_fields_and_clear_cases():
     assert tied["pairs_needed"] is None and not tied["enough"]
     with pytest.raises(ValueError, match="target"):
         pairs_needed(rows, target=1.0)
+    with pytest.raises(ValueError, match="confidence"):  # checked before the rows are looked at
+        pairs_needed([], confidence=0.3)

@@ -30,8 +30,6 @@ def pairs_needed(
     separated (its lower bound <= 0), `pairs_needed` is None and `optimistic_pairs_needed` (from
     the observed gaps, a lower bound on what is needed) says at least how far there is to go.
     """
-    if not 0.0 < target < 1.0 or not 0.5 <= confidence < 1.0:
-        raise ValueError(f"target must be in (0, 1) and confidence in [0.5, 1), got {target} and {confidence}")
     usable = [r for r in rows if r.get("reward") is not None and r.get("loss_self") is not None
               and math.isfinite(float(r["reward"])) and math.isfinite(float(r["loss_self"]))]
     groups = group_by_teacher(usable)
