@@ -97,3 +97,22 @@ def test_digest_table_against_a_dict():
             table.add(digest, number)
             plain[digest] = number
     assert len(table) == len(plain) and all(table.get(d) == n for d, n in plain.items())
+
+
+def test_digest_table_grows_without_python_lists():
+    """Growing rehashes in numpy, a chunk at a time: the peak beyond the old table stays under 1.5x
+    the new arrays (25 bytes a slot), where lists of every entry as Python ints took ~120 bytes an
+    entry more (the peak ~2.4x them)."""
+    import hashlib
+    import tracemalloc
+
+    table, entries = keyindex.DigestTable(capacity=1 << 19), 1 << 18
+    digests = [hashlib.blake2b(str(i).encode(), digest_size=16).digest() for i in range(entries + 1)]
+    for number, digest in enumerate(digests[:-1]):
+        table.add(digest, number)
+    tracemalloc.start()
+    table.add(digests[-1], entries)  # the table grows to 1 << 20 slots
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert len(table._used) == 1 << 20 and peak < 1.5 * 25 * (1 << 20), peak
+    assert all(table.get(d) == n for n, d in enumerate(digests)) and len(table) == entries + 1

@@ -23,6 +23,7 @@ OFFSET_BITS = 40  # a location is shard number << 40 | byte offset: shards up to
 LINE_PREFIX = b'{"key": "'  # how store.ResultCache writes every line: json.dumps({"key": ..., ...})
 HEX_KEY = 32  # content_hash: 32 hex digits
 _HEX_KEY = re.compile(f"[0-9a-f]{{{HEX_KEY}}}")
+GROW_CHUNK = 65_536  # old slots rehashed at once when a DigestTable grows
 SCAN_BLOCK = 16 * 1024 * 1024  # bytes of a shard read at once while scanning (its index matrices: ~5x that)
 
 _NIBBLE = np.full(256, 255, dtype=np.uint8)
@@ -214,13 +215,33 @@ class DigestTable:
         """Store `value` under `digest` (not there yet: get() it first)."""
         self._insert(int.from_bytes(digest[:8], "big"), int.from_bytes(digest[8:16], "big"), value)
         if 2 * self._count > len(self._used):
-            used = self._used
-            entries = zip(self._high[used].tolist(), self._low[used].tolist(), self._value[used].tolist())
-            self._used = np.zeros(2 * len(used), bool)
-            self._high, self._low, self._value = (np.zeros(2 * len(used), np.uint64) for _ in range(3))
-            self._count = 0
-            for entry in entries:
-                self._insert(*entry)
+            self._grow()
+
+    def _grow(self) -> None:
+        """Twice the slots, the entries rehashed in numpy, GROW_CHUNK old slots at a time (no Python
+        object an entry: temporaries of ~50 bytes an entry of one chunk beside the new arrays)."""
+        used, high, low, value = self._used, self._high, self._low, self._value
+        self._used = np.zeros(2 * len(used), bool)
+        self._high, self._low, self._value = (np.zeros(2 * len(used), np.uint64) for _ in range(3))
+        for start in range(0, len(used), GROW_CHUNK):
+            part = slice(start, start + GROW_CHUNK)
+            kept = used[part]
+            self._place(high[part][kept], low[part][kept], value[part][kept])
+
+    def _place(self, high: np.ndarray, low: np.ndarray, value: np.ndarray) -> None:
+        """Store new entries at once: each round places, of the entries still waiting, one per free
+        slot they probe, and moves the others on one slot, so every entry ends in an unbroken run of
+        used slots from its home (what get() probes), as _insert leaves it."""
+        mask = np.uint64(len(self._used) - 1)
+        waiting, slot = np.arange(len(high)), high & mask
+        while len(waiting):
+            placed = np.zeros(len(slot), bool)
+            placed[np.unique(slot, return_index=True)[1]] = True  # one entry per slot probed this round
+            placed &= ~self._used[slot]
+            chosen, at = waiting[placed], slot[placed]
+            self._used[at] = True
+            self._high[at], self._low[at], self._value[at] = high[chosen], low[chosen], value[chosen]
+            waiting, slot = waiting[~placed], (slot[~placed] + np.uint64(1)) & mask
 
     def _insert(self, high: int, low: int, value: int) -> None:
         mask = len(self._used) - 1
