@@ -20,9 +20,25 @@ def test_order_and_bound():
     for item in in_background(items(), depth=2):
         time.sleep(0.002)
         seen.append(item)
-        # produced: what the consumer has + the queue (2) + the one the producer waits to hand over
-        assert len(produced) <= len(seen) + 3
+        # produced: what the consumer has + at most 2 more (queued or being built)
+        assert len(produced) <= len(seen) + 2
     assert seen == list(range(50))
+
+
+def test_depth_one_builds_one_item_ahead():
+    """Item i is built only once the consumer is done with item i - 2 (the engine: window k's
+    results are written before window k + 2 is looked up in the cache)."""
+    done = []
+
+    def items():
+        for i in range(30):
+            assert len(done) >= i - 1, f"item {i} built while the consumer had finished {len(done)}"
+            yield i
+
+    for item in in_background(items()):
+        time.sleep(0.002)
+        done.append(item)
+    assert done == list(range(30))
 
 
 def test_an_error_reaches_the_consumer_after_the_items_before_it():
