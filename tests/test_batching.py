@@ -63,12 +63,14 @@ def test_a_bad_pair_in_a_window_is_skipped_and_the_rest_scored_once(tmp_path, ti
     pairs = [Pair(id=f"p{i}", instruction=p["instruction"], response=p["response"], teacher="t", source=f"t.jsonl:{i + 1}")
              for i, p in enumerate(PAIRS)]
     pairs.insert(1, Pair(id="long", instruction="word " * 400, response="x", teacher="t", source="t.jsonl:9"))
+    pairs.insert(3, Pair(id="long2", instruction="word " * 400, response="x", teacher="t", source="hf-dataset:o/d:row 12"))
     options = ScoreConfig(dtype="float32", max_length=64, skip_invalid=True)
     scorer = LMScorer(load("causal_lm", f"hf:{tiny_llama}", dtype="float32"), "self", options)
     skipped, bar = [], Bar()
     rows = list(score_pairs(pairs, [scorer], tmp_path / "cache", options, progress=bar, skipped=skipped))
-    assert [r["id"] for r in rows] == [p.id for p in pairs if p.id != "long"]
-    assert len(skipped) == 1 and skipped[0]["line"] == 9 and sum(bar.updates) == len(pairs)
+    assert [r["id"] for r in rows] == [p.id for p in pairs if not p.id.startswith("long")]
+    assert [(s["path"], s["line"]) for s in skipped] == [("t.jsonl", 9), ("hf-dataset:o/d", 12)]  # a dataset's row too
+    assert sum(bar.updates) == len(pairs)
 
 
 def test_padding_and_response_positions_match_a_plain_loop():

@@ -64,6 +64,10 @@ def test_dataset_dict_splits(tmp_path):
     assert sorted(ids([folder])) == [r["id"] for r in ROWS]  # the bare folder: every split
     with pytest.raises(InputError, match=r"^hf-dataset:.*dict:validation: no split 'validation' \(splits: train, test\)$"):
         expand_inputs([f"hf-dataset:{folder}:validation"])
+    from teachfit.hub_datasets import count_rows
+
+    assert count_rows(folder) == len(ROWS)  # the rows of every split, not the number of splits
+    assert count_rows(f"hf-dataset:{folder}:test") == 4
 
 
 def test_a_bad_row_is_named_by_its_row(tmp_path):

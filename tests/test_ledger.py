@@ -219,3 +219,23 @@ def test_evaluate_ledger_counts_each_stored_judgment_once(tmp_path, tiny_chatml)
     from teachfit.evaluate.stage import STAGE
 
     assert "tokens:" in STAGE.line(again) and STAGE.summary(again)["ledger"] == again["ledger"]
+
+
+def test_batch_judge_and_batch_estimate_are_priced_at_the_batch_discount(tmp_path):
+    """A judge behind a provider's batch API (either spelling): its judgments are counted by the
+    server and priced at the discount, in the ledger and in the dry run's estimate."""
+    from teachfit.ledger import estimate_rows
+
+    judge = "openai:j@http://127.0.0.1:1/v1?batch=1"
+    evaluations = tmp_path / "evaluations"
+    (evaluations / "judgments").mkdir(parents=True)
+    (evaluations / "scores-m--arena_hard.json").write_text(json.dumps({"results": {"judge": judge}}))
+    games = [{"games": [{"usage": {"prompt_tokens": 100, "completion_tokens": 10}}] * 2}] * 3
+    write_pairs(evaluations / "judgments" / "m--arena_hard-1.jsonl", games)
+    prices = {"j": Price(input=2.0, output=8.0, batch_discount=0.5)}
+    [row] = write_ledger(tmp_path, prices)
+    assert (row["requests"], row["tokens_in"], row["tokens_out"], row["counted_by"]) == (6, 600, 60, "server")
+    assert row["cost_usd"] == pytest.approx(0.5 * (600 * 2.0 + 60 * 8.0) / 1e6)
+    [estimate] = estimate_rows([("openai-batch:j@http://127.0.0.1:1/v1", ["What is 2 + 2?"], 100)], prices)
+    tokens_in = token_length("What is 2 + 2?")
+    assert estimate["cost_usd"] == pytest.approx(0.5 * (tokens_in * 2.0 + 100 * 8.0) / 1e6)

@@ -403,6 +403,85 @@ def test_batch_judge_sends_every_first_attempt_in_one_batch(tmp_path, server, pr
     assert all(g["cached"] for g in again) and provider.uploads == 1 and provider.sync_posts == 2
 
 
+def test_batch_judge_replies_survive_a_run_killed_before_its_judgments_are_cached(tmp_path, server, provider,
+                                                                                 monkeypatch):
+    """The batch is collected (its replies paid for), then the run dies before any judgment is
+    cached: the next run, a fresh judge, takes the replies from their durable copy beside the
+    batch state and pays nothing again."""
+    from teachfit.evaluate.bench import BenchItem
+    from teachfit.evaluate.judging import JudgeConfig
+    from teachfit.evaluate.pairwise import Judgments, judge_arena_hard
+
+    provider.answer = lambda body: "[[A>B]]"
+    items = [BenchItem(f"b{i}", f"Q{i}?", baseline=f"base {i}") for i in range(3)]
+    answers = {i.id: f"mine {i.id}" for i in items}
+
+    def judged():
+        judge = load("judge", f"openai-batch:m@{server.url}", constraint="none", **FAST)
+        return judge_arena_hard(items, answers, Judgments(judge, JudgeConfig.load("arena_hard"), tmp_path / "cache"))
+
+    def killed(self, job):
+        raise KeyboardInterrupt  # the run dies after the batch was collected, before caching
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Judgments, "_one", killed)
+        with pytest.raises(KeyboardInterrupt):
+            judged()
+    [state_file] = (tmp_path / "cache").rglob("batches.json")
+    state = json.loads(state_file.read_text())
+    assert provider.uploads == 1 and state["batches"][0]["collected"]
+    games = [g for row in judged() for g in row["games"]]
+    assert provider.uploads == 1 and provider.creates == 1 and provider.sync_posts == 0
+    assert [g["verdict"] for g in games] == ["A>B"] * 6 and not any(g["cached"] for g in games)
+
+
+def test_odd_provider_lines_and_a_refused_create(tmp_path, server, provider, monkeypatch):
+    """An output line whose response is not an object is a failed line, sent again (no crash); a
+    create the provider refuses (4xx) is given up in the state, so a re-run uploads afresh."""
+    from teachfit.models.openai_batch import BatchClient
+
+    original = Provider.finish
+
+    def odd_first(self, batch):
+        original(self, batch)
+        if self.creates == 1:  # the first batch's first line: a string where the response object goes
+            data = self.files[batch["output_file_id"]].decode().splitlines()
+            row = json.loads(data[0])
+            row["response"] = "garbled"
+            self.files[batch["output_file_id"]] = "\n".join([json.dumps(row)] + data[1:]).encode()
+
+    monkeypatch.setattr(Provider, "finish", odd_first)
+    request = parse_teacher(f"openai-batch:m@{server.url}", GenerationSettings(max_new_tokens=16))
+    run = RunDir(tmp_path / "run")
+    [stats] = generate(instructions(tmp_path, 3), [request], run, FAST, show_progress=False)
+    assert stats["generated"] == 3 and stats["errors"] == 0 and [len(lines) for lines in provider.lines] == [3, 1]
+
+    client = BatchClient(ModelSpec.parse(f"openai-batch:m@{server.url}"), **{"poll_interval": 0.02, "timeout": 5.0})
+    state_path = tmp_path / "refused.json"
+    bodies = {"a": {"model": "m", "messages": [{"role": "user", "content": "hi"}], "seed": 1}}
+    monkeypatch.setattr(client._no_retry.batches, "create", lambda **kw: (_ for _ in ()).throw(
+        client._openai.BadRequestError("too large", response=__import__("httpx2").Response(
+            400, request=__import__("httpx2").Request("POST", server.url)), body=None)))
+    with pytest.raises(BatchAPIError, match="too large") as refused:
+        client.run_bodies(bodies, state_path, lambda replies: None)
+    assert refused.value.refused
+    entry = json.loads(state_path.read_text())["batches"][0]
+    assert entry["status"] == "refused" and entry["collected"]
+
+
+def test_requests_are_grouped_under_the_line_and_byte_limits(monkeypatch):
+    from teachfit.models import openai_batch
+
+    client = openai_batch.BatchClient.__new__(openai_batch.BatchClient)
+    client.max_requests = 3
+    bodies = {f"r{i}": {"text": "x" * 1000} for i in range(8)}
+    assert [len(g) for g in client._groups(list(bodies), bodies)] == [3, 3, 2]
+    line = len(json.dumps(bodies["r0"]).encode()) + 100
+    monkeypatch.setattr(openai_batch, "MAX_BATCH_BYTES", 2 * line)
+    client.max_requests = 50
+    assert [len(g) for g in client._groups(list(bodies), bodies)] == [2, 2, 2, 2]
+
+
 def test_unreachable_batch_api_is_one_line_on_the_command_line(tmp_path):
     instructions(tmp_path, 1)
     with socket.socket() as closed:  # a port nothing listens on

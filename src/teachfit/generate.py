@@ -22,6 +22,7 @@ from teachfit.files import write_jsonl
 from teachfit.instructions import Instruction
 from teachfit.ledger import ledger_line, read_prices, write_ledger
 from teachfit.models.base import GenerationSettings, user_messages
+from teachfit.models.spec import uses_batch_api
 from teachfit.stage import Plan, Stage, Unit
 from teachfit.teachers import TeacherRequest, parse_teacher
 
@@ -167,7 +168,7 @@ def generate(instructions: Sequence[Instruction], requests: Iterable[TeacherRequ
     summaries = []
     for request in requests:
         path = run.responses(request.name)
-        batches = request.spec.startswith("openai-batch:")  # one provider batch per dataset: never sharded
+        batches = uses_batch_api(request.spec)  # one provider batch per dataset: never sharded
         if executor is not None and executor.world_size > 1 and not batches:
             stats = _generate_sharded(instructions, request, path, run, load_options, executor)
         else:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from teachfit.atomic import atomic_write
+from teachfit.models.spec import uses_batch_api
 from teachfit.records import InputError
 
 COLUMNS = ("stage", "model", "requests", "tokens_in", "tokens_out", "counted_by")
@@ -219,12 +220,13 @@ def _tally_judgments(evaluations: Path, tallies: dict[tuple[str, str], Tally]) -
         owners = [p for p in judges if path.stem.startswith(p + "-")]
         judge = judges[max(owners, key=len)] if owners else "unknown judge"
         tally = tallies.setdefault(("evaluate", judge), Tally("evaluate", judge))
+        batched, served = uses_batch_api(judge), judge.startswith(("openai:", "openai-batch:"))
         for row in _json_lines(path):
             for reply in row.get("games") if isinstance(row.get("games"), list) else [row]:
                 usage = reply.get("usage") if isinstance(reply, dict) and isinstance(reply.get("usage"), dict) else {}
                 reported = "prompt_tokens" in usage or "completion_tokens" in usage
-                how = ("server" if judge.startswith("openai:") else "tokenizer") if reported else "not reported"
-                tally.add(_count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens")), how)
+                how = ("server" if served else "tokenizer") if reported else "not reported"
+                tally.add(_count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens")), how, batched)
 
 
 def given_datasets(root: Path) -> set[str]:
@@ -297,7 +299,7 @@ def estimate_rows(jobs: Iterable[tuple[str, Sequence[str], int]],
 
     tallies: dict[str, Tally] = {}
     for model, texts, max_new_tokens in jobs:
-        tally = tallies.setdefault(model, Tally("generate", model))
+        tally, batched = tallies.setdefault(model, Tally("generate", model)), uses_batch_api(model)
         for text in texts:
-            tally.add(token_length(text), max_new_tokens, "cl100k estimate")
+            tally.add(token_length(text), max_new_tokens, "cl100k estimate", batched)
     return [t.row(prices) for t in tallies.values()]

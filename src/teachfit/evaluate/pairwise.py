@@ -196,7 +196,7 @@ def run_evaluation(config: Any, out: str | Path, labels: dict[str, str] | None =
     timings = {"answer": elapsed(started)}
     free_accelerator_memory()  # the model under test is dropped before the judge loads
     judge_model = load_judge(config.judge, config.constraint, **config.server_options())
-    parallel = config.concurrency if ModelSpec.parse(config.judge).prefix == "openai" else 1
+    parallel = config.concurrency if ModelSpec.parse(config.judge).prefix in ("openai", "openai-batch") else 1
     ae2, ah = [], []
     cache_dir = Path(cache_dir) if cache_dir else out / ".cache" / "judgments"
     judged = time.perf_counter()

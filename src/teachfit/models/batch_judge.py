@@ -19,6 +19,7 @@ from teachfit.models.openai_api import first_message
 from teachfit.models.openai_batch import BatchClient, Reply, body_digest
 from teachfit.models.registry import register
 from teachfit.models.spec import ModelSpec
+from teachfit.store import ResultCache
 
 JudgeRequest = tuple[list[dict[str, str]], int, float, Sequence[str] | None, bool]  # as ask() takes them
 
@@ -49,9 +50,24 @@ class BatchJudge(BatchClient):
 
     def prefetch(self, requests: Sequence[JudgeRequest], state_path: Path | None) -> None:
         """Send every request through batches (resuming those recorded in `state_path`) and keep
-        the replies for ask()."""
+        the replies for ask(). With a state file, each batch's replies are also stored durably
+        beside it (a ResultCache by body digest) before the batch is marked collected, so a run
+        killed before its judgments are cached takes them from there instead of paying again."""
         bodies = {body_digest(b): b for b in (self.body(*request) for request in requests)}
-        self.run_bodies({k: b for k, b in bodies.items() if k not in self._replies}, state_path, self._replies.update)
+        if state_path is None:
+            self.run_bodies({k: b for k, b in bodies.items() if k not in self._replies}, None, self._replies.update)
+            return
+        with ResultCache(Path(state_path).parent / "batch-replies") as stored:
+            missing = [k for k in bodies if k not in self._replies]
+            for digest, found in zip(missing, stored.get_many(missing)):
+                if found is not None:
+                    self._replies[digest] = found["reply"]
+
+            def keep(replies: list[tuple[str, Reply]]) -> None:
+                stored.put_many((digest, {"reply": reply}) for digest, reply in replies)  # durable first
+                self._replies.update(replies)
+
+            self.run_bodies({k: b for k, b in bodies.items() if k not in self._replies}, state_path, keep)
 
     def ask(self, messages: list[dict[str, str]], max_tokens: int, temperature: float,
             options: Sequence[str] | None = None, logprobs: bool = False) -> dict[str, Any]:

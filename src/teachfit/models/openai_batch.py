@@ -27,7 +27,7 @@ import os
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 from urllib.parse import urlparse
 
 from teachfit.atomic import write_json_atomic
@@ -39,6 +39,7 @@ from teachfit.models.spec import ModelSpec, ModelSpecError
 ENDPOINT = "/v1/chat/completions"
 COMPLETION_WINDOW = "24h"
 MAX_REQUESTS_PER_BATCH = 50_000  # OpenAI's limit of request lines per batch
+MAX_BATCH_BYTES = 190_000_000  # under OpenAI's 200 MB limit of a batch's input file
 FINISHED = {"completed", "expired", "cancelled", "failed"}  # any other status: still running
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
@@ -47,7 +48,10 @@ Reply = dict[str, Any] | str  # a chat completion as the provider returned it, o
 
 class BatchAPIError(OSError):
     """The batch API could not be reached or refused a call (after the SDK's own retries); an
-    OSError, so the command line says it in one line (exit 2), like other services out of reach."""
+    OSError, so the command line says it in one line (exit 2), like other services out of reach.
+    `refused`: the provider answered 4xx (not 408/429), so the same call would be refused again."""
+
+    refused = False
 
 
 def body_digest(body: dict[str, Any]) -> str:
@@ -119,7 +123,10 @@ class BatchClient:
                 return if_missing
             raise BatchAPIError(self.redact(f"{self.base_url}: {what}: {type(error).__name__}: {error}")[:400]) from None
         except self._openai.APIError as error:
-            raise BatchAPIError(self.redact(f"{self.base_url}: {what}: {type(error).__name__}: {error}")[:400]) from None
+            failure = BatchAPIError(self.redact(f"{self.base_url}: {what}: {type(error).__name__}: {error}")[:400])
+            status = getattr(error, "status_code", None)
+            failure.refused = isinstance(status, int) and 400 <= status < 500 and status not in (408, 429)
+            raise failure from None
 
     # ---- one batch -----------------------------------------------------------------------
     def submit(self, custom_ids: Sequence[str], bodies: dict[str, dict[str, Any]], state: BatchState) -> None:
@@ -148,8 +155,14 @@ class BatchClient:
                 return state.save()
         entry["create_tried"] = True
         state.save()
-        batch = self._call("create batch", self._no_retry.batches.create,
-                           input_file_id=entry["input_file_id"], endpoint=ENDPOINT, completion_window=COMPLETION_WINDOW)
+        try:
+            batch = self._call("create batch", self._no_retry.batches.create, input_file_id=entry["input_file_id"],
+                               endpoint=ENDPOINT, completion_window=COMPLETION_WINDOW)
+        except BatchAPIError as error:
+            if error.refused:  # given up, so a re-run uploads its requests afresh instead of asking again
+                entry.update(status="refused", collected=True)
+                state.save()
+            raise
         entry.update(id=batch.id, status=batch.status)
         state.save()
 
@@ -180,7 +193,8 @@ class BatchClient:
         answers: dict[str, dict[str, Any]] = {}
         failures: dict[str, str] = {}
         for row in self._lines(batch.output_file_id) + self._lines(batch.error_file_id):
-            custom_id, response = row["custom_id"], row.get("response") or {}
+            custom_id, response = row["custom_id"], row.get("response")
+            response = response if isinstance(response, dict) else {}  # an odd line is a failed line, sent again
             status, body = response.get("status_code"), response.get("body")
             if row.get("error") or status != 200:
                 failures[custom_id] = self.redact(_failure_text(row.get("error"), status, body))
@@ -199,6 +213,20 @@ class BatchClient:
         return answers, failures, unanswered
 
     # ---- every request -------------------------------------------------------------------
+    def _groups(self, custom_ids: Sequence[str], bodies: dict[str, dict[str, Any]]) -> Iterator[list[str]]:
+        """The requests in batches of at most `max_requests` lines and MAX_BATCH_BYTES of input file."""
+        group: list[str] = []
+        size = 0
+        for custom_id in custom_ids:
+            line = len(json.dumps(bodies[custom_id], ensure_ascii=False).encode()) + 100  # + the line's own fields
+            if group and (len(group) >= self.max_requests or size + line > MAX_BATCH_BYTES):
+                yield group
+                group, size = [], 0
+            group.append(custom_id)
+            size += line
+        if group:
+            yield group
+
     def run_bodies(self, bodies: dict[str, dict[str, Any]], state_path: Path | None,
                    deliver: Callable[[list[tuple[str, Reply]]], None]) -> None:
         """Send every request body (by custom_id) through batches, resuming the ones recorded in
@@ -218,8 +246,8 @@ class BatchClient:
             for entry in pending:
                 if entry.get("id") is None:  # uploaded, but the batch id never came back
                     self.create(entry, state)
-            for start in range(0, len(waiting), self.max_requests):
-                self.submit(waiting[start : start + self.max_requests], bodies, state)
+            for group in self._groups(waiting, bodies):
+                self.submit(group, bodies, state)
                 pending.append(state.batches[-1])
             if not pending:
                 return

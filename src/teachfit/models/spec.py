@@ -131,6 +131,15 @@ def parse_spec_options(prefix: str, query: str, text: str) -> tuple[tuple[str, A
     return tuple(sorted(options.items()))
 
 
+def uses_batch_api(text: str) -> bool:
+    """Whether a model spec goes through a provider's batch API (openai-batch:, or openai:...?batch=1);
+    False for a spec that does not parse."""
+    try:
+        return ModelSpec.parse(text).prefix == "openai-batch"
+    except ModelSpecError:
+        return False
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """A parsed `prefix:name[?options]` model reference."""

@@ -112,6 +112,7 @@ def _score_window(ready: _Ready, scorer: Scorer, cache: ResultCache, skip_invali
                     values.append(scorer.compute([window[i]])[0])
                 except InputError as error:
                     path, _, line = (window[i].source or error.path).rpartition(":")
+                    line = line.removeprefix("row ")  # records.location: a dataset's `...:row N`
                     skipped.append(InputError(path, int(line), error.reason).as_row() if line.isdigit() else error.as_row())
                     values.append(None)
     cache.put_many((ready.keys[i], v) for i, v in zip(missing, values) if v is not None)
