@@ -216,3 +216,21 @@ def test_batch_plan_default_budget_follows_the_device():
     assert [len(b) for b in plan_batches([500] * 10, BatchPlan().on("cuda"))] == [10]
     with pytest.raises(ValueError, match="plan.on"):
         plan_batches([500], BatchPlan())
+
+
+def test_same_model_as_student_and_reference_keeps_both_roles_cached(tmp_path, tiny_gpt2):
+    """One model as student and reference: each role's results are cached under its own key, so a
+    second run (all from the cache) gives every row both roles' columns, equal to the first run's."""
+    data = write_pairs(tmp_path / "t.jsonl", PAIRS)
+    options = ScoreOptions(dtype="float32", reference=f"hf:{tiny_gpt2}")
+    for name in ("first", "second"):
+        score_files([data], tmp_path / f"{name}.parquet", f"hf:{tiny_gpt2}", config=options)
+    first, _ = read_table(tmp_path / "first.parquet")
+    second, _ = read_table(tmp_path / "second.parquet")
+    for pair, one, two in zip(PAIRS, first, second):
+        prompt, response = default_texts(pair["instruction"], pair["response"])
+        expected, _ = plain_loss(tiny_gpt2, prompt.replace("<bos>", "<eos>"), response)
+        for row in (one, two):
+            assert row["loss_self"] == pytest.approx(expected, abs=1e-4)
+            assert row["loss_ref"] == pytest.approx(expected, abs=1e-4)
+            assert row["ppl_ref"] == pytest.approx(math.exp(expected), rel=1e-3)

@@ -272,7 +272,7 @@ def ct2_key_material(spec: ModelSpec, role: str, options: ScoreConfig) -> dict[s
     types or CTranslate2 versions; results with ranks (RSR) are kept apart from those without."""
     identity = {"model": spec.fingerprint(), "engine": "ctranslate2", "ctranslate2": _version(),
                 "compute_type": options.compute_type, "ranks": wants_ranks(role, options)}
-    return lm_key_material("lm-ctranslate2", identity, options.max_length, options.unconditional_for(role))
+    return lm_key_material("lm-ctranslate2", identity, options.max_length, options.unconditional_for(role), role)
 
 
 class CT2Scorer(LMScorer):

@@ -42,16 +42,19 @@ def pair_progress(report: Callable[[int], None]) -> Iterator[None]:
 SCORING_VERSION = 2  # bump when a computation changes, so old cache entries are not reused (2: RSR columns)
 
 
-def lm_key_material(kind: str, identity: dict[str, Any], max_length: int, unconditional: bool = True) -> dict[str, Any]:
+def lm_key_material(kind: str, identity: dict[str, Any], max_length: int, unconditional: bool = True,
+                    role: str = "self") -> dict[str, Any]:
     """Everything a cached LM result depends on, known before the model loads: the scorer's kind
     ('lm' in process, 'lm-served', 'lm-vllm': never equal across kinds), the model's `identity`
     (the weights' fingerprint, which for a local folder covers its tokenizer files, hence its chat
     template; the dtype; a server's URL and kind...), teachfit's default template, the length
-    limit in tokens, the scoring version, and whether loss(y) was computed (results without it
-    are cached apart)."""
+    limit in tokens, the scoring version, whether loss(y) was computed (results without it are
+    cached apart), and the role unless 'self' (results hold role-named columns: one model as
+    student and reference is cached twice; student keys stay what they were)."""
     material = {"kind": kind, "template": DEFAULT_TEMPLATE_NAME, **identity, "max_length": max_length,
                 "version": SCORING_VERSION}
-    return material if unconditional else material | {"unconditional": False}
+    material = material if unconditional else material | {"unconditional": False}
+    return material if role == "self" else material | {"role": role}
 
 
 class LMScorer:
@@ -66,7 +69,7 @@ class LMScorer:
     def key_material(self) -> dict[str, Any]:
         """Everything a cached result depends on."""
         return lm_key_material("lm", {"model": self.loaded.spec.fingerprint(), "dtype": self.loaded.dtype},
-                               self.options.max_length, self.options.unconditional_for(self.role))
+                               self.options.max_length, self.options.unconditional_for(self.role), self.role)
 
     def describe(self) -> dict[str, Any]:
         """What the output's metadata records."""
@@ -192,7 +195,7 @@ def deferred_lm(spec: Any, role: str, options: ScoreConfig) -> DeferredScorer:
 
     dtype = dtype_name(options.dtype, options.device)
     material = lm_key_material("lm", {"model": spec.fingerprint(), "dtype": dtype}, options.max_length,
-                               options.unconditional_for(role))
+                               options.unconditional_for(role), role)
     description = {"role": role, "model": {"spec": str(spec), "fingerprint": spec.fingerprint(), "dtype": dtype}}
     return DeferredScorer(material, description,
                           lambda: LMScorer(load("causal_lm", spec, **options.load_options()), role, options))

@@ -295,4 +295,4 @@ def served_key_material(spec: ModelSpec, options: Any, role: str) -> dict[str, A
     model, base_url = parse_openai_spec(spec.name)
     identity = {"model": model, "base_url": base_url, "server": server_kind(spec), "served_version": SERVED_VERSION,
                 "template": spec.option("template") or f"hf:{model}", "default_template": DEFAULT_TEMPLATE_NAME}
-    return lm_key_material("lm-served", identity, options.max_length, options.unconditional_for(role))
+    return lm_key_material("lm-served", identity, options.max_length, options.unconditional_for(role), role)

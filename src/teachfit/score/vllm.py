@@ -145,4 +145,4 @@ def vllm_key_material(spec: ModelSpec, options: Any, role: str) -> dict[str, Any
     """What a vllm: student's cached results depend on (known before vLLM loads): the spec with
     its engine options (dtype, quantization...), the template rule, the length limit, loss(y) or not."""
     return lm_key_material("lm-vllm", {"model": spec.fingerprint(), "spec": str(spec), "rank": "strict"},
-                           options.max_length, options.unconditional_for(role))
+                           options.max_length, options.unconditional_for(role), role)
