@@ -69,6 +69,9 @@ def test_int8_is_close_and_keyed_apart(tiny_llama):
     with_ranks = lm_scorer(f"hf:{tiny_llama}", "self", ScoreConfig(engine="ctranslate2")).key_material()
     without = lm_scorer(f"hf:{tiny_llama}", "self", ScoreConfig(engine="ctranslate2", metrics=["ppl_self"])).key_material()
     assert with_ranks != without  # a result without RSR is never served to a run that wants it
+    on = {d: lm_scorer(f"hf:{tiny_llama}", "self", ScoreConfig(engine="ctranslate2", device=d)).key_material()
+          for d in ("auto", "cpu", "cuda", "cuda:1")}
+    assert on["auto"] == on["cpu"] != on["cuda"] == on["cuda:1"]  # CPU and CUDA kernels: other int8 losses
 
 
 @pytest.fixture(scope="module")

@@ -162,6 +162,11 @@ def sliding_window(config: Any) -> int | None:
     return window if layer_types is None or "sliding_attention" in layer_types else None
 
 
+def device_kind(device: str) -> str:
+    """Where CTranslate2 runs for --device: 'cuda' for cuda[:N], else 'cpu' ('auto' too)."""
+    return "cuda" if device.startswith("cuda") else "cpu"
+
+
 def load_ct2(spec: ModelSpec, compute_type: str = "float32", device: str = "auto") -> CT2Model:
     """The converted model (converting it the first time) on the CPU (or `cuda[:N]` when asked),
     with as many threads as torch uses here."""
@@ -173,7 +178,8 @@ def load_ct2(spec: ModelSpec, compute_type: str = "float32", device: str = "auto
     folder = converted_copy(spec)
     source = _source_folder(spec)
     tokenizer = transformers.AutoTokenizer.from_pretrained(source, trust_remote_code=False)
-    kind, _, index = device.partition(":") if device.startswith("cuda") else ("cpu", "", "")
+    kind = device_kind(device)
+    index = device.partition(":")[2] if kind == "cuda" else ""
     generator = ctranslate2.Generator(str(folder), device=kind, device_index=int(index or 0),
                                       compute_type=compute_type, intra_threads=torch.get_num_threads())
     config = transformers.AutoConfig.from_pretrained(source, trust_remote_code=False)
@@ -269,9 +275,11 @@ def wants_ranks(role: str, options: ScoreConfig) -> bool:
 
 def ct2_key_material(spec: ModelSpec, role: str, options: ScoreConfig) -> dict[str, Any]:
     """What a cached CTranslate2 result depends on: never equal to torch's ('lm') nor across compute
-    types or CTranslate2 versions; results with ranks (RSR) are kept apart from those without."""
+    types, devices (CPU and CUDA kernels give other int8 losses) or CTranslate2 versions; results
+    with ranks (RSR) are kept apart from those without."""
     identity = {"model": spec.fingerprint(), "engine": "ctranslate2", "ctranslate2": _version(),
-                "compute_type": options.compute_type, "ranks": wants_ranks(role, options)}
+                "compute_type": options.compute_type, "device": device_kind(options.device),
+                "ranks": wants_ranks(role, options)}
     return lm_key_material("lm-ctranslate2", identity, options.max_length, options.unconditional_for(role), role)
 
 
