@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 from teachfit.models.judges import OpenAIJudge, chat_reply, judge_request
 from teachfit.models.openai_api import first_message
-from teachfit.models.openai_batch import BatchClient, Reply, body_digest
+from teachfit.models.openai_batch import BatchClient, Reply, batch_options, body_digest
 from teachfit.models.registry import register
 from teachfit.models.spec import ModelSpec
 from teachfit.store import ResultCache
@@ -87,8 +87,6 @@ class BatchJudge(BatchClient):
 @register("judge", "openai-batch")
 def load_batch_judge(spec: ModelSpec, constraint: str = "grammar", **options: Any) -> BatchJudge:
     """Judge loader for openai-batch: specs (and openai:...?batch=1)."""
-    batch_keys = {"max_retries": "max_retries", "timeout": "timeout", "batch_poll_interval": "poll_interval",
-                  "poll_interval": "poll_interval", "batch_retries": "batch_retries", "api_key_env": "api_key_env"}
     client_keys = ("concurrency", "max_retries", "timeout", "backoff", "max_backoff", "api_key_env")
     return BatchJudge(spec, constraint, client_options={k: v for k, v in options.items() if k in client_keys},
-                      **{batch_keys[k]: v for k, v in options.items() if k in batch_keys})
+                      **batch_options(options))

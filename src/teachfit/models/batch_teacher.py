@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from teachfit.models.base import Generation, GenerationSettings, Messages
-from teachfit.models.openai_api import completion_choice, content_text
-from teachfit.models.openai_batch import MAX_REQUESTS_PER_BATCH, BatchClient, Reply
+from teachfit.models.openai_api import completion_generation, teacher_request
+from teachfit.models.openai_batch import MAX_REQUESTS_PER_BATCH, BatchClient, Reply, batch_options
 from teachfit.models.registry import register
 from teachfit.models.spec import ModelSpec
 
@@ -33,8 +33,7 @@ class BatchTeacher(BatchClient):
 
     def body(self, messages: Messages, settings: GenerationSettings, seed: int) -> dict[str, Any]:
         """The chat-completion request of one answer (as OpenAITeacher sends it)."""
-        return {"model": self.model, "messages": messages, "temperature": settings.temperature,
-                "top_p": settings.top_p, "max_tokens": settings.max_new_tokens, "seed": seed}
+        return teacher_request(self.model, messages, settings, seed)
 
     def run_batches(self, items: Sequence[Item], settings: GenerationSettings, state_path: Path | None,
                     deliver: Deliver) -> None:
@@ -55,17 +54,10 @@ class BatchTeacher(BatchClient):
 
 def as_generation(reply: Reply) -> Generation:
     """A collected reply (a checked chat completion, or the error text) as a teacher's Generation."""
-    if isinstance(reply, str):
-        return Generation(error=reply)
-    choice, usage = completion_choice(reply), reply.get("usage") or {}
-    return Generation(text=content_text(choice["message"]["content"]) or "", finish_reason=choice.get("finish_reason") or "",
-                      prompt_tokens=usage.get("prompt_tokens", 0), completion_tokens=usage.get("completion_tokens", 0))
+    return Generation(error=reply) if isinstance(reply, str) else completion_generation(reply)
 
 
 @register("teacher", "openai-batch")
 def load_batch_teacher(spec: ModelSpec, **options: Any) -> BatchTeacher:
     """Teacher loader for openai-batch: specs (and openai:...?batch=1)."""
-    renamed = {"batch_poll_interval": "poll_interval"}
-    keys = ("max_retries", "timeout", "poll_interval", "batch_retries", "api_key_env")
-    chosen = {renamed.get(k, k): v for k, v in options.items() if renamed.get(k, k) in keys}
-    return BatchTeacher(spec, **chosen)
+    return BatchTeacher(spec, **batch_options(options))

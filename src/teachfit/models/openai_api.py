@@ -258,6 +258,20 @@ class OpenAIClient:
             return list(pool.map(function, items))
 
 
+def teacher_request(model: str, messages: Messages, settings: GenerationSettings, seed: int) -> dict[str, Any]:
+    """The chat-completion request of one teacher answer (sent alone, or as a batch line)."""
+    return {"model": model, "messages": messages, "temperature": settings.temperature,
+            "top_p": settings.top_p, "max_tokens": settings.max_new_tokens, "seed": seed}
+
+
+def completion_generation(out: dict[str, Any], seconds: float = 0.0) -> Generation:
+    """A checked chat completion as a teacher's Generation: text, finish reason, the server's usage."""
+    choice, usage = completion_choice(out), out.get("usage") or {}
+    return Generation(text=content_text(choice["message"]["content"]) or "", finish_reason=choice.get("finish_reason") or "",
+                      prompt_tokens=usage.get("prompt_tokens", 0), completion_tokens=usage.get("completion_tokens", 0),
+                      seconds=seconds)
+
+
 class OpenAITeacher(OpenAIClient):
     """A teacher behind an OpenAI-compatible /chat/completions endpoint."""
 
@@ -272,16 +286,10 @@ class OpenAITeacher(OpenAIClient):
 
     def _one(self, job: tuple[Messages, GenerationSettings, int]) -> Generation:
         messages, settings, seed = job
-        body = {"model": self.model, "messages": messages, "temperature": settings.temperature,
-                "top_p": settings.top_p, "max_tokens": settings.max_new_tokens, "seed": seed}
         started = time.perf_counter()
         try:
-            out = self.post(body, check=completion_choice)
-            choice, usage = completion_choice(out), out.get("usage") or {}
-            return Generation(text=content_text(choice["message"]["content"]) or "",
-                              finish_reason=choice.get("finish_reason") or "",
-                              prompt_tokens=usage.get("prompt_tokens", 0), completion_tokens=usage.get("completion_tokens", 0),
-                              seconds=time.perf_counter() - started)
+            out = self.post(teacher_request(self.model, messages, settings, seed), check=completion_choice)
+            return completion_generation(out, seconds=time.perf_counter() - started)
         except (RuntimeError, KeyError, IndexError, ValueError, TypeError, AttributeError) as error:
             return Generation(error=self.redact(f"{type(error).__name__}: {error}"), seconds=time.perf_counter() - started)
 

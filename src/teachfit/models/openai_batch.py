@@ -46,6 +46,14 @@ LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 Reply = dict[str, Any] | str  # a chat completion as the provider returned it, or why there is none
 
 
+def batch_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The BatchClient keyword options among a loader's options (the command line's
+    batch_poll_interval is the client's poll_interval)."""
+    renamed = {"batch_poll_interval": "poll_interval"}
+    keys = ("max_retries", "timeout", "poll_interval", "batch_retries", "api_key_env")
+    return {renamed.get(k, k): v for k, v in options.items() if renamed.get(k, k) in keys}
+
+
 class BatchAPIError(OSError):
     """The batch API could not be reached or refused a call (after the SDK's own retries); an
     OSError, so the command line says it in one line (exit 2), like other services out of reach.
