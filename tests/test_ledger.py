@@ -239,3 +239,17 @@ def test_batch_judge_and_batch_estimate_are_priced_at_the_batch_discount(tmp_pat
     [estimate] = estimate_rows([("openai-batch:j@http://127.0.0.1:1/v1", ["What is 2 + 2?"], 100)], prices)
     tokens_in = token_length("What is 2 + 2?")
     assert estimate["cost_usd"] == pytest.approx(0.5 * (tokens_in * 2.0 + 100 * 8.0) / 1e6)
+
+
+def test_a_later_run_without_prices_keeps_the_last_table(tmp_path):
+    """`evaluate --prices p.yaml` then a plain `generate`: the ledger keeps its cost column."""
+    records = [{"instruction_id": "i0", "sample": 0, "model": "openai:m@http://h/v1", "response": "x",
+                "prompt_tokens": 1000, "completion_tokens": 500, "error": None, "backend": {"backend": "openai"}}]
+    (tmp_path / "responses").mkdir()
+    write_pairs(tmp_path / "responses" / "d.jsonl", records)
+    [priced] = write_ledger(tmp_path, {"m": Price(input=1.0, output=2.0)})
+    [again] = write_ledger(tmp_path)
+    assert again["cost_usd"] == priced["cost_usd"] == pytest.approx((1000 * 1.0 + 500 * 2.0) / 1e6)
+    assert float(ledger_csv(tmp_path)[("generate", "openai:m@http://h/v1")]["cost_usd"]) == pytest.approx(0.002)
+    [repriced] = write_ledger(tmp_path, {"m": Price(input=2.0, output=2.0)})  # a new table replaces it
+    assert repriced["cost_usd"] == pytest.approx(0.003) and write_ledger(tmp_path)[0]["cost_usd"] == pytest.approx(0.003)

@@ -21,14 +21,15 @@ million tokens: `gpt-4o-mini: {input: 0.15, output: 0.60, batch_discount: 0.5}`;
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from teachfit.atomic import atomic_write
+from teachfit.atomic import atomic_write, write_json_atomic
 from teachfit.models.spec import uses_batch_api
 from teachfit.records import InputError
 
@@ -255,12 +256,22 @@ def tally(root: str | Path) -> list[Tally]:
     return sorted(tallies.values(), key=lambda t: (order.get(t.stage, 2), t.model))
 
 
+PRICES_USED = ".ledger-prices.json"  # the last price table given for a run, beside its ledger
+
+
 def write_ledger(root: str | Path, prices: dict[str, Price] | None = None) -> list[dict[str, Any]]:
     """Total the run's tokens (see tally) and write them to ROOT/ledger.csv atomically (with a
     price table, a cost_usd column: empty for a model the table does not price); returns the rows.
-    Nothing is written when there is nothing to count."""
+    Without a table, the last one given for this run is used (so `evaluate --prices` then a plain
+    `generate` keeps the costs). Nothing is written when there is nothing to count."""
+    remembered = Path(root) / PRICES_USED
+    if not prices and remembered.is_file():
+        with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+            prices = {str(m): Price(**p) for m, p in json.loads(remembered.read_text(encoding="utf-8")).items()}
     rows = [t.row(prices) for t in tally(root)]
     if rows:
+        if prices:
+            write_json_atomic(remembered, {model: asdict(price) for model, price in prices.items()})
         with atomic_write(Path(root) / "ledger.csv", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(COLUMNS) + (["cost_usd"] if prices else []))
             writer.writeheader()
