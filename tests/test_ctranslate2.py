@@ -74,6 +74,18 @@ def test_int8_is_close_and_keyed_apart(tiny_llama):
     assert on["auto"] == on["cpu"] != on["cuda"] == on["cuda:1"]  # CPU and CUDA kernels: other int8 losses
 
 
+def test_tokenized_ahead_like_torch(tiny_gpt2):
+    """The CTranslate2 scorer tokenizes in prepare() (the engine's background thread), as torch's
+    does, and the forward pass on what was prepared gives compute()'s rows, equal to torch's."""
+    items, options = pairs(4), ScoreConfig(engine="ctranslate2", metrics=["ppl_self"])
+    scorer = CT2Scorer(load_ct2(ModelSpec.parse(f"hf:{tiny_gpt2}")), "self", options)
+    prepared = scorer.prepare(items)
+    assert prepared is not None and len(prepared) == len(items)
+    rows, want = scorer.compute_prepared(items, prepared), torch_rows(tiny_gpt2, items, options)
+    assert rows == scorer.compute(items)
+    assert [r["loss_self"] for r in rows] == pytest.approx([r["loss_self"] for r in want], abs=1e-4)
+
+
 @pytest.fixture(scope="module")
 def long_gpt2(tmp_path_factory):
     """A tiny GPT-2 with 2048 positions: room past CTranslate2's default max_input_length of 1024."""

@@ -33,9 +33,8 @@ from teachfit.config import ScoreConfig
 from teachfit.env import cache_root, require
 from teachfit.forward import RANK_CLIP, BatchPlan, head_chunk_rows, plan_batches
 from teachfit.models.spec import ModelSpec, ModelSpecError
-from teachfit.records import Pair
 from teachfit.score.base import DeferredScorer
-from teachfit.score.lm import LMScorer, encode_pairs, lm_key_material, rows_from_nll
+from teachfit.score.lm import LMScorer, lm_key_material
 from teachfit.template import EncodedPair
 
 CONVERSION_VERSION = 1  # bump when the conversion changes, so old converted copies are not reused
@@ -290,12 +289,9 @@ class CT2Scorer(LMScorer):
         """Everything a cached result depends on."""
         return ct2_key_material(self.loaded.spec, self.role, self.options)
 
-    def compute(self, pairs: Sequence[Pair]) -> list[dict[str, Any]]:
-        """Per-pair losses (nats per response token) and the metrics derived from them."""
-        encoded = encode_pairs(self.loaded.tokenizer, pairs, self.max_length, self.options.unconditional_for(self.role))
-        nll = ct2_response_nll(self.loaded, encoded, self.options.plan, wants_ranks(self.role, self.options),
-                               on_batch=self._counter(len(pairs), encoded))
-        return rows_from_nll(nll, [e.truncated for e in encoded[: len(pairs)]], self.role)
+    def _forward(self, encoded: list[Any], on_batch: Callable[[int], None]) -> list[tuple[float, int, float]]:
+        """LMScorer's forward pass by CTranslate2 (ranks only when RSR is asked for)."""
+        return ct2_response_nll(self.loaded, encoded, self.options.plan, wants_ranks(self.role, self.options), on_batch)
 
 
 def deferred_ct2(spec: ModelSpec, role: str, options: ScoreConfig) -> DeferredScorer:

@@ -85,12 +85,10 @@ class LMScorer:
         """Per-pair losses (nats per response token) and the metrics derived from them."""
         return self._compute_encoded(pairs, self._encode(pairs))
 
-    def prepare(self, pairs: Sequence[Pair]) -> list[Any] | None:
+    def prepare(self, pairs: Sequence[Pair]) -> list[Any]:
         """The pairs rendered and tokenized (encode_pairs): the CPU work before the forward pass,
-        which the scoring engine does for the next window in a background thread. None from a
-        subclass that overrides compute() alone (another engine's forward pass, done its own way)."""
-        overridden = type(self).compute is not LMScorer.compute and type(self)._compute_encoded is LMScorer._compute_encoded
-        return None if overridden else self._encode(pairs)
+        which the scoring engine does for the next window in a background thread."""
+        return self._encode(pairs)
 
     def compute_prepared(self, pairs: Sequence[Pair], encoded: list[Any] | None) -> list[dict[str, Any]]:
         """compute(), with what prepare() returned (None: compute() as it stands)."""
@@ -104,10 +102,15 @@ class LMScorer:
             return encode_pairs(self.loaded.tokenizer, pairs, self.max_length, self.options.unconditional_for(self.role))
 
     def _compute_encoded(self, pairs: Sequence[Pair], encoded: list[Any]) -> list[dict[str, Any]]:
-        """The forward pass over prepared pairs (a subclass with another engine overrides this)."""
-        nll = response_nll(self.loaded.model, self.loaded.tokenizer, encoded, self.options.plan,
-                           self.loaded.device, on_batch=self._counter(len(pairs), encoded), ranks=True)
+        """Metric rows of prepared pairs, from the forward pass."""
+        nll = self._forward(encoded, self._counter(len(pairs), encoded))
         return rows_from_nll(nll, [e.truncated for e in encoded[: len(pairs)]], self.role)
+
+    def _forward(self, encoded: list[Any], on_batch: Callable[[int], None]) -> list[tuple[float, int, float]]:
+        """Per sequence (sum of -log p of the response tokens in nats, their count, sum of clipped
+        ranks), by torch (response_nll); a subclass with another engine overrides this."""
+        return response_nll(self.loaded.model, self.loaded.tokenizer, encoded, self.options.plan,
+                            self.loaded.device, on_batch=on_batch, ranks=True)
 
     def _counter(self, pairs: int, encoded: Sequence[Any]) -> Callable[[int], None]:
         """on_batch for response_nll: counts tokens, and reports pairs done to pair_progress."""
