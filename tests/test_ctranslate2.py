@@ -132,6 +132,44 @@ def test_conversion_is_cached(tiny_gpt2):
     assert again.strings[again.tokenizer.eos_token_id] == again.tokenizer.eos_token
 
 
+def test_two_workers_converting_at_once(tiny_gpt2, monkeypatch):
+    """Two workers converting one model at the same time (each waits after converting until the other
+    has converted too): each in its own temporary folder, both end with the whole conversion, and
+    no temporary folder is left. (Threads stand in for processes: the converter itself, which
+    patches torch while it loads, runs one at a time.)"""
+    import threading
+
+    import ctranslate2
+
+    spec, both, one = ModelSpec.parse(f"hf:{tiny_gpt2}"), threading.Barrier(2, timeout=60), threading.Lock()
+    convert = ctranslate2.converters.TransformersConverter.convert
+
+    def convert_then_wait(self, output_dir, *args, **kwargs):
+        with one:
+            done = convert(self, output_dir, *args, **kwargs)
+        both.wait()
+        return done
+
+    monkeypatch.setattr(ctranslate2.converters.TransformersConverter, "convert", convert_then_wait)
+    folders, errors = [], []
+
+    def worker():
+        try:
+            folders.append(converted_copy(spec))
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and len(folders) == 2 and folders[0] == folders[1]
+    assert sorted(p.name for p in folders[0].parent.iterdir()) == [folders[0].name]
+    model = load_ct2(spec)
+    assert model.strings[model.tokenizer.eos_token_id] == model.tokenizer.eos_token
+
+
 def test_unsupported_architecture_is_one_line(tmp_path):
     from transformers import GPTNeoConfig, GPTNeoForCausalLM
 

@@ -6,12 +6,12 @@ teachfit's cache, so later loads take seconds instead of a minute.
 from __future__ import annotations
 
 import json
-import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from teachfit.atomic import DONE_MARKER, folder_done, folder_once
 from teachfit.env import cache_root, require
 from teachfit.models.registry import register
 from teachfit.models.spec import ModelSpec, ModelSpecError
@@ -103,7 +103,7 @@ def dense_copy_of_gguf(spec: ModelSpec, model_class: str = "AutoModelForCausalLM
     torch_dtype = torch_dtype or torch.float32
     dtype_name = str(torch_dtype).removeprefix("torch.")
     target = cache_root() / "dequantized" / f"{spec.fingerprint()}-{model_class}-{dtype_name}"
-    if (target / "teachfit-done.json").exists():
+    if folder_done(target):
         return target
     gguf = spec.gguf_path()
     kwargs: dict[str, Any] = {"gguf_file": gguf.name}
@@ -116,20 +116,14 @@ def dense_copy_of_gguf(spec: ModelSpec, model_class: str = "AutoModelForCausalLM
     except (ValueError, KeyError, IndexError, EOFError, OSError, struct.error) as error:  # damaged or unsupported
         message = str(error).splitlines()[0][:200] if str(error) else ""
         raise ModelSpecError(f"{gguf}: transformers cannot read this GGUF file ({type(error).__name__}: {message})") from None
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
     config = model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    config.save_pretrained(tmp)
-    save_model(model, str(tmp / "model.safetensors"))  # handles tied embeddings
-    tokenizer.save_pretrained(tmp)
-    (tmp / "teachfit-done.json").write_text(json.dumps({"source": str(spec), "gguf": str(gguf)}))
-    if target.exists():
-        import shutil
-
-        shutil.rmtree(target)
-    os.replace(tmp, target)
+    with folder_once(target) as tmp:
+        config.save_pretrained(tmp)
+        save_model(model, str(tmp / "model.safetensors"))  # handles tied embeddings
+        tokenizer.save_pretrained(tmp)
+        (tmp / DONE_MARKER).write_text(json.dumps({"source": str(spec), "gguf": str(gguf)}))
     return target
 
 

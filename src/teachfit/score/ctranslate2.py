@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from teachfit.atomic import DONE_MARKER, folder_done, folder_once
 from teachfit.config import ScoreConfig
 from teachfit.env import cache_root, require
 from teachfit.forward import RANK_CLIP, BatchPlan, head_chunk_rows, plan_batches
@@ -60,7 +60,7 @@ def converted_copy(spec: ModelSpec) -> Path:
     ctranslate2 = require("ctranslate2", "ctranslate2")
     transformers = require("transformers", "hf")
     target = cache_root() / "ctranslate2" / f"{spec.fingerprint()}-v{CONVERSION_VERSION}"
-    if (target / "teachfit-done.json").exists():
+    if folder_done(target):
         return target
     source = _source_folder(spec)
     config = transformers.AutoConfig.from_pretrained(source, trust_remote_code=False)
@@ -68,21 +68,16 @@ def converted_copy(spec: ModelSpec) -> Path:
     if loaders is not None and type(config).__name__ not in loaders:
         raise ModelSpecError(f"{spec}: CTranslate2 {ctranslate2.__version__} cannot convert {type(config).__name__} "
                              f"models: use --engine torch")
-    tmp = target.with_name(target.name + ".tmp")
-    try:
-        ctranslate2.converters.TransformersConverter(source, low_cpu_mem_usage=True).convert(
-            str(tmp), quantization="float32", force=True)
-    except (ValueError, NotImplementedError) as error:
-        raise ModelSpecError(f"{spec}: CTranslate2 cannot convert it ({str(error).splitlines()[0][:200]}): "
-                             "use --engine torch") from None
-    _fill_special_tokens(tmp / "config.json")
-    (tmp / "teachfit-done.json").write_text(json.dumps({"source": str(spec), "converted_from": source,
-                                                        "ctranslate2": ctranslate2.__version__}))
-    if target.exists():
-        import shutil
-
-        shutil.rmtree(target)
-    os.replace(tmp, target)
+    with folder_once(target) as tmp:
+        try:
+            ctranslate2.converters.TransformersConverter(source, low_cpu_mem_usage=True).convert(
+                str(tmp), quantization="float32", force=True)  # force: tmp exists (empty)
+        except (ValueError, NotImplementedError) as error:
+            raise ModelSpecError(f"{spec}: CTranslate2 cannot convert it ({str(error).splitlines()[0][:200]}): "
+                                 "use --engine torch") from None
+        _fill_special_tokens(tmp / "config.json")
+        (tmp / DONE_MARKER).write_text(json.dumps({"source": str(spec), "converted_from": source,
+                                                   "ctranslate2": ctranslate2.__version__}))
     return target
 
 
