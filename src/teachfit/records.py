@@ -41,6 +41,13 @@ def location(path: str | os.PathLike, line: int | None) -> str:
     return f"{path}:row {line}" if str(path).startswith("hf-dataset:") else f"{path}:{line}"
 
 
+def split_location(text: str) -> tuple[str, int | None]:
+    """The inverse of location(): (path, line or row number) of `file:N` or `...:row N`, else (text, None)."""
+    path, _, number = text.rpartition(":")
+    number = number.removeprefix("row ")
+    return (path, int(number)) if path and number.isdigit() else (text, None)
+
+
 class InputError(ValueError):
     """A bad input record: says which file, which line or row, and what was wrong."""
 

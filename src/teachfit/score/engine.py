@@ -19,7 +19,7 @@ from teachfit.config import ScoreConfig
 from teachfit.prefetch import in_background
 from teachfit.files import count_records, expand_inputs, read_pairs
 from teachfit.hub_datasets import absolute
-from teachfit.records import InputError, Pair, ReadStats
+from teachfit.records import InputError, Pair, ReadStats, split_location
 from teachfit.score.base import Scorer
 from teachfit.score.lm import pair_progress
 from teachfit.store import ResultCache, content_hash, content_hashes
@@ -111,9 +111,8 @@ def _score_window(ready: _Ready, scorer: Scorer, cache: ResultCache, skip_invali
                 try:
                     values.append(scorer.compute([window[i]])[0])
                 except InputError as error:
-                    path, _, line = (window[i].source or error.path).rpartition(":")
-                    line = line.removeprefix("row ")  # records.location: a dataset's `...:row N`
-                    skipped.append(InputError(path, int(line), error.reason).as_row() if line.isdigit() else error.as_row())
+                    path, line = split_location(window[i].source or error.path)
+                    skipped.append(InputError(path, line, error.reason).as_row() if line is not None else error.as_row())
                     values.append(None)
     cache.put_many((ready.keys[i], v) for i, v in zip(missing, values) if v is not None)
     advance(len(missing))  # what the scorer did not report
