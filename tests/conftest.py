@@ -97,6 +97,27 @@ def write_pairs(path, rows):
     return path
 
 
+def score_fails_in_one_line(tmp_path, student: str, monkeypatch, capsys) -> str:
+    """Run `teachfit score` on one pair with `student` through the CLI; assert it ends in exit 2
+    with one error line and no traceback (the loading note aside) and wrote no scores; return stderr."""
+    import sys
+
+    import pytest
+
+    from teachfit import cli
+
+    pairs = write_pairs(tmp_path / "pairs.jsonl", [PAIRS[0] | {"teacher": "t"}])
+    monkeypatch.setattr(sys, "argv", ["teachfit", "score", str(pairs), "--student", student, "--metrics", "ppl_self",
+                                      "--out", str(tmp_path / "s.parquet"), "--no-progress"])
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if not line.startswith("loading ")]  # the progress note aside
+    assert exited.value.code == 2 and "Traceback" not in err and len(errors) == 1, err
+    assert not (tmp_path / "s.parquet").exists()
+    return err
+
+
 PAIRS = [
     {"id": "a", "instruction": "Write a short poem about the sea.", "response": "The sea is wide and blue."},
     {"id": "b", "instruction": "Explain recursion to a child.", "response": "A function calls itself on a smaller problem."},

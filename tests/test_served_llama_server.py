@@ -3,13 +3,11 @@
 `default_generation_settings`, as tools/server/server-context.cpp answers) and says so in one line,
 before any scoring request. llama-cpp-python's server (no /props) and other servers are not taken
 for it. A real HTTP server on 127.0.0.1 plays each."""
-import sys
 
 import pytest
-from conftest import PAIRS, free_port, write_pairs
+from conftest import free_port, score_fails_in_one_line
 from fake_openai_server import FakeServer
 
-from teachfit import cli
 from teachfit.models import ModelSpec
 from teachfit.models.openai_api import OpenAIClient
 from teachfit.score.adapters import llama_server_build
@@ -37,18 +35,10 @@ def servers():
 def test_llama_server_is_refused_in_one_line_before_scoring(servers, server_option, tiny_chatml, tmp_path,
                                                             monkeypatch, capsys):
     srv = servers(owned_by="llamacpp", props=LLAMA_SERVER_PROPS)
-    pairs = write_pairs(tmp_path / "pairs.jsonl", [PAIRS[0] | {"teacher": "t"}])
     spec = f"openai:smol@{srv.url}?{server_option}template=hf:{tiny_chatml}"
-    monkeypatch.setattr(sys, "argv", ["teachfit", "score", str(pairs), "--student", spec, "--metrics", "ppl_self",
-                                      "--out", str(tmp_path / "s.parquet"), "--no-progress"])
-    with pytest.raises(SystemExit) as exited:
-        cli.main()
-    err = capsys.readouterr().err
-    errors = [line for line in err.splitlines() if not line.startswith("loading ")]  # the progress note aside
-    assert exited.value.code == 2 and "Traceback" not in err and len(errors) == 1, err
+    err = score_fails_in_one_line(tmp_path, spec, monkeypatch, capsys)
     assert "llama-server (build b6500-1a2b3c4)" in err and "issue 27174" in err and "llama-cpp-python" in err
     assert srv.modes() == []  # refused before any completion request
-    assert not (tmp_path / "s.parquet").exists()
 
 
 def test_only_llama_server_props_are_taken_for_it(servers):

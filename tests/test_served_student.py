@@ -16,7 +16,7 @@ import math
 import os
 
 import pytest
-from conftest import PAIRS, Server, write_pairs
+from conftest import PAIRS, Server, score_fails_in_one_line, write_pairs
 from fake_openai_server import FakeServer, canned
 
 from teachfit.config import ScoreConfig
@@ -192,21 +192,10 @@ def test_token_ids_are_sent_and_the_response_starts_at_encode_pairs_boundary(fak
 
 
 def test_401_is_one_line_naming_the_server_without_the_key(fake, tiny_chatml, tmp_path, monkeypatch, capsys):
-    import sys
-
-    from teachfit import cli
-
     monkeypatch.setenv("SERVED_KEY", SECRET)
     srv = fake("401")
     spec = f"openai:m@{srv.url}?server=vllm&template=hf:{tiny_chatml}&key_env=SERVED_KEY"
-    pairs = write_pairs(tmp_path / "pairs.jsonl", [PAIRS[0] | {"teacher": "t"}])
-    monkeypatch.setattr(sys, "argv", ["teachfit", "score", str(pairs), "--student", spec, "--metrics", "ppl_self",
-                                      "--out", str(tmp_path / "s.parquet"), "--no-progress"])
-    with pytest.raises(SystemExit) as exited:
-        cli.main()
-    err = capsys.readouterr().err
-    errors = [line for line in err.splitlines() if not line.startswith("loading ")]  # the progress note aside
-    assert exited.value.code == 2 and "Traceback" not in err and len(errors) == 1, err
+    err = score_fails_in_one_line(tmp_path, spec, monkeypatch, capsys)
     assert "HTTP 401" in err and "key_env" in err and SECRET not in err and "[REDACTED]" in err
     assert srv.requests[0]["auth"] == f"Bearer {SECRET}"  # key_env names the key: sent, even over http
 
