@@ -220,9 +220,9 @@ def pairs_needed(
     rewards = {t: metrics.transform_rewards(column(g, "reward"), reward_transform, reference=everything)
                for t, g in groups.items()}
     losses = {t: column(g, "loss_self") for t, g in groups.items()}
-    teachers = sorted(groups)
+    teachers = list(groups)  # in order of appearance, as rank's own bootstrap
     cars = {t: metrics.car(float(rewards[t].mean()), float(losses[t].mean()), beta) for t in teachers}
-    top = max(teachers, key=lambda t: cars[t])  # ties: the first by name
+    top = max(sorted(teachers), key=lambda t: cars[t])  # ties: the first by name
     counts = {t: len(groups[t]) for t in teachers}
     out: dict[str, Any] = {"recommended": top, "n_pairs": counts, "target": target, "confidence": confidence,
                            "beta": beta, "reward_transform": reward_transform}

@@ -181,6 +181,18 @@ def test_weak_lead_is_flagged_with_the_pairs_that_would_settle_it():
     assert f"{shown} pairs per teacher" in text and f"{shown - 40} more than the 40 scored" in text
 
 
+def test_one_bootstrap_serves_the_intervals_and_the_pairs_needed():
+    # teachers whose order of appearance is not their order by name: the estimate reuses rank's draws,
+    # so the share on top it reports is the ranking's own (two bootstraps disagreed, and cost double)
+    rng = np.random.default_rng(1)
+    rows = (rows_for("zeta", rng.normal(5, 1, 60), np.full(60, 1.0)) + rows_for("alpha", rng.normal(5.1, 1, 60), np.full(60, 1.0))
+            + rows_for("mu", rng.normal(4.9, 1, 60), np.full(60, 1.0)))
+    ranking = rank_teachers(rows, n_bootstrap=400, seed=3)
+    needed = ranking.settings["pairs_needed"]
+    assert 0 < ranking.top_share < 0.8 and needed["top_share"] == ranking.top_share
+    assert list(needed["n_pairs"]) == ["zeta", "alpha", "mu"]
+
+
 def test_settled_lead_says_nothing_more():
     rows = rows_for("large", [8, 9, 10], [2.0, 2.5, 3.0]) + rows_for("medium", [6, 7, 8], [0.5, 0.6, 0.7])
     ranking = rank_teachers(rows, n_bootstrap=200)

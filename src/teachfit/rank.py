@@ -56,13 +56,14 @@ class Ranking:
 
 
 def _bootstrap(rewards: dict[str, np.ndarray], losses: dict[str, np.ndarray], beta: float, n: int, seed: int
-               ) -> tuple[dict[str, tuple[float, float]], dict[str, float]]:
+               ) -> tuple[dict[str, tuple[float, float]], dict[str, float], np.ndarray]:
+    """(each teacher's CAR 95% interval, its share of resamples on top, the (n, teachers) draws)."""
     teachers = list(rewards)
     draws = metrics.car_bootstrap([rewards[t] for t in teachers], [losses[t] for t in teachers], beta, n, seed)
     intervals = {t: metrics.percentile_interval(draws[:, j]) for j, t in enumerate(teachers)}
     winners = np.argmax(draws, axis=1)
     shares = {t: float(np.mean(winners == j)) for j, t in enumerate(teachers)}
-    return intervals, shares
+    return intervals, shares, draws
 
 
 def rank_teachers(
@@ -94,7 +95,7 @@ def rank_teachers(
     rewards = rewards_of(raw, reward_transform)
     losses = values_of(columns, "loss_self", groups)
     table = table_rows(columns, groups, rewards, losses, beta, student, "teacher", dropped, coverage)
-    intervals, shares = _bootstrap(rewards, losses, beta, n_bootstrap, seed) if n_bootstrap else ({}, {})
+    intervals, shares, draws = _bootstrap(rewards, losses, beta, n_bootstrap, seed) if n_bootstrap else ({}, {}, None)
     for row in table:
         row["car_ci_low"], row["car_ci_high"] = intervals.get(row["teacher"], (math.nan, math.nan))
         row["top_share"] = shares.get(row["teacher"], math.nan)
@@ -109,7 +110,7 @@ def rank_teachers(
     top_share = table[0]["top_share"]
     if len(table) > 1 and (target or (math.isfinite(top_share) and top_share < SETTLED)):
         settings["pairs_needed"] = pairs_needed_of(raw, losses, beta, reward_transform, target or SETTLED,
-                                                   n_bootstrap=n_bootstrap or 1000, seed=seed)
+                                                   n_bootstrap=n_bootstrap or 1000, seed=seed, draws=draws)
     return Ranking(rows=table, recommended=best, top_share=top_share, settings=settings, selections=chosen_table)
 
 
