@@ -27,7 +27,8 @@ def scores(seed, instructions=30, samples=1, odd=0.08, instruction_ids=False, le
         for teacher in rng.permutation(TEACHERS)[: int(rng.integers(1, len(TEACHERS) + 1))]:
             for k in range(samples):
                 row = {"id": f"q{i}" + (f"#s{k}" if samples > 1 else ""), "teacher": str(teacher),
-                       "reward": float(np.round(rng.normal(0.5, 1.5))), "loss_self": float(np.round(rng.uniform(0.2, 2), 1))}
+                       "reward": float(np.round(rng.normal(0.5, 1.5))),
+                       "loss_self": float(np.round(rng.uniform(0.2, 2), 1))}
                 if length:
                     row["length"] = int(rng.integers(1, 60))
                 for name, bad in (("reward", [math.nan, None, math.inf, -math.inf, "absent"]),
@@ -78,11 +79,13 @@ def same(rows, tmp_path=None, **options):
     assert outcome(lambda: select_pairs(rows, **options)) == expected
     assert json.dumps(rows) == before
     table = arrow_of(rows) if rows else pa.table({})
-    assert outcome(lambda: select_pairs(table, **options)) == outcome(lambda: old.select_pairs(table.to_pylist(), **options))
+    assert outcome(lambda: select_pairs(table, **options)) == outcome(
+        lambda: old.select_pairs(table.to_pylist(), **options))
     if tmp_path is not None and rows:
         pq.write_table(table, tmp_path / "scores.parquet")
         read, _ = read_table_columnar(tmp_path / "scores.parquet")
-        assert outcome(lambda: select_pairs(read, **options)) == outcome(lambda: old.select_pairs(read.to_pylist(), **options))
+        assert outcome(lambda: select_pairs(read, **options)) == outcome(
+            lambda: old.select_pairs(read.to_pylist(), **options))
     return expected
 
 
@@ -152,3 +155,50 @@ def test_the_errors_are_the_per_row_ones():
     nothing_usable = [dict(r, loss_self=math.nan) for r in rows]
     assert same(nothing_usable, method="grape")[0].startswith("ValueError: no score row has every column")
     assert same(nothing_usable, method="reward")[0].startswith("{")
+
+
+def test_run_select_reads_columns_and_keeps_only_the_selected_texts(tmp_path):
+    """run_select on a Parquet scores file: --teacher filters the table as it filtered rows, the texts
+    are the selected pairs' own, an instruction with responses but no score is reported missing, and
+    a selected pair whose text is absent is an error naming it."""
+    from teachfit.config import SelectConfig
+    from teachfit.files import write_jsonl, write_table
+    from teachfit.records import Pair, instruction_key
+    from teachfit.select import run_select
+    from teachfit.training_set import selected_texts
+
+    rows = [r for r in scores(9, samples=2) if r["teacher"] != "écho"]
+    teachers = sorted({r["teacher"] for r in rows})
+    files = []
+    for teacher in teachers:
+        pairs = [Pair(id=r["id"], instruction=f"Question {r['id']}?", response=f"{teacher} on {r['id']}",
+                      teacher=teacher) for r in rows if r["teacher"] == teacher]
+        pairs += [Pair(id="never#s0", instruction="Never scored?", response="No.", teacher=teacher)]
+        path = tmp_path / "responses" / f"{teacher}.jsonl"
+        write_jsonl(path, [p.to_dict() for p in {p.id: p for p in pairs}.values()])  # one line per pair
+        files.append(str(path))
+    write_table(tmp_path / "scores.parquet", rows, {"inputs": files})
+    for teacher, worst in ((None, False), ("bravo", False), ("bravo", True)):
+        out = tmp_path / f"sel-{teacher}-{worst}.jsonl"
+        summary = run_select(SelectConfig(inputs=[str(tmp_path / "scores.parquet")], by="reward", teacher=teacher,
+                                          worst=worst, out=str(out), format="alpaca"), None)
+        chosen = [r for r in rows if teacher is None or r["teacher"] == teacher]
+        expected = old.select_pairs(chosen, "reward", worst=worst)
+        written = [json.loads(line) for line in out.read_text().splitlines()]
+        assert [(w["teacher"], w["id"], w["selection_score"]) for w in written] == [
+            (r["teacher"], r["id"], r["selection_score"]) for r in expected.rows]
+        assert all(w["output"] == f"{w['teacher']} on {w['id']}" for w in written)
+        known = {r["instruction_id"] for r in expected.rows} | set(expected.summary["missing"])
+        unscored = {instruction_key(r) for r in rows} - known  # with --teacher: what the others answered
+        assert summary["missing"] == expected.summary["missing"] + sorted(unscored | {"never"})
+    with pytest.raises(ValueError, match="no scored pairs of teacher 'nobody'"):
+        run_select(SelectConfig(inputs=[str(tmp_path / "scores.parquet")], by="reward", teacher="nobody",
+                                out=str(tmp_path / "x.jsonl")), None)
+    write_table(tmp_path / "scores.parquet", rows, {"inputs": files[1:]})  # the first teacher's texts are gone
+    with pytest.raises(ValueError, match=rf"no response text for \d+ selected pair\(s\), e.g. \['{teachers[0]}/"):
+        run_select(SelectConfig(inputs=[str(tmp_path / "scores.parquet")], by="reward", out=str(tmp_path / "y.jsonl")),
+                   None)
+    selection = select_pairs(rows, "grape")
+    kept = selected_texts(selection, (Pair(id=r["id"], instruction="x", response="y", teacher=r["teacher"])
+                                      for r in rows))
+    assert set(kept.pairs) == {(r["teacher"], r["id"]) for r in selection.rows} and kept.unscored == set()

@@ -156,21 +156,25 @@ def run_select(config: SelectConfig, run: Any, executor: Any = None) -> dict[str
     with a dataset card beside it (dataset_card), the chat template scored with beside a
     conversational format when the student has none, and, with config.push_to_hub, uploaded."""
     from teachfit import dataset_card
-    from teachfit.files import read_pairs, read_table
+    from teachfit.files import read_pairs, read_table_columnar
     from teachfit.rank import score_files_of
     from teachfit.template import DEFAULT_TEMPLATE_NAME, DEFAULT_TRAINING_CHAT_TEMPLATE
+    from teachfit.training_set import selected_texts
 
     files = score_files_of(config.inputs, run)
     if not files:
         raise ValueError("no score files to select from: run `teachfit score` first")
-    rows, meta = read_table(files[0])  # every student's file has the same pairs; the first student selects
+    # every student's file has the same pairs; the first student selects. Parquet: a pyarrow.Table
+    scores, meta = read_table_columnar(files[0])
     if config.teacher:
-        rows = [r for r in rows if str(r["teacher"]) == config.teacher]
-        if not rows:
+        scores = _of_teacher(scores, config.teacher)
+        if not len(scores):
             raise ValueError(f"no scored pairs of teacher '{config.teacher}' in {files[0]}")
-    selection = select_pairs(rows, config.by, beta=config.beta, alpha=config.alpha, seed=config.seed,
+    selection = select_pairs(scores, config.by, beta=config.beta, alpha=config.alpha, seed=config.seed,
                              reward_transform=config.reward_transform, worst=config.worst)
-    pairs = list(read_pairs([Path(p) for p in meta.get("inputs", [])]))
+    del scores  # not needed while the texts are read
+    # the texts of the selected pairs only (and which instructions went unscored), read in one pass
+    pairs = selected_texts(selection, read_pairs([Path(p) for p in meta.get("inputs", [])]))
     # the run's own copy is in the messages format, which train and rank read; --out in the one asked for
     name = selection_name(config)
     outs = [(run.selection(name), "messages", True)] if run else []
@@ -189,6 +193,13 @@ def run_select(config: SelectConfig, run: Any, executor: Any = None) -> dict[str
     if config.push_to_hub:
         summary["pushed"] = dataset_card.push_to_hub(config.push_to_hub, context, summary)
     return summary | {"written": [str(out) for out, _, _ in outs]}
+
+
+def _of_teacher(scores: Any, teacher: str) -> Any:
+    """The score rows (dicts or a pyarrow.Table) whose str(teacher) is `teacher`, as they were given."""
+    columns = ScoreColumns(scores)
+    codes, names = columns.codes("teacher")
+    return arrays.rows_or_table_of(columns, codes == (names.index(teacher) if teacher in names else -1))
 
 
 def _plan(items: list[SelectConfig], plan: Plan) -> None:

@@ -6,6 +6,7 @@ the scores file's metadata (its scorers), so the data is what was measured."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -32,6 +33,34 @@ def attach_texts(selection: Any, pairs: Iterable[Any]) -> list[dict[str, Any]]:
         raise ValueError(f"no response text for {len(absent)} selected pair(s), e.g. {absent[:5]}: "
                          "give the response files the scores were made from")
     return out
+
+
+@dataclass
+class SelectedTexts:
+    """What writing a selection needs of all the pairs, gathered in one pass (selected_texts): the
+    selected pairs (records.Pair), by (teacher, id), and the instructions among all the pairs that
+    the selection neither chose from nor reports missing (records.instruction_key)."""
+
+    pairs: dict[tuple[str, str], Any]
+    unscored: set[str]
+
+
+def selected_texts(selection: Any, pairs: Iterable[Any]) -> SelectedTexts:
+    """Stream `pairs` once and keep only the selected ones (by (teacher, id); the last of a repeated
+    pair) and the keys of unscored instructions: 2M pairs with their texts are never held at once."""
+    rows = list(selection.rows) if hasattr(selection, "rows") else list(selection)
+    wanted = {(str(row["teacher"]), str(row["id"])) for row in rows}
+    summary = getattr(selection, "summary", {})
+    known = {instruction_key(row) for row in rows} | set(summary.get("missing", []))
+    found: dict[tuple[str, str], Any] = {}
+    unscored: set[str] = set()
+    for pair in pairs:
+        if (pair.teacher, pair.id) in wanted:
+            found[(pair.teacher, pair.id)] = pair
+        key = instruction_key({"id": pair.id, **pair.extra})
+        if key not in known:
+            unscored.add(key)
+    return SelectedTexts(pairs=found, unscored=unscored)
 
 
 def format_row(row: dict[str, Any], fmt: str = "messages", tokenizer: Any = None) -> dict[str, Any]:
@@ -72,14 +101,15 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def write_selection(selection: Any, pairs: Iterable[Any] | None, out: str | Path,
+def write_selection(selection: Any, pairs: Iterable[Any] | SelectedTexts | None, out: str | Path,
                     fmt: str = "messages", tokenizer: Any = None, chat_template: str | None = None,
                     stem_names: bool = False) -> dict[str, Any]:
     """Write the selection as training records to `out`: .jsonl or .parquet (summary in the
     metadata: `<out>.meta.json` or the Parquet key `teachfit`), or a `datasets` save_to_disk folder
     when `out` has no suffix (summary in `<out>/teachfit_selection.json`). `pairs` supplies the texts
-    (None when the rows already carry them); instructions among the pairs that have no score row at
-    all are added to the summary's `missing`. `tokenizer`: the student's, for the text format.
+    (None when the rows already carry them; an iterable of Pairs, read once, or their SelectedTexts);
+    instructions among the pairs that have no score row at all are added to the summary's `missing`.
+    `tokenizer`: the student's, for the text format.
     `chat_template`: written beside a conversational format as chat_template.jinja (the template
     the pairs were scored with, when the student has none; dataset_card.beside says where, and
     `stem_names` names it <stem>.chat_template.jinja). Returns the summary written (`files`: what
@@ -90,11 +120,9 @@ def write_selection(selection: Any, pairs: Iterable[Any] | None, out: str | Path
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     summary = dict(selection.summary, format=fmt)
     if pairs is not None:
-        pairs = list(pairs)
-        rows = attach_texts(selection, pairs)
-        known = {instruction_key(r) for r in selection.rows} | set(summary.get("missing", []))
-        unscored = {instruction_key({"id": p.id, **p.extra}) for p in pairs} - known
-        summary["missing"] = list(summary.get("missing", [])) + sorted(unscored)
+        texts = pairs if isinstance(pairs, SelectedTexts) else selected_texts(selection, pairs)
+        rows = attach_texts(selection, texts.pairs.values())
+        summary["missing"] = list(summary.get("missing", [])) + sorted(texts.unscored)
     else:
         rows = selection.rows
     from teachfit.atomic import strict_json
