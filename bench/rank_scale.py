@@ -8,10 +8,19 @@ Each teacher's loss and reward are drawn around a mean of its own; `--close` giv
 the same means, so the lead is not settled and rank also estimates the pairs needed (a second
 bootstrap). Each step runs in its own process: wall seconds, CPU seconds (user + system: on a
 shared machine the wall time depends on the neighbours, the CPU time much less) and peak RSS.
-Steps: `rank` (the CLI, as bench/scale.py runs it) and `select` (`select --by reward`'s choice,
-select.select_pairs on the table's rows: the CLI would also read the responses, which this table has not).
+Steps:
+  rank        the CLI, as bench/scale.py runs it;
+  select      `select --by reward`'s choice alone: the table read as columns (files.read_table_columnar,
+              as run_select reads it) and select.select_pairs on that pyarrow.Table; no response text;
+  select-cli  the whole `teachfit select --by reward --out selection.jsonl`: the scores read, the choice,
+              the 2M response texts streamed from bench/scale.py's Zoo file (written into --work when
+              absent, ~415 MB at 2M pairs; this table's ids and teachers are that file's) and the
+              selection written. Its scores are a copy of the table whose metadata names the Zoo file.
+              The student they name (hf:bench-student) is no model: offline (bench/scale.py sets it),
+              select's try to load its tokenizer fails in seconds and the card says the template is unknown.
 
-    .venv/bin/python bench/rank_scale.py [--pairs 2000000] [--close] [--steps rank,select] [--work DIR] [--json out.json]
+    .venv/bin/python bench/rank_scale.py [--pairs 2000000] [--close] [--steps rank,select,select-cli] [--work DIR]
+                                         [--json out.json]
 """
 from __future__ import annotations
 
@@ -25,7 +34,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scale import GENERATORS  # noqa: E402  (bench/ is not a package)
+from scale import GENERATORS, write_zoo  # noqa: E402  (bench/ is not a package)
 
 
 def in_child(step: str, *args: str) -> dict:
@@ -40,21 +49,21 @@ def in_child(step: str, *args: str) -> dict:
 def child(step: str, args: list[str]) -> None:
     """One step, in this process; prints its report as the last line of stdout."""
     started, cpu = time.perf_counter(), time.process_time()
-    if step == "rank":
+    if step in ("rank", "select-cli"):
         from teachfit.cli import main
 
-        sys.argv = ["teachfit", "rank", *args]
+        sys.argv = ["teachfit", step.removesuffix("-cli"), *args]
         try:
             main()
         except SystemExit as exit_:
             if exit_.code not in (0, None):
                 raise
     else:
-        from teachfit.files import read_table
+        from teachfit.files import read_table_columnar
         from teachfit.select import select_pairs
 
-        rows, _ = read_table(args[0])
-        selection = select_pairs(rows, "reward")
+        table, _ = read_table_columnar(args[0])  # a pyarrow.Table: no dict per pair
+        selection = select_pairs(table, "reward")
         assert selection.summary["n_selected"] == selection.summary["n_instructions"]
     print(json.dumps({"seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu,
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
@@ -83,6 +92,22 @@ def write_scores(path: Path, pairs: int, close: bool = False, seed: int = 0) -> 
     pq.write_table(table.replace_schema_metadata({"teachfit": json.dumps(metadata)}), path)
 
 
+def scores_with_texts(scores: Path, work: Path, pairs: int) -> Path:
+    """A copy of `scores` whose metadata names bench/scale.py's Zoo file of `pairs` pairs as its
+    inputs (the file is written into `work` when absent), so that `teachfit select` finds the texts."""
+    import pyarrow.parquet as pq
+
+    zoo = work / f"zoo-{pairs}.parquet"
+    if not zoo.exists():
+        write_zoo(zoo, pairs)
+    out = scores.with_name(scores.stem + "-with-texts.parquet")
+    if not out.exists():
+        table = pq.read_table(scores)
+        metadata = json.loads(table.schema.metadata[b"teachfit"]) | {"inputs": [str(zoo)]}
+        pq.write_table(table.replace_schema_metadata({"teachfit": json.dumps(metadata)}), out)
+    return out
+
+
 def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "--child":
         child(sys.argv[2], sys.argv[3:])
@@ -91,7 +116,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=2_000_000)
     parser.add_argument("--close", action="store_true", help="teachers with equal means: an unsettled lead")
     parser.add_argument("--work", default=None, help="folder for the table and outputs (default: a temporary one)")
-    parser.add_argument("--steps", default="rank,select", help="comma-separated: rank, select")
+    parser.add_argument("--steps", default="rank,select", help="comma-separated: rank, select, select-cli")
     parser.add_argument("--json", default=None, help="also write the measurements here")
     options = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
@@ -106,6 +131,10 @@ def main() -> None:
             report["rank"] = in_child("rank", str(scores), "--json-out", str(work / "ranking.json"))
         if "select" in steps:
             report["select"] = in_child("select", str(scores))
+        if "select-cli" in steps:
+            with_texts = scores_with_texts(scores, work, options.pairs)
+            report["select-cli"] = in_child("select-cli", str(with_texts), "--by", "reward",
+                                            "--out", str(work / "selection.jsonl"))
         print(json.dumps(report))
         if options.json:
             Path(options.json).write_text(json.dumps(report, indent=1))
