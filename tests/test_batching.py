@@ -119,3 +119,25 @@ def test_the_next_window_is_tokenized_while_this_one_computes(tmp_path, tiny_lla
     assert [r["loss_self"] for r in rows] == pytest.approx([r["loss_self"] for r in plain.compute(pairs)], rel=1e-5)
     assert [e for e in events if e[0] == "prepare"] == [("prepare", f"p{i}", False) for i in (0, 4, 8)]
     assert [e for e in events if e[0] == "compute"] == [("compute", f"p{i}", True) for i in (0, 4, 8)]
+
+
+def test_no_prefetch_scores_the_same_in_one_thread(tmp_path, tiny_llama):
+    import threading
+
+    pairs = [Pair(id=f"p{i}", instruction=PAIRS[i % len(PAIRS)]["instruction"] + f" ({i})",
+                  response=PAIRS[i % len(PAIRS)]["response"], teacher="t") for i in range(40)]
+    model = load("causal_lm", f"hf:{tiny_llama}", dtype="float32")
+    threads_seen, rows = [], {}
+    for prefetch in (True, False):
+        options = ScoreConfig(dtype="float32", window=8, prefetch=prefetch)
+
+        class Recording(LMScorer):  # notes the threads alive while a window computes
+            def compute_prepared(self, chosen, prepared):
+                threads_seen.append((prefetch, {t.name for t in threading.enumerate()}))
+                return super().compute_prepared(chosen, prepared)
+
+        rows[prefetch] = list(score_pairs(pairs, [Recording(model, "self", options)], tmp_path / f"c{prefetch}", options))
+    assert rows[True] == rows[False] and len(rows[False]) == 40
+    assert all("teachfit-prefetch" in names for on, names in threads_seen if on)
+    assert not any("teachfit-prefetch" in names for on, names in threads_seen if not on)
+    assert len(threads_seen) == 10

@@ -207,6 +207,9 @@ class ScoreConfig(CommonOptions, ClientOptions):
                                           "int8 (weights quantized at load: faster, losses slightly off).",
                                choices=("float32", "int8"))
     window: int = option(512, "Pairs read, scored and cached per step (memory stays flat).")
+    prefetch: bool = option(True, "Read, hash and tokenize the next window in a background thread while this one "
+                                  "computes (--no-prefetch: one thread, for a machine with no core to spare, where "
+                                  "the thread costs more than it gains).")
     sample: Optional[int] = option(None, "Score only N instructions, the same for every teacher (a seeded hash "
                                          "picks them: a larger N later contains them, so nothing is recomputed).")
     seed: int = option(0, "Seed of --sample.")

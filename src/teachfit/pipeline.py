@@ -27,8 +27,8 @@ class StudyInterrupted(KeyboardInterrupt):
 
 
 def settings_of(config: Any) -> dict[str, Any]:
-    """A config's fields that change results (the progress bar and the price table do not)."""
-    return {k: v for k, v in asdict(config).items() if k not in ("progress", "prices")}
+    """A config's fields that change results (the progress bar, the price table and the prefetch thread do not)."""
+    return {k: v for k, v in asdict(config).items() if k not in ("progress", "prices", "prefetch")}
 
 
 def study_prices(experiment: Experiment) -> dict[str, Any]:

@@ -143,14 +143,15 @@ def score_pairs(
     each scorer's number of pairs computed (the others came from the cache).
 
     A background thread reads, hashes, looks up and tokenizes the next window while this one's
-    forward pass runs (teachfit.prefetch: one window ahead)."""
+    forward pass runs (teachfit.prefetch: one window ahead), unless `config.prefetch` is off."""
     source = pairs if callable(pairs) else (lambda items=list(pairs): items)
+    ahead = in_background if config.prefetch else iter  # (in_background looked up now: bench/scale.py times it)
     skipped = skipped if skipped is not None else []
     caches = [ResultCache(Path(cache_root) / content_hash(s.key_material())[:16]) for s in scorers]
     try:
         for number, (scorer, cache) in enumerate(zip(scorers, caches)):
             done, pairs_seen = 0, 0
-            with contextlib.closing(in_background(_ready_windows(source(), scorer, cache, config.window))) as ready_windows:
+            with contextlib.closing(ahead(_ready_windows(source(), scorer, cache, config.window))) as ready_windows:
                 for ready in ready_windows:
                     done += _score_window(ready, scorer, cache, config.skip_invalid, skipped, progress)
                     pairs_seen += len(ready.window)
@@ -160,7 +161,7 @@ def score_pairs(
             getattr(scorer, "release", lambda: None)()
             if computed is not None:
                 computed.append(done)
-        with contextlib.closing(in_background(_cached_windows(source(), scorers, caches, config.window))) as windows:
+        with contextlib.closing(ahead(_cached_windows(source(), scorers, caches, config.window))) as windows:
             for window, per_scorer in windows:
                 for i, pair in enumerate(window):
                     parts = [results[i] for results in per_scorer]
