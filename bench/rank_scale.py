@@ -7,7 +7,7 @@ mean_rank_self, rsr_self, n_response_tokens, truncated, reward; the metadata nam
 Each teacher's loss and reward are drawn around a mean of its own; `--close` gives every teacher
 the same means, so the lead is not settled and rank also estimates the pairs needed (a second
 bootstrap). Each step runs in its own process: wall seconds, CPU seconds (user + system: on a
-shared machine the wall time depends on the neighbours, the CPU time much less) and peak RSS.
+shared machine the wall time depends on the neighbours, the CPU time much less) and peak RSS (VmHWM: getrusage would carry this parent's own peak into each child).
 Steps:
   rank        the CLI, as bench/scale.py runs it;
   select      `select --by reward`'s choice alone: the table read as columns (files.read_table_columnar,
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -34,7 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scale import GENERATORS, write_zoo  # noqa: E402  (bench/ is not a package)
+from scale import GENERATORS, peak_rss_mb, write_zoo  # noqa: E402  (bench/ is not a package)
 
 
 def in_child(step: str, *args: str) -> dict:
@@ -66,7 +65,7 @@ def child(step: str, args: list[str]) -> None:
         selection = select_pairs(table, "reward")
         assert selection.summary["n_selected"] == selection.summary["n_instructions"]
     print(json.dumps({"seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu,
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                      "peak_rss_mb": peak_rss_mb()}))
 
 
 def write_scores(path: Path, pairs: int, close: bool = False, seed: int = 0) -> None:
