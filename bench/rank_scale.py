@@ -7,7 +7,8 @@ mean_rank_self, rsr_self, n_response_tokens, truncated, reward; the metadata nam
 Each teacher's loss and reward are drawn around a mean of its own; `--close` gives every teacher
 the same means, so the lead is not settled and rank also estimates the pairs needed (a second
 bootstrap). Each step runs in its own process: wall seconds, CPU seconds (user + system: on a
-shared machine the wall time depends on the neighbours, the CPU time much less) and peak RSS (VmHWM: getrusage would carry this parent's own peak into each child).
+shared machine the wall time depends on the neighbours, the CPU time much less) and peak RSS
+(VmHWM: getrusage would carry this parent's own peak into each child).
 Steps:
   rank        the CLI, as bench/scale.py runs it;
   select      `select --by reward`'s choice alone: the table read as columns (files.read_table_columnar,
