@@ -222,7 +222,7 @@ def pairs_needed(
     losses = {t: column(g, "loss_self") for t, g in groups.items()}
     teachers = list(groups)  # in order of appearance, as rank's own bootstrap
     cars = {t: metrics.car(float(rewards[t].mean()), float(losses[t].mean()), beta) for t in teachers}
-    top = max(sorted(teachers), key=lambda t: cars[t])  # ties: the first by name
+    top = max(teachers, key=cars.__getitem__)  # ties: the first in order of appearance, as rank's own
     counts = {t: len(groups[t]) for t in teachers}
     out: dict[str, Any] = {"recommended": top, "n_pairs": counts, "target": target, "confidence": confidence,
                            "beta": beta, "reward_transform": reward_transform}

@@ -191,6 +191,11 @@ def test_one_bootstrap_serves_the_intervals_and_the_pairs_needed():
     needed = ranking.settings["pairs_needed"]
     assert 0 < ranking.top_share < 0.8 and needed["top_share"] == ranking.top_share
     assert list(needed["n_pairs"]) == ["zeta", "alpha", "mu"]
+    # two teachers with the same CAR: both recommend the first in order of appearance
+    tied = rows_for("zeta", [5.0, 6.0, 4.0], [1.0, 1.0, 1.0]) + rows_for("alpha", [5.0, 6.0, 4.0], [1.0, 1.0, 1.0])
+    ranking = rank_teachers(tied + rows_for("mu", [4.0, 5.0, 3.0], [1.0, 1.0, 1.0]), n_bootstrap=200)
+    needed = ranking.settings["pairs_needed"]
+    assert ranking.recommended == needed["recommended"] == "zeta" and needed["top_share"] == ranking.top_share
 
 
 def test_settled_lead_says_nothing_more():

@@ -41,13 +41,15 @@ def pairs_needed(
 def pairs_needed_of(
     raw_rewards: dict[str, np.ndarray], losses: dict[str, np.ndarray], beta: float = 3.0,
     reward_transform: str = "raw", target: float = 0.95, confidence: float = 0.8, n_bootstrap: int = 1000,
-    seed: int = 0, max_pairs: int = 10_000_000, draws: np.ndarray | None = None,
+    seed: int = 0, max_pairs: int = 10_000_000, draws: tuple[list[str], np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """pairs_needed of each teacher's finite rewards (untransformed) and losses, by teacher.
-    Teachers are resampled in the order given (the bootstrap's draws depend on it). `draws`: the
-    (max(n_bootstrap, 2), teachers) CAR bootstrap of these rewards (transformed) and losses with
-    this beta, seed and order, when the caller took it already (rank: one bootstrap serves its
-    intervals and this estimate, so their shares on top agree); any other shape is drawn again."""
+    Teachers are resampled in the order given (the bootstrap's draws depend on it), and of teachers
+    with equal CAR the first in that order is recommended (as rank does). `draws`: (teachers, their
+    (max(n_bootstrap, 2), teachers) CAR bootstrap of these rewards (transformed) and losses with this
+    beta and seed, a column per teacher in that order), when the caller took it already (rank: one
+    bootstrap serves its intervals and this estimate, so their shares on top agree); draws of other
+    teachers, order or shape are drawn again."""
     if not 0.0 < target < 1.0 or not 0.5 <= confidence < 1.0:
         raise ValueError(f"target must be in (0, 1) and confidence in [0.5, 1), got {target} and {confidence}")
     if not raw_rewards:
@@ -56,14 +58,16 @@ def pairs_needed_of(
     rewards = {t: metrics.transform_rewards(r, reward_transform, reference=everything) for t, r in raw_rewards.items()}
     teachers = list(raw_rewards)
     cars = {t: metrics.car(float(rewards[t].mean()), float(losses[t].mean()), beta) for t in teachers}
-    top = max(sorted(teachers), key=lambda t: cars[t])  # ties: the first by name
+    top = max(teachers, key=cars.__getitem__)  # ties: the first in the order given
     counts = {t: len(raw_rewards[t]) for t in teachers}
     out: dict[str, Any] = {"recommended": top, "n_pairs": counts, "target": target, "confidence": confidence,
                            "beta": beta, "reward_transform": reward_transform}
     if len(teachers) == 1:
         return out | {"top_share": 1.0, "pairs_needed": 1, "optimistic_pairs_needed": 1, "enough": True,
                       "limiting_teacher": None, "rivals": {}}
-    if draws is None or draws.shape != (max(n_bootstrap, 2), len(teachers)):
+    if draws is not None and list(draws[0]) == teachers and draws[1].shape == (max(n_bootstrap, 2), len(teachers)):
+        draws = draws[1]
+    else:
         draws = metrics.car_bootstrap([rewards[t] for t in teachers], [losses[t] for t in teachers], beta,
                                       max(n_bootstrap, 2), seed)
     se = {t: float(draws[:, j].std(ddof=1)) for j, t in enumerate(teachers)}

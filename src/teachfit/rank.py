@@ -56,14 +56,14 @@ class Ranking:
 
 
 def _bootstrap(rewards: dict[str, np.ndarray], losses: dict[str, np.ndarray], beta: float, n: int, seed: int
-               ) -> tuple[dict[str, tuple[float, float]], dict[str, float], np.ndarray]:
-    """(each teacher's CAR 95% interval, its share of resamples on top, the (n, teachers) draws)."""
+               ) -> tuple[dict[str, tuple[float, float]], dict[str, float], tuple[list[str], np.ndarray]]:
+    """(each teacher's CAR 95% interval, its share of resamples on top, (the teachers, the (n, teachers) draws))."""
     teachers = list(rewards)
     draws = metrics.car_bootstrap([rewards[t] for t in teachers], [losses[t] for t in teachers], beta, n, seed)
     intervals = {t: metrics.percentile_interval(draws[:, j]) for j, t in enumerate(teachers)}
     winners = np.argmax(draws, axis=1)
     shares = {t: float(np.mean(winners == j)) for j, t in enumerate(teachers)}
-    return intervals, shares, draws
+    return intervals, shares, (teachers, draws)
 
 
 def rank_teachers(
