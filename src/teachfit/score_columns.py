@@ -131,8 +131,9 @@ class ScoreColumns:
         import pyarrow as pa
 
         strings = self._instruction_keys() if name == "instruction" else self._strings(name)
-        if strings is None:  # not text: str() of each value, as rows do
-            self.rows = self.table.to_pylist()
+        if strings is None:  # not text: str() of each value, as rows do (of the columns the key reads only)
+            needed = ("id", "instruction_id") if name == "instruction" else (name,)
+            self.rows = self.table.select([n for n in needed if n in self.table.column_names]).to_pylist()
             try:
                 return self._row_codes(name)
             finally:
