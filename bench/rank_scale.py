@@ -5,8 +5,8 @@ directly, in the shape `teachfit score --metrics car --reward-column` writes (be
 Zoo inputs: 20 generators answer every instruction; columns id, teacher, loss_self, ppl_self,
 mean_rank_self, rsr_self, n_response_tokens, truncated, reward; the metadata names the student).
 Each teacher's loss and reward are drawn around a mean of its own; `--close` gives every teacher
-the same means, so the lead is not settled and rank also estimates the pairs needed (a second
-bootstrap). Each step runs in its own process: wall seconds, CPU seconds (user + system: on a
+the same means, so the lead is not settled and rank also estimates the pairs needed (from the
+same bootstrap's draws). Each step runs in its own process: wall seconds, CPU seconds (user + system: on a
 shared machine the wall time depends on the neighbours, the CPU time much less) and peak RSS
 (VmHWM: getrusage would carry this parent's own peak into each child).
 Steps:

@@ -87,7 +87,7 @@ def test_samples_instruction_ids_selections_and_unsettled_leads():
     noise = np.random.default_rng(0).normal(1.0, 1.0, 1000)
     close = [dict(r, reward=float(noise[k]), loss_self=1.0) for k, r in enumerate(scores(4, nonfinite=0))]
     result, _ = same(close, n_bootstrap=80)
-    assert '"pairs_needed": {' in result  # the lead is not settled: the second bootstrap ran
+    assert '"pairs_needed": {' in result  # the lead is not settled: the pairs-needed estimate ran
 
 
 @pytest.mark.parametrize("case", [
