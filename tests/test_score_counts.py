@@ -43,3 +43,25 @@ def test_the_summary_says_what_came_from_the_cache(tmp_path, tiny_llama):
     second = score_files([path], tmp_path / "b.parquet", f"hf:{tiny_llama}", config, tmp_path / "cache")
     assert (second["counts"]["computed"], second["counts"]["cached"], second["counts"]["scored"]) == (1, 6, 7)
     assert json.loads(json.dumps(second["inputs"])) == [str(path.resolve())]  # absolute: select works from anywhere
+
+
+def test_a_reward_read_from_the_file_has_no_pass_or_cache_of_its_own(tmp_path):
+    path = write_pairs(tmp_path / "zoo.jsonl", zoo_records())
+    config = ScoreConfig(student=["hf:unused"], reward_column=SKY, metrics=["reward", "length"], progress=False)
+    scorers = build_scorers("hf:unused", config, [path])
+    readings = []
+
+    def pairs():
+        readings.append(1)
+        return read_pairs([path], reward_column=SKY)
+
+    rows = list(score_pairs(pairs, scorers, tmp_path / "cache", config))
+    # one pass for the length (cached), one to assemble the rows, where the rewards are read: not three
+    assert len(readings) == 2 and len(list((tmp_path / "cache").iterdir())) == 1
+    expected = {(p.id, p.teacher): p.extra["reward"] for p in read_pairs([path], reward_column=SKY)}
+    assert {(r["id"], r["teacher"]): r["reward"] for r in rows} == expected and [*rows[0]][:4] == ["id", "teacher", "reward", "length"]
+    only_reward = ScoreConfig(student=["hf:unused"], reward_column=SKY, metrics=["reward"], progress=False)
+    computed, bar = [], Bar()
+    rows = list(score_pairs(pairs, build_scorers("hf:unused", only_reward, [path]), tmp_path / "cache2", only_reward,
+                            bar, computed=computed))
+    assert len(rows) == 14 and computed == [14] and bar.total == bar.n == 14 and len(readings) == 3

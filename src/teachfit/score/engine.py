@@ -97,26 +97,48 @@ def _score_window(ready: _Ready, scorer: Scorer, cache: ResultCache, skip_invali
             reported += step
             progress.update(step)
 
+    chosen = [window[i] for i in missing]
     with pair_progress(advance):
         try:
             if ready.error is not None:
                 raise ready.error
-            chosen = [window[i] for i in missing]
             values = scorer.compute_prepared(chosen, ready.prepared) if hasattr(scorer, "prepare") else scorer.compute(chosen)
         except InputError:
             if not skip_invalid:
                 raise
-            values = []
-            for i in missing:  # find the bad pair(s) one by one
-                try:
-                    values.append(scorer.compute([window[i]])[0])
-                except InputError as error:
-                    path, line = split_location(window[i].source or error.path)
-                    skipped.append(InputError(path, line, error.reason).as_row() if line is not None else error.as_row())
-                    values.append(None)
+            values = _one_by_one(scorer, chosen, skipped)
     cache.put_many((ready.keys[i], v) for i, v in zip(missing, values) if v is not None)
     advance(len(missing))  # what the scorer did not report
     return len(missing)
+
+
+def _one_by_one(scorer: Scorer, pairs: list[Pair], skipped: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
+    """Each pair computed alone, to find the one(s) the scorer refuses (InputError): those are
+    None, and a row of `skipped` names their file:line."""
+    values: list[dict[str, Any] | None] = []
+    for pair in pairs:
+        try:
+            values.append(scorer.compute([pair])[0])
+        except InputError as error:
+            path, line = split_location(pair.source or error.path)
+            skipped.append(InputError(path, line, error.reason).as_row() if line is not None else error.as_row())
+            values.append(None)
+    return values
+
+
+def _read_now(scorer: Scorer, window: list[Pair], skip_invalid: bool, skipped: list[dict[str, Any]],
+              progress: Any = None) -> list[dict[str, Any] | None]:
+    """A scorer's results for a window, computed as the rows are assembled (a scorer whose
+    `cached` is False: it reads a value the pairs carry, cheaper than a cache line)."""
+    try:
+        values: list[dict[str, Any] | None] = list(scorer.compute(window))
+    except InputError:
+        if not skip_invalid:
+            raise
+        values = _one_by_one(scorer, window, skipped)
+    if progress is not None:
+        progress.update(len(window))
+    return values
 
 
 def _cached_windows(pairs: Iterable[Pair], scorers: Sequence[Scorer], caches: list[ResultCache],
@@ -140,16 +162,20 @@ def score_pairs(
     of the GPU's memory never shares it with a reference or a reward model. The rows are then
     assembled from the caches. `pairs` is a function returning a fresh iterable of the pairs
     (read once per scorer and once more: memory stays flat), or a sequence. `computed` receives
-    each scorer's number of pairs computed (the others came from the cache).
+    each cached scorer's number of pairs computed (the others came from the cache; with no cached
+    scorer, the pairs assembled).
 
     A background thread reads, hashes, looks up and tokenizes the next window while this one's
-    forward pass runs (teachfit.prefetch: one window ahead), unless `config.prefetch` is off."""
+    forward pass runs (teachfit.prefetch: one window ahead), unless `config.prefetch` is off. A
+    scorer whose `cached` is False (a reward read from the input file) has no pass and no cache
+    of its own: it is computed as the rows are assembled."""
     source = pairs if callable(pairs) else (lambda items=list(pairs): items)
     ahead = in_background if config.prefetch else iter  # (in_background looked up now: bench/scale.py times it)
     skipped = skipped if skipped is not None else []
-    caches = [ResultCache(Path(cache_root) / content_hash(s.key_material())[:16]) for s in scorers]
+    kept = [s for s in scorers if getattr(s, "cached", True)]
+    caches = [ResultCache(Path(cache_root) / content_hash(s.key_material())[:16]) for s in kept]
     try:
-        for number, (scorer, cache) in enumerate(zip(scorers, caches)):
+        for number, (scorer, cache) in enumerate(zip(kept, caches)):
             done, pairs_seen = 0, 0
             with contextlib.closing(ahead(_ready_windows(source(), scorer, cache, config.window))) as ready_windows:
                 for ready in ready_windows:
@@ -161,8 +187,15 @@ def score_pairs(
             getattr(scorer, "release", lambda: None)()
             if computed is not None:
                 computed.append(done)
-        with contextlib.closing(ahead(_cached_windows(source(), scorers, caches, config.window))) as windows:
-            for window, per_scorer in windows:
+        assembled = 0
+        with contextlib.closing(ahead(_cached_windows(source(), kept, caches, config.window))) as windows:
+            for window, from_cache in windows:
+                by_scorer = dict(zip(map(id, kept), from_cache))
+                for scorer in scorers:
+                    if id(scorer) not in by_scorer:
+                        by_scorer[id(scorer)] = _read_now(scorer, window, config.skip_invalid, skipped, progress)
+                per_scorer = [by_scorer[id(scorer)] for scorer in scorers]  # the columns in the scorers' order
+                assembled += len(window)
                 for i, pair in enumerate(window):
                     parts = [results[i] for results in per_scorer]
                     if any(part is None for part in parts):
@@ -171,6 +204,12 @@ def score_pairs(
                     for part in parts:
                         row.update(part)
                     yield row
+        if not kept:  # no scorer has a cache: every pair was computed as it was assembled
+            if computed is not None:
+                computed.append(assembled)
+            if progress is not None:
+                progress.total = assembled * len(scorers)
+                progress.refresh()
     finally:
         for cache in caches:
             cache.close()

@@ -173,12 +173,13 @@ class FileRewardScorer:
     value in `pair.extra["reward"]`), so no reward model runs: e.g. the Skywork scores that ship
     with Magpie-100K-Generator-Zoo.
 
-    The score cache keys a result by (instruction, response) and this scorer's key material; the
-    material names the column and fingerprints the `sources` files (path, size, mtime), so a file
-    whose rewards changed is read again instead of served from the cache.
+    Not cached (`cached` False): the engine reads the value as it assembles the rows, which costs
+    less than a pass of its own and a cache line a pair (2M lines at the paper's scale). The key
+    material (the column, the `sources` files' path, size and mtime) still says what was read.
     """
 
     kind = "file_column"
+    cached = False  # the value is on the pair already: read as the rows are assembled, no pass or cache of its own
 
     def __init__(self, column: str, sources: Sequence[Any] = ()):
         self.column = column
