@@ -46,3 +46,13 @@ def test_file_digest_follows_content_not_time(tmp_path):
     after = a.stat()
     assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
     assert file_digest([a]) != first
+
+
+def test_a_stage_key_ignores_what_does_not_change_results():
+    from teachfit.config import ScoreConfig
+    from teachfit.run import fingerprint, settings_of
+
+    plain = fingerprint("hf:student", settings_of(ScoreConfig(student=["hf:student"])))
+    quiet = ScoreConfig(student=["hf:student"], progress=False, prefetch=False)
+    assert fingerprint("hf:student", settings_of(quiet)) == plain  # the score stage's and its Ray shards' key
+    assert fingerprint("hf:student", settings_of(ScoreConfig(student=["hf:student"], window=64))) != plain

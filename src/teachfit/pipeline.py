@@ -17,18 +17,13 @@ from typing import Any, Callable, Sequence
 
 from teachfit.experiment import Experiment, load_experiment
 from teachfit.records import InputError
-from teachfit.run import RunDir, file_digest, fingerprint
+from teachfit.run import RunDir, file_digest, fingerprint, settings_of
 from teachfit.stage import Unit
 from teachfit.stages import BY_NAME, STAGES
 
 
 class StudyInterrupted(KeyboardInterrupt):
     """Ctrl-C during a study: says what was saved and how to resume."""
-
-
-def settings_of(config: Any) -> dict[str, Any]:
-    """A config's fields that change results (the progress bar, the price table and the prefetch thread do not)."""
-    return {k: v for k, v in asdict(config).items() if k not in ("progress", "prices", "prefetch")}
 
 
 def study_prices(experiment: Experiment) -> dict[str, Any]:

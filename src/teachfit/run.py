@@ -71,6 +71,14 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:32]
 
 
+def settings_of(config: Any) -> dict[str, Any]:
+    """A stage config's fields that change results (the progress bar, the price table and the
+    prefetch thread do not): what its fingerprint is made of."""
+    from dataclasses import asdict
+
+    return {k: v for k, v in asdict(config).items() if k not in ("progress", "prices", "prefetch")}
+
+
 class RunDir:
     """Every path of one run, its manifest, completion markers and cache."""
 

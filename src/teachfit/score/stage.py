@@ -12,7 +12,7 @@ from typing import Any
 
 from teachfit.config import ScoreConfig
 from teachfit.env import cache_root
-from teachfit.run import RunDir
+from teachfit.run import RunDir, settings_of
 from teachfit.stage import Plan, Stage, Unit
 
 
@@ -94,7 +94,7 @@ def run_score(config: ScoreConfig, run: Any, executor: Any = None) -> dict[str, 
         out = Path(config.out) if config.out else run.scores(student_name(student)) if run else Path("scores.parquet")
         scorers = build_scorers(student, config, paths)
         if world > 1:
-            key = fingerprint(student, config, [str(p) for p in paths])
+            key = fingerprint(student, settings_of(config), [str(p) for p in paths])  # not the progress bar
             markers = [run.shard_marker("score", key, rank, world) for rank in range(world)]
             tasks = [{"config": config, "student": student, "paths": paths, "cache": str(cache), "rank": rank,
                       "world": world, "marker": str(marker)} for rank, marker in enumerate(markers) if not marker.exists()]
