@@ -110,6 +110,11 @@ def instruction_key(row: dict[str, Any]) -> str:
     return _SAMPLE_SUFFIX.sub("", str(row["id"]))
 
 
+def pair_instruction(pair: "Pair") -> str:
+    """The instruction a Pair answers: instruction_key of its id and extra fields."""
+    return instruction_key({"id": pair.id, **pair.extra})
+
+
 def instruction_id(instruction: str) -> str:
     """A stable id for an instruction text (first 16 hex digits of its sha256)."""
     return hashlib.sha256(instruction.encode("utf-8")).hexdigest()[:16]

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from teachfit.atomic import write_json_atomic
-from teachfit.records import instruction_key
+from teachfit.records import instruction_key, pair_instruction
 
 FORMATS = ("messages", "prompt-completion", "text", "alpaca", "sharegpt")
 CONVERSATIONAL = ("messages", "prompt-completion", "sharegpt")  # rendered by the tokenizer's chat template
@@ -57,7 +57,7 @@ def selected_texts(selection: Any, pairs: Iterable[Any]) -> SelectedTexts:
     for pair in pairs:
         if (pair.teacher, pair.id) in wanted:
             found[(pair.teacher, pair.id)] = pair
-        key = instruction_key({"id": pair.id, **pair.extra})
+        key = pair_instruction(pair)
         if key not in known:
             unscored.add(key)
     return SelectedTexts(pairs=found, unscored=unscored)

@@ -19,7 +19,7 @@ from teachfit.config import ScoreConfig
 from teachfit.prefetch import in_background
 from teachfit.files import count_records, expand_inputs, read_pairs
 from teachfit.hub_datasets import absolute
-from teachfit.records import InputError, Pair, ReadStats, split_location
+from teachfit.records import InputError, Pair, ReadStats, pair_instruction, split_location
 from teachfit.score.base import Scorer
 from teachfit.score.lm import pair_progress
 from teachfit.store import ResultCache, content_hash, content_hashes
@@ -225,13 +225,6 @@ def _several_pairs_per_row(path: Path) -> bool:
     except InputError:
         return False
     return first is not None and expand_wide_record(first) is not None
-
-
-def pair_instruction(pair: Pair) -> str:
-    """The instruction a pair answers (its `instruction_id`, else its id without a `#s<k>` suffix)."""
-    from teachfit.records import instruction_key
-
-    return instruction_key({"id": pair.id, **pair.extra})
 
 
 def sampled_instructions(paths: Sequence[Path], n: int, seed: int) -> set[str]:
