@@ -38,15 +38,10 @@ def name_ranks(strings: list[str]) -> np.ndarray:
 
 
 def id_ranks(columns: ScoreColumns, pairs: np.ndarray) -> np.ndarray:
-    """For the pairs at `pairs` (row indices), the place of str(id) among theirs, in Python's order
-    of strings (int array; equal ids share a place)."""
-    if columns.table is not None:
-        codes, strings = columns.codes("id")
-        return name_ranks(strings)[codes[pairs]]
-    seen: dict[str, int] = {}
-    codes = np.fromiter((seen.setdefault(str(columns.rows[int(i)]["id"]), len(seen)) for i in pairs),
-                        dtype=np.int64, count=len(pairs))
-    return name_ranks(list(seen))[codes]
+    """For the pairs at `pairs` (row indices), the place of str(id) among all the pairs' ids, in
+    Python's order of strings (int array; equal ids share a place)."""
+    codes, strings = columns.codes("id")
+    return name_ranks(strings)[codes[pairs]]
 
 
 def candidate_order(columns: ScoreColumns, among: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
