@@ -25,6 +25,12 @@ class Scorer(Protocol):
         """One dict of metric columns per pair, in order; a bad pair raises InputError."""
 
 
+def is_cached(scorer: Any) -> bool:
+    """Whether the engine caches the scorer's results (a pass of its own); a scorer with `cached`
+    False reads a value the pairs carry, computed as the rows are assembled."""
+    return getattr(scorer, "cached", True)
+
+
 class DeferredScorer:
     """A scorer whose model loads on first use. Its cache key is known from the spec alone, so a
     run whose results are all cached (or computed by other workers) never loads the model."""

@@ -20,7 +20,7 @@ from teachfit.prefetch import in_background
 from teachfit.files import count_records, expand_inputs, read_pairs
 from teachfit.hub_datasets import absolute
 from teachfit.records import InputError, Pair, ReadStats, pair_instruction, split_location
-from teachfit.score.base import Scorer
+from teachfit.score.base import Scorer, is_cached
 from teachfit.score.lm import pair_progress
 from teachfit.store import ResultCache, content_hash, content_hashes
 
@@ -172,7 +172,7 @@ def score_pairs(
     source = pairs if callable(pairs) else (lambda items=list(pairs): items)
     ahead = in_background if config.prefetch else iter  # (in_background looked up now: bench/scale.py times it)
     skipped = skipped if skipped is not None else []
-    kept = [s for s in scorers if getattr(s, "cached", True)]
+    kept = [s for s in scorers if is_cached(s)]
     caches = [ResultCache(Path(cache_root) / content_hash(s.key_material())[:16]) for s in kept]
     try:
         for number, (scorer, cache) in enumerate(zip(kept, caches)):
@@ -190,11 +190,9 @@ def score_pairs(
         assembled = 0
         with contextlib.closing(ahead(_cached_windows(source(), kept, caches, config.window))) as windows:
             for window, from_cache in windows:
-                by_scorer = dict(zip(map(id, kept), from_cache))
-                for scorer in scorers:
-                    if id(scorer) not in by_scorer:
-                        by_scorer[id(scorer)] = _read_now(scorer, window, config.skip_invalid, skipped, progress)
-                per_scorer = [by_scorer[id(scorer)] for scorer in scorers]  # the columns in the scorers' order
+                cached_results = iter(from_cache)  # the columns in the scorers' order:
+                per_scorer = [next(cached_results) if is_cached(scorer)
+                              else _read_now(scorer, window, config.skip_invalid, skipped, progress) for scorer in scorers]
                 assembled += len(window)
                 for i, pair in enumerate(window):
                     parts = [results[i] for results in per_scorer]

@@ -179,7 +179,7 @@ class FileRewardScorer:
     """
 
     kind = "file_column"
-    cached = False  # the value is on the pair already: read as the rows are assembled, no pass or cache of its own
+    cached = False  # the value is on the pair already (score.base.is_cached): no pass or cache of its own
 
     def __init__(self, column: str, sources: Sequence[Any] = ()):
         self.column = column

@@ -13,6 +13,7 @@ from typing import Any
 from teachfit.config import ScoreConfig
 from teachfit.env import cache_root
 from teachfit.run import RunDir, settings_of
+from teachfit.score.base import is_cached
 from teachfit.stage import Plan, Stage, Unit
 
 
@@ -101,7 +102,7 @@ def run_score(config: ScoreConfig, run: Any, executor: Any = None) -> dict[str, 
             executor.map(score_shard, tasks)
             materials = workers_key_material(markers)
             for scorer, material in zip(scorers, materials or []):
-                if getattr(scorer, "cached", True) and material != scorer.key_material():
+                if is_cached(scorer) and material != scorer.key_material():
                     scorer.keyed(material)  # the workers' keys: their dtype, not this driver's
         meta = score_files(paths, out, student, config, cache, scorers=scorers)
         results[student] = {"out": str(out), "counts": meta["counts"], "seconds": meta["seconds"]}
