@@ -264,14 +264,14 @@ def write_ledger(root: str | Path, prices: dict[str, Price] | None = None) -> li
     price table, a cost_usd column: empty for a model the table does not price); returns the rows.
     Without a table, the last one given for this run is used (so `evaluate --prices` then a plain
     `generate` keeps the costs). Nothing is written when there is nothing to count."""
-    remembered = Path(root) / PRICES_USED
-    if not prices and remembered.is_file():
+    remembered, given = Path(root) / PRICES_USED, prices
+    if not given and remembered.is_file():
         with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
             prices = {str(m): Price(**p) for m, p in json.loads(remembered.read_text(encoding="utf-8")).items()}
     rows = [t.row(prices) for t in tally(root)]
     if rows:
-        if prices:
-            write_json_atomic(remembered, {model: asdict(price) for model, price in prices.items()})
+        if given:  # (a table read back from there is not written again)
+            write_json_atomic(remembered, {model: asdict(price) for model, price in given.items()})
         with atomic_write(Path(root) / "ledger.csv", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(COLUMNS) + (["cost_usd"] if prices else []))
             writer.writeheader()
