@@ -233,8 +233,10 @@ def count_rows(item: str | os.PathLike) -> int:
     folder on disk, the dataset card's count for a streamed one (0 when it has none)."""
     if not is_hub_spec(item):
         datasets = _datasets()
-        with _quiet(datasets):  # a DatasetDict: the rows of every split, not the number of splits
-            return sum(len(datasets.load_from_disk(str(part))) for part in saved_dataset_parts(Path(item)))
+        with _quiet(datasets):
+            loaded = datasets.load_from_disk(str(item))
+        # a DatasetDict (a dict of splits): the rows of every split, not the number of splits
+        return sum(map(len, loaded.values())) if isinstance(loaded, dict) else len(loaded)
     spec = parse(item)
     dataset = open_split(spec)
     if hasattr(dataset, "__len__"):
