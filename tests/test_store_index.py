@@ -89,7 +89,7 @@ def test_digest_table_against_a_dict():
 
     table, plain, rng = keyindex.DigestTable(capacity=4), {}, random.Random(3)
     digests = [hashlib.sha256(str(rng.randrange(3000)).encode()).digest()[:16] for _ in range(5000)]
-    digests += [bytes(16), bytes(8) + b"\x01" * 8]  # a zero high half (stored as 1) beside one whose half is 1
+    digests += [bytes(16), bytes(8) + b"\x01" * 8]  # zero high halves (a slot is marked used apart, so 0 is a digest like any other)
     digests += [(1).to_bytes(8, "big") + b"\x01" * 8]
     for number, digest in enumerate(digests):
         assert table.get(digest) == plain.get(digest)

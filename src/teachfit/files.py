@@ -131,6 +131,7 @@ def read_pairs(
     for path in paths:
         layout = WideLayout(reward_column)  # which columns of this file hold generators
         file_teacher = default_teacher(path)  # a record without a `teacher` is the file's (stem)
+        seen.start_file(path)
         for number, raw in read_records(path, stats.skip if skip_invalid else None):
             wide = layout.expand(raw, number)
             records, problems = wide if wide is not None else ([raw], [])
@@ -154,26 +155,27 @@ def read_pairs(
 class _Seen:
     """read_pairs' memory of what it read, for the duplicate checks: each teacher's ids and
     (instruction, response) digests with where each was first, held compactly (teachfit.keyindex.
-    DigestTable: ~50 bytes a check, where dicts of tuples and strings held ~300 a pair, 600 MB at 2M)."""
-
-    NO_NUMBER = (1 << 40) - 1
+    DigestTable: ~50 bytes a check, where dicts of tuples and strings held ~300 a pair, 600 MB at 2M).
+    Where a pair was is keyindex.location(file number, record number)."""
 
     def __init__(self) -> None:
-        from teachfit.keyindex import DigestTable
+        from teachfit.keyindex import DigestTable, location as packed, unpack
 
-        self.ids, self.pairs, self._paths, self._path_numbers = DigestTable(), DigestTable(), [], {}
+        self.ids, self.pairs, self._paths = DigestTable(), DigestTable(), []
+        self._packed, self._unpack = packed, unpack
 
-    def code(self, path: str | os.PathLike, number: int | None) -> int:
-        """(path, record number) as one number."""
-        index = self._path_numbers.setdefault(str(path), len(self._paths))
-        if index == len(self._paths):
-            self._paths.append(path)
-        return index << 40 | (self.NO_NUMBER if number is None else number)
+    def start_file(self, path: str | os.PathLike) -> None:
+        """The records that follow are this file's."""
+        self._paths.append(path)
+
+    def here(self, number: int) -> int:
+        """Record `number` of the current file, as one number."""
+        return self._packed(len(self._paths) - 1, number)
 
     def where(self, code: int) -> str:
-        """The location (file:line) of a code()."""
-        number = code & self.NO_NUMBER
-        return location(self._paths[code >> 40], None if number == self.NO_NUMBER else number)
+        """The location (file:line) of a here()."""
+        file, number = self._unpack(code)
+        return location(self._paths[file], number)
 
 
 def _checked_pair(record: dict[str, Any], path: str | os.PathLike, number: int, reward_column: str | None,
@@ -196,7 +198,7 @@ def _checked_pair(record: dict[str, Any], path: str | os.PathLike, number: int, 
     if (first := seen.pairs.get(pair_key)) is not None:
         raise InputError(path, number, f"duplicate pair: the same instruction and response of teacher "
                                        f"'{pair.teacher}' (first at {seen.where(first)})")
-    here = seen.code(path, number)
+    here = seen.here(number)
     seen.ids.add(id_key, here)
     seen.pairs.add(pair_key, here)
     pair.source = location(path, number)
