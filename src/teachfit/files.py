@@ -178,6 +178,11 @@ class _Seen:
         return location(self._paths[file], number)
 
 
+def _digest(*parts: str) -> bytes:
+    """16 bytes of the sha256 of the parts, JSON-encoded together (a duplicate check's key)."""
+    return hashlib.sha256(json.dumps(parts).encode("utf-8")).digest()[:16]
+
+
 def _checked_pair(record: dict[str, Any], path: str | os.PathLike, number: int, reward_column: str | None,
                   seen: _Seen, file_teacher: str, generator: str | None = None) -> Pair:
     """The Pair of one plain record (its reward from `reward_column`, its teacher `file_teacher`
@@ -190,11 +195,11 @@ def _checked_pair(record: dict[str, Any], path: str | os.PathLike, number: int, 
         raise InputError(path, number, f"{error}{of}") from None
     except (TypeError, AttributeError, KeyError) as error:  # a shape no check above foresaw
         raise InputError(path, number, f"invalid record ({type(error).__name__}: {error}){of}") from None
-    id_key = hashlib.sha256(json.dumps([pair.teacher, pair.id]).encode("utf-8")).digest()[:16]
+    id_key = _digest(pair.teacher, pair.id)
     if (first := seen.ids.get(id_key)) is not None:
         raise InputError(path, number, f"duplicate id: '{pair.id}' of teacher '{pair.teacher}' "
                                        f"(first at {seen.where(first)})")
-    pair_key = hashlib.sha256(json.dumps([pair.teacher, pair.instruction, pair.response]).encode("utf-8")).digest()[:16]
+    pair_key = _digest(pair.teacher, pair.instruction, pair.response)
     if (first := seen.pairs.get(pair_key)) is not None:
         raise InputError(path, number, f"duplicate pair: the same instruction and response of teacher "
                                        f"'{pair.teacher}' (first at {seen.where(first)})")
